@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench data clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Run the main experiment (small default size, about a minute on a laptop CPU).
+run: $(STAMP)
+	$(PY) -m experiments.time_vs_ensemble $(ARGS)
+
+## Run the test suite.
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+## Engine benchmark (prints one JSON line).
+bench: $(STAMP)
+	$(PY) bench/engine.py $(ARGS)
+
+## Re-extract the shipped data files from the skfolio and arch wheels (needs PyPI).
+data: $(STAMP)
+	$(PY) scripts/extract_data.py
+
+clean:
+	rm -rf $(VENV) outputs/* multirun

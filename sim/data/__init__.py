@@ -1,0 +1,141 @@
+"""Real market data shipped with the package, and validated loading of a user's own prices.
+
+Shipped files (``sim/data/files``, re-extracted byte for byte by ``scripts/extract_data.py``;
+nothing is downloaded at run time):
+
+* ``sp500_index.csv.gz``, ``sp500_constituents.csv.gz``: S&P 500 index and 20 large
+  constituents, daily closes 1990-01-02 .. 2022-12-28 (adjusted), from skfolio 1.12.2,
+  BSD-3-Clause (``LICENSE-skfolio.txt``).
+* ``sp500_ohlcv.csv.gz``: S&P 500 daily open/high/low/close/adjusted close/volume
+  1999-01-04 .. 2018-12-31, and ``vix.csv.gz``: VIX close 2014-01-03 .. 2019-01-03 (holiday rows marked '.' dropped), from
+  arch 8.0.0, NCSA licence (``LICENSE-arch.md``).
+
+Every loader returns pandas objects indexed by a sorted, unique ``DatetimeIndex`` and runs
+``validate_prices``: no NaN, finite, strictly positive prices.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+from sim.validation import ParameterError
+
+__all__ = [
+    "DATA_DIR",
+    "load_sp500_index",
+    "load_sp500_constituents",
+    "load_sp500_ohlcv",
+    "load_vix",
+    "load_prices",
+    "validate_prices",
+    "simple_returns",
+]
+
+DATA_DIR = pathlib.Path(__file__).resolve().parent / "files"
+
+
+def validate_prices(prices: pd.DataFrame | pd.Series, *, name: str = "prices", positive=None):
+    """Check a price table: sorted unique dates, no NaN, finite and strictly positive values.
+
+    Args:
+      prices: a Series or DataFrame indexed by dates.
+      name: what to call it in error messages (a file name, say).
+      positive: columns that must be > 0 (default: all; volume columns may be 0).
+    Returns:
+      ``prices`` unchanged.
+    Raises:
+      ParameterError naming the column, the first offending date and the rule broken.
+    """
+    if not isinstance(prices.index, pd.DatetimeIndex):
+        raise ParameterError(f"{name}: index must be dates (a DatetimeIndex), got {type(prices.index).__name__}")
+    if len(prices) < 2:
+        raise ParameterError(f"{name}: needs at least 2 rows, got {len(prices)}")
+    if prices.index.has_duplicates:
+        dup = prices.index[prices.index.duplicated()][0]
+        raise ParameterError(f"{name}: duplicate date {dup.date()}; allowed: unique dates")
+    if not prices.index.is_monotonic_increasing:
+        raise ParameterError(f"{name}: dates are not sorted; allowed: strictly increasing dates")
+    frame = prices.to_frame() if isinstance(prices, pd.Series) else prices
+    for col in frame.columns:
+        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ParameterError(
+                f"{name}: column {col!r} has a missing or non-numeric value on {frame.index[bad.argmax()].date()}; "
+                "allowed: finite numbers (drop or fill the row first)"
+            )
+        if positive is None or col in positive:
+            if (values <= 0).any():
+                when = frame.index[(values <= 0).argmax()].date()
+                raise ParameterError(f"{name}: column {col!r} has a non-positive price on {when}; allowed: prices > 0")
+    return prices
+
+
+def _read(file: str, *, date_format: str | None = None) -> pd.DataFrame:
+    frame = pd.read_csv(DATA_DIR / file)
+    frame["Date"] = pd.to_datetime(frame["Date"], format=date_format)
+    return frame.set_index("Date").sort_index()
+
+
+def load_sp500_index() -> pd.Series:
+    """S&P 500 index daily close, 1990-01-02 .. 2022-12-28 (8,313 days)."""
+    s = _read("sp500_index.csv.gz", date_format="%Y-%m-%d")["SP500"].rename("SP500")
+    return validate_prices(s, name="sp500_index.csv.gz")
+
+
+def load_sp500_constituents() -> pd.DataFrame:
+    """Daily adjusted closes of 20 large S&P 500 stocks, 1990-01-02 .. 2022-12-28."""
+    return validate_prices(_read("sp500_constituents.csv.gz", date_format="%Y-%m-%d"), name="sp500_constituents.csv.gz")
+
+
+def load_sp500_ohlcv() -> pd.DataFrame:
+    """S&P 500 daily Open, High, Low, Close, Adj Close, Volume, 1999-01-04 .. 2018-12-31."""
+    frame = _read("sp500_ohlcv.csv.gz", date_format="%m/%d/%Y")
+    return validate_prices(frame, name="sp500_ohlcv.csv.gz", positive=["Open", "High", "Low", "Close", "Adj Close"])
+
+
+def load_vix() -> pd.Series:
+    """CBOE VIX daily close, 2014-01-03 .. 2019-01-03 (1,259 days).
+
+    The file (FRED's series) marks US market holidays with ``.``; those rows (46) carry no
+    observation and are dropped here, the one documented exception to "no missing values".
+    """
+    raw = pd.read_csv(DATA_DIR / "vix.csv.gz", na_values=["."])
+    raw["Date"] = pd.to_datetime(raw["Date"], format="%m/%d/%Y")
+    s = raw.set_index("Date").sort_index()["vix"].dropna().rename("VIX")
+    return validate_prices(s, name="vix.csv.gz")
+
+
+def load_prices(path, *, date_column: str = "Date", columns: list[str] | None = None) -> pd.DataFrame:
+    """A user's own prices from CSV (optionally gzipped) or parquet, through the same checks.
+
+    Args:
+      path: file with a date column and one column of prices per asset.
+      date_column: name of the date column.
+      columns: price columns to keep (default: all others).
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise ParameterError(f"price file {str(path)!r} does not exist")
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_csv(path)
+    if date_column not in frame.columns:
+        raise ParameterError(f"{path.name}: no date column {date_column!r}; columns are {list(frame.columns)}")
+    frame[date_column] = pd.to_datetime(frame[date_column])
+    frame = frame.set_index(date_column)
+    if columns is not None:
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ParameterError(f"{path.name}: columns {missing} not found; columns are {list(frame.columns)}")
+        frame = frame[columns]
+    return validate_prices(frame, name=path.name)
+
+
+def simple_returns(prices: pd.DataFrame | pd.Series):
+    """Daily simple returns ``P_t / P_{t-1} - 1`` (first row dropped)."""
+    return (prices / prices.shift(1) - 1.0).iloc[1:]

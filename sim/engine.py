@@ -1,0 +1,325 @@
+"""The simulation engine: one ``lax.scan`` over time with running statistics as the carry.
+
+Paths are simulated in blocks of ``block_size`` lanes. Block ``b`` draws from
+``fold_in(key, b)`` and, inside it, step ``t`` from ``fold_in(k_steps, t)``, where
+``k_init, k_steps = split(fold_in(key, b))``; every sampler is counter based over lanes. So
+path ``i``'s numbers are a pure function of ``(seed, block_size, i)``: results are
+bit-identical whatever the chunk size (blocks per compiled call) or the number of devices the
+blocks of a chunk are sharded over, and a larger ``n_paths`` extends the sample.
+
+Memory grows with the number of paths, never with paths x steps: the carry holds
+``sim.stats.PathStats`` and the process state per path. On request it also keeps
+``record_paths`` full log-wealth paths and, every ``snapshot_every`` steps, every path's
+log-wealth (paths x a handful of grid times, for cross-sectional quantiles and annual
+returns), by scanning over segments of ``snapshot_every`` steps.
+
+The wealth update, with ``f`` the fraction in the risky asset (``f > 1`` is leverage) and
+``r_f`` the per-step risk-free rate on the rest::
+
+    W <- W (1 + f r + (1 - f) r_f)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sim import stats as stats_lib
+from sim.units import per_step_mean
+from sim.validation import ParameterError, check_int, check_range
+
+__all__ = ["Policy", "SimResult", "simulate", "simulate_block", "sample_returns", "DEFAULT_BLOCK_SIZE"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 1 << 14
+_TARGET_CHUNK_PATHS = 1 << 20
+
+
+class Policy(NamedTuple):
+    """A constant-mix policy (a pytree: vmappable over a grid, differentiable in ``fraction``).
+
+    fraction: share of wealth in the risky asset each step (f > 1 leverage, f < 0 short).
+    risk_free: annual simple rate earned on ``1 - fraction``.
+    floor: ruin floor as a fraction of initial wealth, in [0, 1); 0 means ruin only on a
+      wipe-out (a step with ``1 + x <= 0``).
+    """
+
+    fraction: Any = 1.0
+    risk_free: Any = 0.0
+    floor: Any = 0.0
+
+    def validate(self) -> None:
+        check_range("fraction", self.fraction, -100.0, 100.0)
+        check_range("risk_free", self.risk_free, -1.0, 10.0, lo_closed=False)
+        check_range("floor", self.floor, 0.0, 1.0, hi_closed=False)
+
+
+class BlockOutput(NamedTuple):
+    stats: stats_lib.PathStats  # each [block_size]
+    snapshots: jax.Array  # float32[K, block_size], log-wealth after steps every, 2 every, ...
+    recorded: jax.Array  # float32[n_steps, record_paths], log-wealth after each step
+
+
+def simulate_block(
+    key: jax.Array,
+    block: jax.Array,
+    process,
+    policy: Policy,
+    *,
+    block_size: int,
+    n_steps: int,
+    dt: float,
+    snapshot_every: int = 0,
+    record_paths: int = 0,
+) -> BlockOutput:
+    """Simulate one block of ``block_size`` paths over ``n_steps`` steps of ``dt`` years.
+
+    Pure and branch free: ``vmap`` it over blocks, or over a grid of process or policy
+    parameters; differentiate it with respect to ``policy.fraction``.
+    """
+    k_init, k_steps = jax.random.split(jax.random.fold_in(key, block))
+    f = jnp.asarray(policy.fraction, jnp.float32)
+    rf = per_step_mean(jnp.asarray(policy.risk_free, jnp.float32), dt)
+    floor = jnp.asarray(policy.floor, jnp.float32)
+    log_floor = jnp.where(floor > 0, jnp.log(jnp.where(floor > 0, floor, 1.0)), -jnp.inf)
+
+    def draw(pstate, t):
+        return process.step(jax.random.fold_in(k_steps, t), pstate, block_size, dt)
+
+    # The draws of step t + 1 are made in step t and carried (prefetched): a loop-carried
+    # value is materialized once, whereas XLA's CPU backend, which emits single-output
+    # fusions, would otherwise recompute the whole sampler (hash included) inside each of
+    # the statistics' updates that read r. Costs one unused draw per path at the end.
+    def one_step(carry, t):
+        pstate, r, st = carry
+        st = stats_lib.update(st, f * r + (1.0 - f) * rf, t + 1, log_floor)
+        pstate, r_next = draw(pstate, t + 1)
+        return (pstate, r_next, st), st.log_wealth[:record_paths]
+
+    def run(carry, start, length):
+        return lax.scan(one_step, carry, start + jnp.arange(length, dtype=jnp.int32))
+
+    carry = (*draw(process.init(k_init, block_size, dt), 0), stats_lib.init_path_stats(block_size))
+    recorded = []
+    n_seg = n_steps // snapshot_every if snapshot_every else 0
+    if n_seg:
+
+        def segment(carry, start):
+            carry, rec = run(carry, start, snapshot_every)
+            return carry, (carry[2].log_wealth, rec)
+
+        starts = jnp.arange(n_seg, dtype=jnp.int32) * snapshot_every
+        carry, (snapshots, rec) = lax.scan(segment, carry, starts)
+        recorded.append(rec.reshape(n_seg * snapshot_every, record_paths))
+    else:
+        snapshots = jnp.zeros((0, block_size), jnp.float32)
+    rest = n_steps - n_seg * snapshot_every
+    if rest:
+        carry, rec = run(carry, jnp.int32(n_seg * snapshot_every), rest)
+        recorded.append(rec)
+    return BlockOutput(carry[2], snapshots, jnp.concatenate(recorded, axis=0))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("block_size", "n_steps", "dt", "snapshot_every", "record_paths")
+)
+def _run_chunk(key, blocks, process, policy, *, block_size, n_steps, dt, snapshot_every, record_paths):
+    fn = functools.partial(
+        simulate_block,
+        block_size=block_size,
+        n_steps=n_steps,
+        dt=dt,
+        snapshot_every=snapshot_every,
+        record_paths=record_paths,
+    )
+    out = jax.vmap(fn, in_axes=(None, 0, None, None))(key, blocks, process, policy)
+    return out._replace(recorded=out.recorded[0])  # only the first block's recorded paths
+
+
+@dataclasses.dataclass
+class SimResult:
+    """What a simulation returns, on the host (numpy).
+
+    stats: ``PathStats`` of every path, each ``[n_paths]``.
+    snapshot_steps: int[K], the steps after which ``snapshots`` were taken.
+    snapshots: float32[K, n_paths] log-wealth at those steps (K = 0 unless requested).
+    recorded: float32[n_steps + 1, record_paths] log-wealth of the first paths, from step 0.
+    """
+
+    stats: stats_lib.PathStats
+    n_steps: int
+    steps_per_year: float
+    snapshot_steps: np.ndarray
+    snapshots: np.ndarray
+    recorded: np.ndarray
+    wall_seconds: float
+
+    @property
+    def years(self) -> float:
+        return self.n_steps / self.steps_per_year
+
+    def summary(self) -> dict:
+        return stats_lib.summarize(self.stats, years=self.years, steps_per_year=self.steps_per_year)
+
+
+def _validate(process, policy, n_paths, n_steps, steps_per_year, block_size, chunk_paths, snapshot_every, record_paths):
+    check_range("steps_per_year", steps_per_year, 0.0, lo_closed=False)
+    n_paths = check_int("n_paths", n_paths, 1, 2**40)
+    n_steps = check_int("n_steps", n_steps, 1, 2**31 - 2)
+    block_size = check_int("block_size", block_size, 1, 2**30)
+    if chunk_paths is not None:
+        check_int("chunk_paths", chunk_paths, 1)
+    check_int("snapshot_every", snapshot_every, 0, n_steps)
+    check_int("record_paths", record_paths, 0, block_size)
+    if not hasattr(process, "step") or not hasattr(process, "validate"):
+        raise ParameterError(f"process must be a model from sim.processes, got {type(process).__name__}")
+    process.validate(1.0 / steps_per_year)
+    policy.validate()
+
+
+def simulate(
+    process,
+    *,
+    seed: int = 0,
+    n_paths: int,
+    n_steps: int,
+    steps_per_year: float = 252.0,
+    policy: Policy = Policy(),
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    chunk_paths: int | None = None,
+    snapshot_every: int = 0,
+    record_paths: int = 0,
+    devices: list | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> SimResult:
+    """Simulate ``n_paths`` wealth paths of ``process`` under ``policy``.
+
+    Args:
+      process: a model from ``sim.processes`` (validated here, before any compilation).
+      seed: the only source of randomness.
+      n_paths, n_steps: sizes; ``steps_per_year`` sets ``dt = 1 / steps_per_year``.
+      policy: fraction, risk-free rate, ruin floor.
+      block_size: lanes per block; part of the random stream's definition (changing it
+        changes the draws), unlike ``chunk_paths``.
+      chunk_paths: paths per compiled call (rounded up to whole blocks and to a multiple of
+        the device count); bounds device memory; results do not depend on it.
+      snapshot_every: keep every path's log-wealth every this many steps (0: never).
+      record_paths: keep the full log-wealth path of the first this many paths.
+      devices: devices to shard blocks over (default ``jax.devices()``).
+      progress: called after each chunk with a dict (chunk, n_chunks, paths_done, n_paths,
+        elapsed_s, eta_s); by default progress is logged when there are several chunks.
+
+    Returns:
+      ``SimResult`` with per-path statistics on the host.
+    """
+    _validate(process, policy, n_paths, n_steps, steps_per_year, block_size, chunk_paths, snapshot_every, record_paths)
+    devices = list(devices) if devices is not None else jax.devices()
+    n_dev = len(devices)
+    n_blocks = -(-n_paths // block_size)
+    want = chunk_paths if chunk_paths is not None else max(_TARGET_CHUNK_PATHS, block_size)
+    chunk_blocks = min(max(1, -(-want // block_size)), n_blocks)
+    chunk_blocks = -(-chunk_blocks // n_dev) * n_dev
+    n_chunks = -(-n_blocks // chunk_blocks)
+
+    mesh = Mesh(np.array(devices), ("blocks",))
+    block_sharding = NamedSharding(mesh, PartitionSpec("blocks"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    key = jax.device_put(jax.random.key(seed), replicated)
+    process = jax.device_put(process, replicated)
+    policy = jax.device_put(policy, replicated)
+    static = dict(
+        block_size=block_size,
+        n_steps=n_steps,
+        dt=1.0 / float(steps_per_year),
+        snapshot_every=snapshot_every,
+        record_paths=record_paths,
+    )
+
+    n_snap = n_steps // snapshot_every if snapshot_every else 0
+    host_stats = None
+    snapshots = np.empty((n_snap, n_paths), np.float32)
+    recorded = np.zeros((n_steps + 1, record_paths), np.float32)
+
+    def launch(c):
+        blocks = np.arange(c * chunk_blocks, (c + 1) * chunk_blocks, dtype=np.uint32)
+        return _run_chunk(key, jax.device_put(blocks, block_sharding), process, policy, **static)
+
+    t0 = time.perf_counter()
+    pending = launch(0)
+    for c in range(n_chunks):
+        out = pending
+        if c + 1 < n_chunks:
+            pending = launch(c + 1)  # dispatch the next chunk before copying this one back
+        lo = c * chunk_blocks * block_size
+        hi = min(lo + chunk_blocks * block_size, n_paths)
+        chunk_stats = jax.tree.map(lambda a: np.asarray(a).reshape(-1)[: hi - lo], out.stats)
+        if host_stats is None:
+            host_stats = stats_lib.PathStats(*(np.empty(n_paths, a.dtype) for a in chunk_stats))
+        for dst, src in zip(host_stats, chunk_stats):
+            dst[lo:hi] = src
+        if n_snap:
+            snapshots[:, lo:hi] = np.moveaxis(np.asarray(out.snapshots), 1, 0).reshape(n_snap, -1)[:, : hi - lo]
+        if c == 0 and record_paths:
+            recorded[1:] = np.asarray(out.recorded)[:, : min(record_paths, n_paths)].reshape(n_steps, -1)
+        elapsed = time.perf_counter() - t0
+        info = dict(
+            chunk=c + 1,
+            n_chunks=n_chunks,
+            paths_done=hi,
+            n_paths=n_paths,
+            elapsed_s=elapsed,
+            eta_s=elapsed / hi * (n_paths - hi),
+        )
+        if progress is not None:
+            progress(info)
+        elif n_chunks > 1:
+            log.info(
+                "chunk %d/%d: %d/%d paths, %.1fs elapsed, ETA %.1fs, %.3g path-steps/s",
+                c + 1, n_chunks, hi, n_paths, elapsed, info["eta_s"], hi * n_steps / elapsed,
+            )
+    return SimResult(
+        stats=host_stats,
+        n_steps=n_steps,
+        steps_per_year=float(steps_per_year),
+        snapshot_steps=np.arange(1, n_snap + 1) * snapshot_every,
+        snapshots=snapshots,
+        recorded=recorded,
+        wall_seconds=time.perf_counter() - t0,
+    )
+
+
+def sample_returns(process, *, seed: int, n_paths: int, n_steps: int, steps_per_year: float = 252.0,
+                   block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+    """The process's per-step simple returns as a ``(n_paths, n_steps)`` matrix.
+
+    The very draws ``simulate`` uses for the same ``(seed, block_size)``: for tests and for
+    small diagnostics only, since it materializes paths x steps.
+    """
+    _validate(process, Policy(), n_paths, n_steps, steps_per_year, block_size, None, 0, 0)
+    dt = 1.0 / float(steps_per_year)
+    key = jax.random.key(seed)
+
+    @jax.jit
+    def block_returns(block):
+        k_init, k_steps = jax.random.split(jax.random.fold_in(key, block))
+
+        def one_step(pstate, t):
+            return process.step(jax.random.fold_in(k_steps, t), pstate, block_size, dt)
+
+        _, r = lax.scan(one_step, process.init(k_init, block_size, dt), jnp.arange(n_steps, dtype=jnp.int32))
+        return r.T
+
+    n_blocks = -(-n_paths // block_size)
+    out = np.concatenate([np.asarray(block_returns(np.uint32(b))) for b in range(n_blocks)], axis=0)
+    return out[:n_paths]

@@ -1,0 +1,337 @@
+"""Return models: frozen pytrees of parameters with pure ``init`` and ``step`` kernels.
+
+Every model is a frozen dataclass registered as a pytree, whose fields are its parameters
+(scalars or arrays, so one compiled kernel can be ``vmap``ped over a parameter grid and
+differentiated). The interface, with ``dt`` the step length in years (static)::
+
+    state = process.init(key, n, dt)            # per-path state, a NamedTuple of [n] arrays
+    state, r = process.step(key, state, n, dt)  # r: float32[n] simple returns of the step
+
+``r`` is a *simple* return per step (wealth multiplies by ``1 + r``), so the engine can mix
+it with cash at a fraction ``f``. Parameters are annualized (drift ``mu`` and volatility
+``sigma`` per year, event rates per year) and converted only by ``sim.units``. Innovations
+have unit variance. ``validate(dt)`` checks every parameter on the host and raises
+``sim.validation.ParameterError`` naming the field and its allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sim import samplers
+from sim.units import per_step_mean, per_step_prob, per_step_rate, per_step_vol
+from sim.validation import ParameterError, check_range
+
+__all__ = [
+    "Gaussian",
+    "StudentT",
+    "Merton",
+    "GarchT",
+    "RegimeSwitching",
+    "BlockBootstrap",
+    "Binary",
+    "PROCESSES",
+]
+
+_F32 = jnp.float32
+
+
+def _pytree(cls):
+    """Freeze ``cls`` as a dataclass and register every field as a pytree leaf."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+
+
+def _f(x):
+    return jnp.asarray(x, _F32)
+
+
+def _unit_t(key, n, nu):
+    """Student-t with ``nu`` degrees of freedom scaled to unit variance."""
+    nu = _f(nu)
+    return samplers.student_t(key, n, nu) * jnp.sqrt((nu - 2.0) / nu)
+
+
+class NoState(NamedTuple):
+    """State of a model without memory."""
+
+
+@_pytree
+class Gaussian:
+    """Gaussian simple returns (Euler-discretized geometric Brownian motion).
+
+    ``r = mu dt + sigma sqrt(dt) Z``, ``Z ~ N(0, 1)``.
+
+    Args (annualized):
+      mu: drift of simple returns.
+      sigma: volatility, >= 0.
+    """
+
+    mu: float = 0.0
+    sigma: float = 0.2
+
+    def validate(self, dt: float) -> None:
+        check_range("Gaussian.mu", self.mu)
+        check_range("Gaussian.sigma", self.sigma, 0.0)
+
+    def init(self, key, n: int, dt: float) -> NoState:
+        return NoState()
+
+    def step(self, key, state: NoState, n: int, dt: float):
+        z = samplers.normal(key, n)
+        return state, per_step_mean(_f(self.mu), dt) + per_step_vol(_f(self.sigma), dt) * z
+
+
+@_pytree
+class StudentT:
+    """Student-t simple returns with unit-variance innovations (fat tails, ``nu > 2``).
+
+    ``r = mu dt + sigma sqrt(dt) T sqrt((nu - 2) / nu)``, ``T ~ t(nu)`` drawn exactly
+    (``sim.samplers.student_t``), so ``sigma`` is the annualized standard deviation.
+
+    Args (annualized):
+      mu: drift; sigma: volatility >= 0; nu: tail index, any real > 2.
+    """
+
+    mu: float = 0.0
+    sigma: float = 0.2
+    nu: float = 3.0
+
+    def validate(self, dt: float) -> None:
+        check_range("StudentT.mu", self.mu)
+        check_range("StudentT.sigma", self.sigma, 0.0)
+        check_range("StudentT.nu", self.nu, 2.0, lo_closed=False)
+
+    def init(self, key, n: int, dt: float) -> NoState:
+        return NoState()
+
+    def step(self, key, state: NoState, n: int, dt: float):
+        z = _unit_t(key, n, self.nu)
+        return state, per_step_mean(_f(self.mu), dt) + per_step_vol(_f(self.sigma), dt) * z
+
+
+@_pytree
+class Merton:
+    """Merton jump-diffusion in log space, with drift compensated so ``E[1 + r] = exp(mu dt)``.
+
+    ``log(1 + r) = (mu - sigma^2/2 - lam k) dt + sigma sqrt(dt) Z + sum_{i<=N} J_i``,
+    ``N ~ Poisson(lam dt)``, ``J_i ~ N(jump_mean, jump_std^2)``, ``k = exp(jump_mean +
+    jump_std^2 / 2) - 1``. Given ``N`` the jump sum is exactly ``N(N m, N s^2)``.
+
+    Args (annualized): mu, sigma >= 0, lam (jumps per year, ``lam dt <= 1``),
+      jump_mean (mean log jump), jump_std >= 0.
+    """
+
+    mu: float = 0.08
+    sigma: float = 0.15
+    lam: float = 0.5
+    jump_mean: float = -0.1
+    jump_std: float = 0.1
+
+    def validate(self, dt: float) -> None:
+        check_range("Merton.mu", self.mu)
+        check_range("Merton.sigma", self.sigma, 0.0)
+        check_range("Merton.lam", self.lam, 0.0, 1.0 / dt)
+        check_range("Merton.jump_mean", self.jump_mean, -10.0, 10.0)
+        check_range("Merton.jump_std", self.jump_std, 0.0, 10.0)
+
+    def init(self, key, n: int, dt: float) -> NoState:
+        return NoState()
+
+    def step(self, key, state: NoState, n: int, dt: float):
+        k_diffusion, k_jump, k_count = jax.random.split(key, 3)
+        count = samplers.poisson_small(samplers.uniform(k_count, n), per_step_rate(_f(self.lam), dt))
+        m, s, sig = _f(self.jump_mean), _f(self.jump_std), _f(self.sigma)
+        k = jnp.expm1(m + 0.5 * s * s)
+        drift = per_step_mean(_f(self.mu) - 0.5 * sig * sig - _f(self.lam) * k, dt)
+        jumps = count * m + jnp.sqrt(count) * s * samplers.normal(k_jump, n)
+        return state, jnp.expm1(drift + per_step_vol(sig, dt) * samplers.normal(k_diffusion, n) + jumps)
+
+
+@_pytree
+class GarchT:
+    """GARCH(1,1) with unit-variance Student-t innovations.
+
+    ``r_t = mu dt + sqrt(h_t) z_t``, ``h_{t+1} = omega + alpha (r_t - mu dt)^2 + beta h_t``,
+    with ``omega = sigma^2 dt (1 - alpha - beta)`` so that the unconditional annualized
+    volatility is ``sigma``. Paths start at the unconditional variance.
+
+    Args: mu (annual), sigma (annual unconditional vol, > 0), alpha >= 0, beta >= 0 with
+      ``alpha + beta < 1``, nu > 2.
+    """
+
+    mu: float = 0.07
+    sigma: float = 0.18
+    alpha: float = 0.08
+    beta: float = 0.9
+    nu: float = 5.0
+
+    def validate(self, dt: float) -> None:
+        check_range("GarchT.mu", self.mu)
+        check_range("GarchT.sigma", self.sigma, 0.0, lo_closed=False)
+        check_range("GarchT.alpha", self.alpha, 0.0, 1.0, hi_closed=False)
+        check_range("GarchT.beta", self.beta, 0.0, 1.0, hi_closed=False)
+        check_range("GarchT.alpha + GarchT.beta", np.add(self.alpha, self.beta), 0.0, 1.0, hi_closed=False)
+        check_range("GarchT.nu", self.nu, 2.0, lo_closed=False)
+
+
+    def init(self, key, n: int, dt: float) -> "GarchState":
+        # A previous step whose squared shock equals the unconditional variance, so the
+        # first step's variance is the unconditional one.
+        h0 = per_step_vol(_f(self.sigma), dt) ** 2
+        return GarchState(jnp.full((n,), h0, _F32), jnp.full((n,), per_step_mean(_f(self.mu), dt) + jnp.sqrt(h0), _F32))
+
+    def step(self, key, state: "GarchState", n: int, dt: float):
+        # The variance recursion runs on the previous step's carried return, so the new
+        # draws feed one output (see the note on fusion in sim.engine).
+        a, b = _f(self.alpha), _f(self.beta)
+        mu_dt = per_step_mean(_f(self.mu), dt)
+        omega = per_step_vol(_f(self.sigma), dt) ** 2 * (1.0 - a - b)
+        prev_shock = state.last_return - mu_dt
+        variance = omega + a * prev_shock * prev_shock + b * state.variance
+        r = mu_dt + jnp.sqrt(variance) * _unit_t(key, n, self.nu)
+        return GarchState(variance, r), r
+
+
+class GarchState(NamedTuple):
+    variance: jax.Array  # float32[n], conditional variance of the last step's return
+    last_return: jax.Array  # float32[n], the last step's return
+
+
+@_pytree
+class RegimeSwitching:
+    """Two-state calm/crash Markov regime switching with Student-t innovations.
+
+    In regime ``s`` (0 calm, 1 crash): ``r = mu_s dt + sigma_s sqrt(dt) T_s``, ``T_s`` unit
+    variance t(``nu_s``). After each step the regime switches calm -> crash with probability
+    ``1 - exp(-rate_to_crash dt)`` and crash -> calm with ``1 - exp(-rate_to_calm dt)``. Paths
+    start in the stationary distribution, ``P(crash) = rate_to_crash / (rate_to_crash +
+    rate_to_calm)``. The state keeps the true regime (an oracle for the regime detectors).
+    """
+
+    mu_calm: float = 0.1
+    sigma_calm: float = 0.12
+    nu_calm: float = 6.0
+    mu_crash: float = -0.6
+    sigma_crash: float = 0.45
+    nu_crash: float = 3.5
+    rate_to_crash: float = 0.1
+    rate_to_calm: float = 2.0
+
+    def validate(self, dt: float) -> None:
+        for regime in ("calm", "crash"):
+            check_range(f"RegimeSwitching.mu_{regime}", getattr(self, f"mu_{regime}"))
+            check_range(f"RegimeSwitching.sigma_{regime}", getattr(self, f"sigma_{regime}"), 0.0)
+            check_range(f"RegimeSwitching.nu_{regime}", getattr(self, f"nu_{regime}"), 2.0, lo_closed=False)
+        check_range("RegimeSwitching.rate_to_crash", self.rate_to_crash, 0.0)
+        check_range("RegimeSwitching.rate_to_calm", self.rate_to_calm, 0.0)
+        if np.any(np.add(self.rate_to_crash, self.rate_to_calm) <= 0):
+            raise ParameterError(
+                "RegimeSwitching.rate_to_crash + rate_to_calm must be > 0 (the stationary law is undefined)"
+            )
+
+
+    def stationary_crash_probability(self):
+        return _f(self.rate_to_crash) / (_f(self.rate_to_crash) + _f(self.rate_to_calm))
+
+    def init(self, key, n: int, dt: float) -> "RegimeState":
+        u = samplers.uniform(key, n)
+        return RegimeState((u <= self.stationary_crash_probability()).astype(jnp.int32))
+
+    def step(self, key, state: "RegimeState", n: int, dt: float):
+        k_shock, k_switch = jax.random.split(key)
+        crash = state.regime == 1
+        pick = lambda calm, crash_value: jnp.where(crash, _f(crash_value), _f(calm))  # noqa: E731
+        z = _unit_t(k_shock, n, pick(self.nu_calm, self.nu_crash))
+        r = per_step_mean(pick(self.mu_calm, self.mu_crash), dt) + per_step_vol(
+            pick(self.sigma_calm, self.sigma_crash), dt
+        ) * z
+        p_switch = pick(per_step_prob(_f(self.rate_to_crash), dt), per_step_prob(_f(self.rate_to_calm), dt))
+        switch = samplers.uniform(k_switch, n) <= p_switch
+        return RegimeState(jnp.where(switch, 1 - state.regime, state.regime)), r
+
+
+class RegimeState(NamedTuple):
+    regime: jax.Array  # int32[n], 0 calm, 1 crash: the regime of the next step
+
+
+@_pytree
+class BlockBootstrap:
+    """Stationary block bootstrap (Politis and Romano 1994) of a real return series.
+
+    Each path walks through ``returns`` one step at a time and, with probability
+    ``1 / mean_block`` per step, jumps to a uniformly drawn index (blocks of geometric
+    length, mean ``mean_block``), wrapping around at the end. The series' own frequency
+    sets ``dt``: daily returns go with 252 steps per year.
+
+    Args:
+      returns: float[L] simple returns per step, finite, > -1, L >= 2.
+      mean_block: mean block length in steps, >= 1.
+    """
+
+    returns: jax.Array
+    mean_block: float = 20.0
+
+    def validate(self, dt: float) -> None:
+        arr = np.asarray(self.returns, dtype=np.float64)
+        if arr.ndim != 1 or arr.shape[0] < 2:
+            raise ParameterError(f"BlockBootstrap.returns must be a 1-D series of length >= 2, got shape {arr.shape}")
+        check_range("BlockBootstrap.returns", arr, -1.0, lo_closed=False)
+        check_range("BlockBootstrap.mean_block", self.mean_block, 1.0)
+
+
+    def init(self, key, n: int, dt: float) -> "BootstrapState":
+        return BootstrapState(self._draw_index(samplers.uniform(key, n)))
+
+    def _draw_index(self, u):
+        length = self.returns.shape[0]
+        return jnp.minimum((u * length).astype(jnp.int32), length - 1)
+
+    def step(self, key, state: "BootstrapState", n: int, dt: float):
+        series = _f(self.returns)
+        r = series[state.index]
+        u_restart, u_index = samplers.uniform_pair(key, n)
+        following = (state.index + 1) % series.shape[0]
+        restart = u_restart <= 1.0 / _f(self.mean_block)
+        return BootstrapState(jnp.where(restart, self._draw_index(u_index), following)), r
+
+
+class BootstrapState(NamedTuple):
+    index: jax.Array  # int32[n], index of the next step's return in the series
+
+
+@_pytree
+class Binary:
+    """A repeated binary bet: ``r = up`` with probability ``p``, else ``r = down``, per step.
+
+    Per-step by nature (a round of a game, not a slice of a year): no annual conversion.
+    Peters' coin game is ``Binary(p=0.5, up=0.5, down=-0.4)``; a bet at odds ``b`` staked
+    with fraction ``f`` is ``Binary(p, up=b, down=-1)`` played at fraction ``f``.
+    """
+
+    p: float = 0.5
+    up: float = 0.5
+    down: float = -0.4
+
+    def validate(self, dt: float) -> None:
+        check_range("Binary.p", self.p, 0.0, 1.0)
+        check_range("Binary.up", self.up, -1.0)
+        check_range("Binary.down", self.down, -1.0)
+
+    def init(self, key, n: int, dt: float) -> NoState:
+        return NoState()
+
+    def step(self, key, state: NoState, n: int, dt: float):
+        win = samplers.uniform(key, n) <= _f(self.p)
+        return state, jnp.where(win, _f(self.up), _f(self.down))
+
+
+PROCESSES = {
+    cls.__name__: cls for cls in (Gaussian, StudentT, Merton, GarchT, RegimeSwitching, BlockBootstrap, Binary)
+}

@@ -1,0 +1,167 @@
+"""Running per-path statistics (the engine's scan carry) and the final summaries.
+
+Per path the engine keeps only ``PathStats``: log-wealth, running peak, maximum drawdown,
+first ruin step and the sums needed for a Sharpe ratio. ``update`` advances them by one
+step's portfolio return; the engine and ``path_stats_from_returns`` (for a user's
+``(paths, steps)`` matrix of returns) share it, so the same definitions hold everywhere.
+
+Definitions (``W_0 = 1``, ``T`` the horizon in years):
+
+* time-average growth of a path: ``log(W_T) / T``; its mean over paths is the time average.
+* ensemble-average growth: ``log(mean_paths W_T) / T``.
+* drawdown at ``t``: ``1 - W_t / max_{s<=t} W_s`` with the peak starting at ``W_0``, so a
+  loss in the first step counts; compounded, from wealth (not summed returns).
+* ruin: the first step at which ``1 + x <= 0`` (a wipe-out) or ``W_t`` falls below the floor.
+  Ruin is absorbing: wealth and sums freeze from then on (``log W = -inf`` after a wipe-out).
+* CAGR of a path: ``W_T^(1/T) - 1``; Calmar: CAGR / max drawdown; Sharpe: annualized mean
+  over standard deviation of the per-step portfolio returns while alive (no risk-free
+  adjustment: pass excess returns for that).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = [
+    "NEVER",
+    "PathStats",
+    "init_path_stats",
+    "update",
+    "path_stats_from_returns",
+    "value_at_risk",
+    "expected_shortfall",
+    "summarize",
+]
+
+NEVER = -1  # ruin_step of a path that was never ruined
+
+
+class PathStats(NamedTuple):
+    log_wealth: jax.Array  # float32[n], log(W_t / W_0); -inf after a wipe-out
+    log_peak: jax.Array  # float32[n], log of the running peak of wealth (starts at 0)
+    max_drawdown_log: jax.Array  # float32[n], max_t log(peak_t / W_t); drawdown = 1 - exp(-x)
+    ruin_step: jax.Array  # int32[n], first step (1-based) at which ruined, NEVER if not
+    sum_r: jax.Array  # float32[n], sum of per-step portfolio simple returns while alive
+    sum_r2: jax.Array  # float32[n], sum of their squares
+
+
+def init_path_stats(n: int) -> PathStats:
+    z = jnp.zeros((n,), jnp.float32)
+    return PathStats(z, z, z, jnp.full((n,), NEVER, jnp.int32), z, z)
+
+
+def update(stats: PathStats, x: jax.Array, step: jax.Array, log_floor: jax.Array) -> PathStats:
+    """Advance by one step whose portfolio simple return is ``x`` (``W <- W (1 + x)``).
+
+    Args:
+      stats: the running statistics, each ``[n]``.
+      x: float32[n] portfolio simple return of this step.
+      step: the 1-based index of this step (int scalar).
+      log_floor: log of the ruin floor as a fraction of ``W_0`` (``-inf`` for no floor).
+    """
+    alive = stats.ruin_step == NEVER
+    solvent = x > -1.0
+    # log1p of a safe argument, so the unselected branch never produces NaN gradients.
+    growth = jnp.where(solvent, jnp.log1p(jnp.where(solvent, x, 0.0)), -jnp.inf)
+    log_wealth = jnp.where(alive, stats.log_wealth + growth, stats.log_wealth)
+    log_peak = jnp.maximum(stats.log_peak, log_wealth)
+    max_dd = jnp.maximum(stats.max_drawdown_log, log_peak - log_wealth)
+    ruined_now = alive & (~solvent | (log_wealth < log_floor))
+    ruin_step = jnp.where(ruined_now, step.astype(jnp.int32), stats.ruin_step)
+    x_alive = jnp.where(alive & solvent, x, 0.0)
+    return PathStats(log_wealth, log_peak, max_dd, ruin_step, stats.sum_r + x_alive, stats.sum_r2 + x_alive * x_alive)
+
+
+def path_stats_from_returns(returns, *, floor: float = 0.0) -> PathStats:
+    """``PathStats`` of a user's ``(paths, steps)`` matrix of portfolio simple returns.
+
+    Runs the engine's own ``update`` over the columns, so a return matrix and a simulation
+    are summarized by the same code (``summarize`` then applies to either).
+    """
+    x = jnp.asarray(returns, jnp.float32)
+    if x.ndim != 2:
+        raise ValueError(f"returns must be a (paths, steps) matrix, got shape {x.shape}")
+    log_floor = jnp.float32(math.log(floor) if floor > 0 else -math.inf)
+
+    def body(stats, inputs):
+        t, column = inputs
+        return update(stats, column, t, log_floor), None
+
+    steps = jnp.arange(1, x.shape[1] + 1, dtype=jnp.int32)
+    stats, _ = lax.scan(body, init_path_stats(x.shape[0]), (steps, x.T))
+    return jax.tree.map(np.asarray, stats)
+
+
+def value_at_risk(x, level: float) -> float:
+    """VaR at ``level`` (e.g. 0.99) of outcomes ``x`` (returns): ``-quantile(x, 1 - level)``.
+
+    Quantiles use the empirical distribution's inverse (``method='inverted_cdf'``), so the
+    VaR is an observed loss.
+    """
+    return float(-np.quantile(np.asarray(x, np.float64), 1.0 - level, method="inverted_cdf"))
+
+
+def expected_shortfall(x, level: float) -> float:
+    """ES at ``level``: minus the mean of the worst ``ceil(n (1 - level))`` outcomes."""
+    x = np.sort(np.asarray(x, np.float64))
+    k = max(1, math.ceil(len(x) * (1.0 - level) - 1e-9))
+    return float(-x[:k].mean())
+
+
+def _quantiles(x, qs=(0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)) -> dict:
+    return {f"q{round(q * 100):02d}": float(v) for q, v in zip(qs, np.quantile(x, qs))}
+
+
+def summarize(stats: PathStats, *, years: float, steps_per_year: float) -> dict:
+    """Aggregate statistics over paths, in float64 on the host, as a flat dict.
+
+    Every figure that is a mean over paths comes with its standard error (``*_se``).
+    """
+    lw = np.asarray(stats.log_wealth, np.float64)
+    n = lw.size
+    ruined = np.asarray(stats.ruin_step) != NEVER
+    growth = lw / years
+    finite = np.isfinite(growth)
+    drawdown = -np.expm1(-np.asarray(stats.max_drawdown_log, np.float64))
+    cagr = np.expm1(growth)
+    steps_alive = np.where(ruined, np.asarray(stats.ruin_step), round(years * steps_per_year)).astype(np.float64)
+    s1 = np.asarray(stats.sum_r, np.float64)
+    s2 = np.asarray(stats.sum_r2, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_r = s1 / steps_alive
+        var_r = (s2 - steps_alive * mean_r**2) / (steps_alive - 1)
+        sharpe = mean_r / np.sqrt(var_r) * math.sqrt(steps_per_year)
+        calmar = cagr / drawdown
+    lse = np.logaddexp.reduce(lw) if n else -np.inf
+    horizon_return = np.expm1(lw)
+    out = {
+        "n_paths": n,
+        "years": years,
+        "time_avg_growth": float(growth.mean()),
+        "time_avg_growth_se": float(growth.std(ddof=1) / math.sqrt(n)) if n > 1 and finite.all() else float("nan"),
+        "time_avg_growth_median": float(np.median(growth)),
+        "ensemble_growth": float((lse - math.log(n)) / years),
+        "mean_wealth": float(math.exp(lse - math.log(n))) if np.isfinite(lse) else 0.0,
+        "median_wealth": float(np.exp(np.median(lw))),
+        "ruin_probability": float(ruined.mean()),
+        "ruin_probability_se": float(math.sqrt(ruined.mean() * (1 - ruined.mean()) / n)),
+        "max_drawdown_mean": float(drawdown.mean()),
+        "max_drawdown_median": float(np.median(drawdown)),
+        "p_max_drawdown_gt_50": float((drawdown > 0.5).mean()),
+        "var95": value_at_risk(horizon_return, 0.95),
+        "var99": value_at_risk(horizon_return, 0.99),
+        "es95": expected_shortfall(horizon_return, 0.95),
+        "es99": expected_shortfall(horizon_return, 0.99),
+        "cagr_median": float(np.median(cagr)),
+        "sharpe_median": float(np.nanmedian(sharpe)) if np.isfinite(sharpe).any() else float("nan"),
+        "calmar_median": float(np.nanmedian(calmar)) if np.isfinite(calmar).any() else float("nan"),
+    }
+    out.update({f"time_avg_growth_{k}": v for k, v in _quantiles(growth).items()})
+    out.update({f"max_drawdown_{k}": v for k, v in _quantiles(drawdown).items()})
+    return out

@@ -1,0 +1,60 @@
+"""Checks at the boundary: parameters and data are validated once, where they enter.
+
+Every failure raises ``ParameterError`` (a ``ValueError``) whose message names the field,
+the value received and the allowed range, before any compilation or long work starts.
+Kernels trust their inputs and stay branch free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["ParameterError", "check_range", "check_int"]
+
+
+class ParameterError(ValueError):
+    """A parameter or input is outside its allowed range."""
+
+
+def _interval(lo: float, hi: float, lo_closed: bool, hi_closed: bool) -> str:
+    return f"{'[' if lo_closed else '('}{lo:g}, {hi:g}{']' if hi_closed else ')'}"
+
+
+def check_range(
+    name: str,
+    value,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    *,
+    lo_closed: bool = True,
+    hi_closed: bool = True,
+) -> None:
+    """Raise ``ParameterError`` unless every element of ``value`` is finite and in range.
+
+    ``value`` may be a scalar or an array (a parameter grid); every element is checked.
+    """
+    arr = np.asarray(value, dtype=np.float64)
+    interval = _interval(lo, hi, lo_closed, hi_closed)
+    if arr.size == 0:
+        raise ParameterError(f"{name} is empty; allowed: finite values in {interval}")
+    bad = ~np.isfinite(arr)
+    bad |= (arr < lo) if lo_closed else (arr <= lo)
+    bad |= (arr > hi) if hi_closed else (arr >= hi)
+    if bad.any():
+        first = arr.ravel()[np.argmax(bad.ravel())]
+        raise ParameterError(f"{name} = {first!r} is out of range; allowed: finite values in {interval}")
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """Return ``value`` as an int, or raise unless it is an integer in ``[lo, hi]``."""
+    allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ParameterError(f"{name} = {value!r} is not an integer; allowed: {allowed}")
+    if value < lo or (hi is not None and value > hi):
+        raise ParameterError(f"{name} = {value!r} is out of range; allowed: {allowed}")
+    return int(value)
