@@ -32,6 +32,7 @@ __all__ = [
     "load_prices",
     "validate_prices",
     "simple_returns",
+    "sp500_bootstrap",
 ]
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "files"
@@ -139,3 +140,11 @@ def load_prices(path, *, date_column: str = "Date", columns: list[str] | None = 
 def simple_returns(prices: pd.DataFrame | pd.Series):
     """Daily simple returns ``P_t / P_{t-1} - 1`` (first row dropped)."""
     return (prices / prices.shift(1) - 1.0).iloc[1:]
+
+
+def sp500_bootstrap(mean_block: float = 20.0):
+    """A ``BlockBootstrap`` of the shipped S&P 500 daily simple returns, 1990-2022."""
+    from sim.processes import BlockBootstrap
+
+    returns = simple_returns(load_sp500_index()).to_numpy(np.float32)
+    return BlockBootstrap(returns=returns, mean_block=mean_block)
