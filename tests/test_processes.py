@@ -1,0 +1,107 @@
+"""Monte Carlo tier: each return model's per-step law against its definition."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from scipy import stats as sps
+
+from sim.engine import sample_returns
+from sim.processes import Binary, BlockBootstrap, GarchT, Gaussian, Merton, RegimeSwitching, StudentT
+
+DT = 1 / 252
+
+
+def test_gaussian_moments():
+    p = Gaussian(mu=0.1, sigma=0.3)
+    r = sample_returns(p, seed=1, n_paths=20000, n_steps=50).ravel().astype(np.float64)
+    m, s = 0.1 * DT, 0.3 * math.sqrt(DT)
+    assert abs(r.mean() - m) < 3 * s / math.sqrt(r.size)
+    assert abs(r.var() - s * s) < 3 * s * s * math.sqrt(2 / r.size)
+    assert sps.kstest((r - m) / s, "norm").pvalue > 1e-3
+
+
+def test_student_t_returns_are_scaled_t():
+    nu = 3.5
+    p = StudentT(mu=0.05, sigma=0.2, nu=nu)
+    r = sample_returns(p, seed=2, n_paths=20000, n_steps=50).ravel().astype(np.float64)
+    z = (r - 0.05 * DT) / (0.2 * math.sqrt(DT)) / math.sqrt((nu - 2) / nu)
+    assert sps.kstest(z, sps.t(nu).cdf).pvalue > 1e-3
+
+
+def test_merton_log_return_moments():
+    p = Merton(mu=0.08, sigma=0.15, lam=20.0, jump_mean=-0.05, jump_std=0.04)
+    r = sample_returns(p, seed=3, n_paths=40000, n_steps=50).ravel().astype(np.float64)
+    x = np.log1p(r)
+    k = math.exp(-0.05 + 0.5 * 0.04**2) - 1
+    lam_dt = 20.0 * DT
+    mean = (0.08 - 0.5 * 0.15**2 - 20.0 * k) * DT + lam_dt * -0.05
+    var = 0.15**2 * DT + lam_dt * (0.05**2 + 0.04**2)
+    assert abs(x.mean() - mean) < 3 * math.sqrt(var / x.size)
+    fourth = np.mean((x - x.mean()) ** 4)
+    assert abs(x.var() - var) < 3 * math.sqrt((fourth - var**2) / x.size)
+    # Compensated drift: E[1 + r] = exp(mu dt).
+    assert abs(r.mean() - math.expm1(0.08 * DT)) < 3 * r.std() / math.sqrt(r.size)
+
+
+def test_garch_recursion_and_standardized_residuals():
+    nu, a, b, sigma, mu = 6.0, 0.1, 0.85, 0.2, 0.05
+    p = GarchT(mu=mu, sigma=sigma, alpha=a, beta=b, nu=nu)
+    r = sample_returns(p, seed=4, n_paths=4000, n_steps=200).astype(np.float64)
+    # Rebuild the conditional variance independently in numpy.
+    omega = sigma**2 * DT * (1 - a - b)
+    h = np.full(r.shape[0], sigma**2 * DT)
+    z = np.empty_like(r)
+    for t in range(r.shape[1]):
+        z[:, t] = (r[:, t] - mu * DT) / np.sqrt(h)
+        h = omega + a * (r[:, t] - mu * DT) ** 2 + b * h
+    z = z.ravel() / math.sqrt((nu - 2) / nu)
+    assert sps.kstest(z, sps.t(nu).cdf).pvalue > 1e-3
+
+
+def test_regime_switching_stationary_occupancy_and_switch_rate():
+    p = RegimeSwitching(rate_to_crash=3.0, rate_to_calm=9.0)
+    n, steps = 1 << 15, 60
+
+    @jax.jit
+    def regimes():
+        key = jax.random.key(5)
+        state = p.init(jax.random.fold_in(key, 999), n, DT)
+
+        def body(s, t):
+            s2, _ = p.step(jax.random.fold_in(key, t), s, n, DT)
+            return s2, s2.regime
+
+        return lax.scan(body, state, jnp.arange(steps))[1]
+
+    reg = np.asarray(regimes())
+    pi = 3.0 / 12.0
+    occupancy = reg[-1].mean()  # one time point: independent paths, binomial error
+    assert abs(occupancy - pi) < 3 * math.sqrt(pi * (1 - pi) / n)
+    calm_before = reg[:-1] == 0
+    switched = calm_before & (reg[1:] == 1)
+    rate = switched.sum() / calm_before.sum()
+    q = -math.expm1(-3.0 * DT)
+    assert abs(rate - q) < 3 * math.sqrt(q * (1 - q) / calm_before.sum())
+
+
+def test_block_bootstrap_walks_blocks_of_the_series():
+    series = (np.arange(500) + 1) * 1e-4  # distinct values reveal the index
+    p = BlockBootstrap(returns=series, mean_block=10.0)
+    r = sample_returns(p, seed=6, n_paths=2000, n_steps=100)
+    idx = np.rint(r.astype(np.float64) / 1e-4).astype(int) - 1
+    assert np.allclose(series[idx], r, rtol=1e-6)
+    restarts = idx[:, 1:] != (idx[:, :-1] + 1) % 500
+    # A restart lands on the next index by chance with probability 1/500.
+    q = 0.1 * (1 - 1 / 500)
+    assert abs(restarts.mean() - q) < 3 * math.sqrt(q * (1 - q) / restarts.size)
+    assert sps.chisquare(np.bincount(idx[:, 0], minlength=500)).pvalue > 1e-3
+
+
+def test_binary_frequency():
+    r = sample_returns(Binary(p=0.3, up=1.0, down=-0.5), seed=7, n_paths=10000, n_steps=20)
+    assert set(np.unique(r)) == {-0.5, 1.0}
+    wins = (r == 1.0).mean()
+    assert abs(wins - 0.3) < 3 * math.sqrt(0.21 / r.size)
