@@ -19,7 +19,9 @@ class ParameterError(ValueError):
 
 
 def _interval(lo: float, hi: float, lo_closed: bool, hi_closed: bool) -> str:
-    return f"{'[' if lo_closed else '('}{lo:g}, {hi:g}{']' if hi_closed else ')'}"
+    left = "[" if lo_closed and math.isfinite(lo) else "("
+    right = "]" if hi_closed and math.isfinite(hi) else ")"
+    return f"{left}{lo:g}, {hi:g}{right}"
 
 
 def check_range(
@@ -43,7 +45,7 @@ def check_range(
     bad |= (arr < lo) if lo_closed else (arr <= lo)
     bad |= (arr > hi) if hi_closed else (arr >= hi)
     if bad.any():
-        first = arr.ravel()[np.argmax(bad.ravel())]
+        first = float(arr.ravel()[np.argmax(bad.ravel())])
         raise ParameterError(f"{name} = {first!r} is out of range; allowed: finite values in {interval}")
 
 
