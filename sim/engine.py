@@ -43,7 +43,7 @@ __all__ = ["Policy", "SimResult", "simulate", "simulate_block", "sample_returns"
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 1 << 14
-_TARGET_CHUNK_PATHS = 1 << 20
+_TARGET_CHUNK_PATHS = 1 << 18  # measured as fast as 2^20 on 2 cores, a quarter of the memory
 
 
 class Policy(NamedTuple):
