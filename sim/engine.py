@@ -71,6 +71,15 @@ class BlockOutput(NamedTuple):
     recorded: jax.Array  # float32[n_steps, record_paths], log-wealth after each step
 
 
+def block_keys(key: jax.Array, block) -> tuple[jax.Array, jax.Array]:
+    """``(k_init, k_steps)`` of a block; step ``t`` draws from ``fold_in(k_steps, t)``.
+
+    The one definition of the random stream, shared by ``simulate_block`` and
+    ``sample_returns`` so that both see the very same draws.
+    """
+    return tuple(jax.random.split(jax.random.fold_in(key, block)))
+
+
 def simulate_block(
     key: jax.Array,
     block: jax.Array,
@@ -88,7 +97,7 @@ def simulate_block(
     Pure and branch free: ``vmap`` it over blocks, or over a grid of process or policy
     parameters; differentiate it with respect to ``policy.fraction``.
     """
-    k_init, k_steps = jax.random.split(jax.random.fold_in(key, block))
+    k_init, k_steps = block_keys(key, block)
     f = jnp.asarray(policy.fraction, jnp.float32)
     rf = per_step_mean(jnp.asarray(policy.risk_free, jnp.float32), dt)
     floor = jnp.asarray(policy.floor, jnp.float32)
@@ -312,7 +321,7 @@ def sample_returns(process, *, seed: int, n_paths: int, n_steps: int, steps_per_
 
     @jax.jit
     def block_returns(block):
-        k_init, k_steps = jax.random.split(jax.random.fold_in(key, block))
+        k_init, k_steps = block_keys(key, block)
 
         def one_step(pstate, t):
             return process.step(jax.random.fold_in(k_steps, t), pstate, block_size, dt)
