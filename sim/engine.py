@@ -17,6 +17,9 @@ The wealth update, with ``f`` the fraction in the risky asset (``f > 1`` is leve
 ``r_f`` the per-step risk-free rate on the rest::
 
     W <- W (1 + f r + (1 - f) r_f)
+
+For a model of several assets (``r`` of shape ``[n, d]``) ``f`` is a vector and the update is
+``W <- W (1 + f . r + (1 - sum f) r_f)`` (``portfolio_return``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,15 @@ from sim import stats as stats_lib
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
 
-__all__ = ["Policy", "SimResult", "simulate", "simulate_block", "sample_returns", "DEFAULT_BLOCK_SIZE"]
+__all__ = [
+    "Policy",
+    "SimResult",
+    "simulate",
+    "simulate_block",
+    "sample_returns",
+    "portfolio_return",
+    "DEFAULT_BLOCK_SIZE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +60,8 @@ _TARGET_CHUNK_PATHS = 1 << 18  # measured as fast as 2^20 on 2 cores, a quarter 
 class Policy(NamedTuple):
     """A constant-mix policy (a pytree: vmappable over a grid, differentiable in ``fraction``).
 
-    fraction: share of wealth in the risky asset each step (f > 1 leverage, f < 0 short).
+    fraction: share of wealth in the risky asset each step (f > 1 leverage, f < 0 short);
+      a vector ``[d]`` for a model of ``d`` assets.
     risk_free: annual simple rate earned on ``1 - fraction``.
     floor: ruin floor as a fraction of initial wealth, in [0, 1); 0 means ruin only on a
       wipe-out (a step with ``1 + x <= 0``).
@@ -69,6 +81,14 @@ class BlockOutput(NamedTuple):
     stats: stats_lib.PathStats  # each [block_size]
     snapshots: jax.Array  # float32[K, block_size], log-wealth after steps every, 2 every, ...
     recorded: jax.Array  # float32[n_steps, record_paths], log-wealth after each step
+
+
+def portfolio_return(f: jax.Array, r: jax.Array, rf: jax.Array) -> jax.Array:
+    """Simple return of the constant mix: ``f r + (1 - f) r_f``, or ``r . f + (1 - sum f) r_f``
+    for ``r`` of shape ``[n, d]`` and ``f`` of shape ``[d]``."""
+    if r.ndim == 1:
+        return f * r + (1.0 - f) * rf
+    return r @ f + (1.0 - jnp.sum(f)) * rf
 
 
 def block_keys(key: jax.Array, block) -> tuple[jax.Array, jax.Array]:
@@ -112,7 +132,7 @@ def simulate_block(
     # the statistics' updates that read r. Costs one unused draw per path at the end.
     def one_step(carry, t):
         pstate, r, st = carry
-        st = stats_lib.update(st, f * r + (1.0 - f) * rf, t + 1, log_floor)
+        st = stats_lib.update(st, portfolio_return(f, r, rf), t + 1, log_floor)
         pstate, r_next = draw(pstate, t + 1)
         return (pstate, r_next, st), st.log_wealth[:record_paths]
 
@@ -310,7 +330,8 @@ def simulate(
 
 def sample_returns(process, *, seed: int, n_paths: int, n_steps: int, steps_per_year: float = 252.0,
                    block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
-    """The process's per-step simple returns as a ``(n_paths, n_steps)`` matrix.
+    """The process's per-step simple returns as a ``(n_paths, n_steps)`` matrix
+    (``(n_paths, n_steps, d)`` for a model of ``d`` assets).
 
     The very draws ``simulate`` uses for the same ``(seed, block_size)``: for tests and for
     small diagnostics only, since it materializes paths x steps.
@@ -327,7 +348,7 @@ def sample_returns(process, *, seed: int, n_paths: int, n_steps: int, steps_per_
             return process.step(jax.random.fold_in(k_steps, t), pstate, block_size, dt)
 
         _, r = lax.scan(one_step, process.init(k_init, block_size, dt), jnp.arange(n_steps, dtype=jnp.int32))
-        return r.T
+        return jnp.moveaxis(r, 0, 1)
 
     n_blocks = -(-n_paths // block_size)
     out = np.concatenate([np.asarray(block_returns(np.uint32(b))) for b in range(n_blocks)], axis=0)

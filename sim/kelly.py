@@ -1,0 +1,605 @@
+"""Growth-optimal (Kelly) sizing: closed forms, and numeric Kelly by gradient on simulations.
+
+The growth rate of a constant mix holding a fraction ``f`` of wealth in the risky asset(s)
+and ``1 - f`` at the risk-free rate ``r_f`` is (seed 000 §2.2-2.3)::
+
+    g(f) = E[log(1 + f X + (1 - f) r_f)]          per step; reported per year.
+
+**Closed forms** (float64, numpy): the binary bet (``f* = (p (b + 1) - 1) / b``), the
+continuous-time Gaussian case (``f* = (mu - r) / sigma^2``, ``g(c f*) = r + c (2 - c)
+(mu - r)^2 / (2 sigma^2)``), the exact law of ruin of fractional Kelly in continuous time
+(``P(W ever <= x W_0) = x^(2/c - 1)``) and its finite-horizon version (first passage of a
+Brownian motion with drift), the exact optimum of a discrete Gaussian step by Gauss-Hermite
+quadrature, and the shrinkage formulas of Kelly under an unknown mean (below).
+
+**Numeric Kelly** (``GrowthObjective`` and ``optimize``): ``g`` is estimated on common random
+numbers, i.e. on the engine's own draws for a fixed seed, so that ``g`` is a deterministic,
+concave function of ``f`` (a sample average of ``log`` of affine functions) whose maximizer
+a grid search on the same draws must find too. The gradient comes from forward-mode
+differentiation through the engine's scan (``jax.jacfwd``), so memory stays proportional to
+the number of paths (reverse mode would store every step); a ``custom_vjp`` hands that
+gradient to optax, whose L-BFGS with a zoom line search does the optimization. A draw with
+``1 + f X <= 0`` wipes the path out and makes ``g = -inf``: the line search treats that as
+outside the domain and steps back, so the optimizer never returns such an ``f``.
+
+Every return model of ``sim.processes`` works, including several assets (``MultiAsset``;
+``f`` is then a vector, optionally long-only and within a budget ``sum f <= B``, handled
+by reparameterization) and random parameters (``ParameterUncertainty``: the growth is then
+averaged over the prior or posterior, which is Kelly under parameter uncertainty).
+
+**Kelly under an unknown mean** (Gaussian returns, known ``sigma``, flat prior, a sample of
+length ``T`` years): the posterior is ``mu ~ N(mu_hat, sigma^2 / T)``. A bet held for a
+period ``tau`` (years) then has the predictive law ``N(mu_hat tau, sigma^2 tau (1 + tau /
+T))``, so the posterior-averaged growth is maximized (to second order) by::
+
+    f_bayes = (mu_hat - r) / (sigma^2 (1 + tau / T)) = f_plugin * T / (T + tau)
+
+a negligible shrinkage for daily rebalancing (``tau = 1/252``) and a real one for bets held
+a year against a few years of data. The expected growth under the *true* ``mu`` of the rule
+``k f_plugin`` is instead maximized by ``k* = theta^2 / (theta^2 + 1 / T)`` (``theta`` the
+Sharpe ratio): estimation error costs ``sigma^2 Var(f_hat) / 2`` of growth, the
+frequentist case for fractional Kelly. ``bayes_shrinkage`` and ``frequentist_shrinkage``
+give both; the ``kelly`` experiment measures both by simulation.
+
+**Drawdown constraint**: maximize ``g`` subject to ``P(max drawdown over the horizon > d) <=
+eps``, with the indicator smoothed by a logistic of width ``temperature`` (in log-drawdown)
+and an augmented Lagrangian; the achieved probability is then measured with the exact
+indicator on fresh draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sim import engine
+from sim.validation import ParameterError, check_int, check_range
+
+__all__ = [
+    "KellyConvergenceError",
+    "binary_kelly",
+    "binary_growth",
+    "gaussian_kelly",
+    "gaussian_growth",
+    "fractional_kelly_growth",
+    "ruin_probability",
+    "first_passage_probability",
+    "gaussian_kelly_discrete",
+    "bayes_shrinkage",
+    "frequentist_shrinkage",
+    "reference_kelly",
+    "mean_posterior",
+    "GrowthObjective",
+    "KellyResult",
+    "optimize",
+    "grid_search",
+]
+
+
+class KellyConvergenceError(RuntimeError):
+    """The optimizer did not converge; the message says how far it got."""
+
+
+# --------------------------------------------------------------------------- closed forms
+
+
+def binary_kelly(p, b):
+    """Kelly fraction of a bet won with probability ``p`` at odds ``b`` (lose the stake
+    otherwise): ``f* = (p (b + 1) - 1) / b`` (negative: do not bet)."""
+    return (np.asarray(p, float) * (np.asarray(b, float) + 1.0) - 1.0) / np.asarray(b, float)
+
+
+def binary_growth(f, p, b):
+    """Growth per bet ``p log(1 + f b) + (1 - p) log(1 - f)``."""
+    f, p, b = (np.asarray(x, float) for x in (f, p, b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return p * np.log1p(f * b) + (1.0 - p) * np.log1p(-f)
+
+
+def gaussian_kelly(mu, sigma_or_cov, risk_free=0.0):
+    """Continuous-time Kelly fraction ``(mu - r) / sigma^2``; for a mean vector and a
+    covariance matrix, ``cov^-1 (mu - r)``."""
+    mu = np.asarray(mu, float)
+    s = np.asarray(sigma_or_cov, float)
+    if s.ndim == 2:
+        return np.linalg.solve(s, mu - risk_free)
+    return (mu - risk_free) / s**2
+
+
+def gaussian_growth(f, mu, sigma, risk_free=0.0):
+    """Continuous-time growth per year of the constant mix ``f``: ``r + f (mu - r) - f^2 sigma^2 / 2``."""
+    return risk_free + f * (mu - risk_free) - 0.5 * np.square(f) * np.square(sigma)
+
+
+def fractional_kelly_growth(c, mu, sigma, risk_free=0.0):
+    """Growth of ``c`` times Kelly: ``r + c (2 - c) (mu - r)^2 / (2 sigma^2)``."""
+    return risk_free + c * (2.0 - c) * (mu - risk_free) ** 2 / (2.0 * sigma**2)
+
+
+def ruin_probability(x, c):
+    """Continuous time, infinite horizon: ``P(W ever <= x W_0) = x^(2/c - 1)`` for ``c``
+    times Kelly (``0 < x < 1``); 1 for ``c >= 2``, where growth is not positive."""
+    x, c = np.asarray(x, float), np.asarray(c, float)
+    return np.where(c < 2.0, x ** (2.0 / c - 1.0), 1.0)
+
+
+def _norm_cdf(z):
+    return 0.5 * np.vectorize(math.erfc)(-np.asarray(z, float) / math.sqrt(2.0))
+
+
+def first_passage_probability(x, c, sharpe, years):
+    """``P(min_{t <= T} W_t <= x W_0)`` for ``c`` times Kelly on GBM with Sharpe ``theta``.
+
+    ``log W`` is a Brownian motion with drift ``m = theta^2 c (2 - c) / 2`` and volatility
+    ``s = c theta`` (risk-free excess); with ``a = log x < 0``::
+
+        P = Phi((a - m T) / (s sqrt T)) + exp(2 m a / s^2) Phi((a + m T) / (s sqrt T))
+
+    which tends to ``x^(2/c - 1)`` as ``T -> inf`` (``c < 2``).
+    """
+    a = np.log(np.asarray(x, float))
+    c = np.asarray(c, float)
+    m = sharpe**2 * c * (2.0 - c) / 2.0
+    s = c * abs(sharpe)
+    rt = s * np.sqrt(years)
+    return _norm_cdf((a - m * years) / rt) + np.exp(2.0 * m * a / s**2) * _norm_cdf((a + m * years) / rt)
+
+
+def gaussian_kelly_discrete(mu, sigma, dt, risk_free=0.0, n_nodes=80):
+    """Exact Kelly fraction of one Gaussian step of ``dt`` years (float64).
+
+    Maximizes ``E[log(1 + r_f dt + f ((mu - r_f) dt + sigma sqrt(dt) Z))]`` by Newton's
+    method on a Gauss-Hermite rule; it differs from ``(mu - r) / sigma^2`` by ``O(dt)``.
+    (The region ``1 + ... <= 0`` has probability below 1e-300 for the daily steps and
+    fractions this is meant for, and is ignored.)
+    """
+    z, w = np.polynomial.hermite_e.hermegauss(n_nodes)
+    w = w / w.sum()
+    excess = (mu - risk_free) * dt + sigma * math.sqrt(dt) * z
+    f = (mu - risk_free) / sigma**2
+    for _ in range(50):
+        x = 1.0 + risk_free * dt + f * excess
+        g1 = np.sum(w * excess / x)
+        g2 = -np.sum(w * excess**2 / x**2)
+        step = g1 / g2
+        f -= step
+        if abs(step) < 1e-15:
+            break
+    return f
+
+
+def bayes_shrinkage(sample_years, holding_years):
+    """``T / (T + tau)``: the posterior-averaged Kelly fraction over the plug-in one, for an
+    unknown Gaussian mean with known sigma (flat prior), ``T`` years of data and bets held
+    for ``tau`` years (second order in the step; see the module docstring)."""
+    return sample_years / (sample_years + holding_years)
+
+
+def frequentist_shrinkage(sharpe, sample_years):
+    """``theta^2 / (theta^2 + 1 / T)``: the multiple of the plug-in Kelly fraction that
+    maximizes the expected growth under the true mean (continuous time)."""
+    return sharpe**2 / (sharpe**2 + 1.0 / sample_years)
+
+
+def reference_kelly(process, risk_free=0.0):
+    """The Gaussian Kelly fraction with the same annual mean and variance as ``process``
+    (``process.annual_moments()``): the reference of the Kelly multiple ``c``."""
+    mean, var = process.annual_moments()
+    return gaussian_kelly(mean, np.sqrt(var) if np.ndim(var) == 0 else var, risk_free)
+
+
+def mean_posterior(returns, *, sigma=None, steps_per_year=252.0):
+    """Posterior of the annual mean of simple ``returns`` (flat prior, known ``sigma``; the
+    sample's own volatility if ``sigma`` is None): ``(mu_hat, sd)`` with ``sd = sigma /
+    sqrt(T)``, ``T`` the sample length in years."""
+    r = np.asarray(returns, float)
+    if r.ndim != 1 or r.size < 2 or not np.isfinite(r).all():
+        raise ParameterError(f"returns must be a finite 1-D series of length >= 2, got shape {r.shape}")
+    years = r.size / steps_per_year
+    sigma = r.std(ddof=1) * math.sqrt(steps_per_year) if sigma is None else float(sigma)
+    return r.mean() * steps_per_year, sigma / math.sqrt(years)
+
+
+# --------------------------------------------------------------------------- simulated growth
+
+
+class GrowthObjective:
+    """The growth rate ``g(f)`` (per year) on a fixed sample of the engine's draws.
+
+    Args:
+      process: a model from ``sim.processes``.
+      seed, n_paths, n_steps, steps_per_year, block_size: the sample (``n_paths`` is rounded
+        up to whole blocks; the draws are the engine's for the same arguments).
+      risk_free: annual rate on ``1 - sum f``.
+      drawdown: ``(d, eps)`` to also estimate the smoothed ``P(max drawdown > d)`` over the
+        horizon ``n_steps`` (for the constrained optimizer); None otherwise.
+      temperature: width of the logistic smoothing, in units of ``log(peak / W)``.
+    """
+
+    def __init__(self, process, *, seed: int = 0, n_paths: int = 1 << 14, n_steps: int = 252,
+                 steps_per_year: float = 252.0, risk_free: float = 0.0, block_size: int | None = None,
+                 drawdown: tuple[float, float] | None = None, temperature: float = 0.02):
+        n_paths = check_int("n_paths", n_paths, 2)
+        n_steps = check_int("n_steps", n_steps, 1)
+        check_range("steps_per_year", steps_per_year, 0.0, lo_closed=False)
+        check_range("risk_free", risk_free, -1.0, 10.0, lo_closed=False)
+        block_size = min(engine.DEFAULT_BLOCK_SIZE, n_paths) if block_size is None else check_int(
+            "block_size", block_size, 1)
+        process.validate(1.0 / steps_per_year)
+        self.process = process
+        self.n_assets = int(process.n_assets) if hasattr(process, "n_assets") else 0
+        self.seed, self.n_steps, self.steps_per_year = seed, n_steps, float(steps_per_year)
+        self.risk_free, self.block_size = float(risk_free), block_size
+        self.n_blocks = -(-n_paths // block_size)
+        self.n_paths = self.n_blocks * block_size
+        self.years = n_steps / self.steps_per_year
+        if drawdown is not None:
+            d, eps = drawdown
+            check_range("max_drawdown", d, 0.0, 1.0, lo_closed=False, hi_closed=False)
+            check_range("drawdown probability eps", eps, 0.0, 1.0, lo_closed=False, hi_closed=False)
+            check_range("temperature", temperature, 0.0, lo_closed=False)
+            if risk_free < 0 and -math.expm1(math.log1p(risk_free / self.steps_per_year) * n_steps) > d:
+                raise ParameterError(
+                    f"drawdown constraint P(max drawdown > {d}) <= {eps} is infeasible: with risk_free = "
+                    f"{risk_free} even f = 0 draws down more than {d} over {self.years:g} years"
+                )
+        self.drawdown, self.temperature = drawdown, float(temperature)
+        self._paths = jax.jit(self._paths_impl)
+        self._derivs = jax.jit(self._derivs_impl)
+        self._grid = jax.jit(jax.vmap(self._mean_impl))
+        self._means = self._make_custom_vjp()
+        self._loss_vg = {}
+
+    # -- kernels
+    def _paths_impl(self, f):
+        """Per-path (time-average growth, smoothed drawdown indicator), each [n_paths]."""
+        f = jnp.asarray(f, jnp.float32)
+        policy = engine.Policy(f, jnp.float32(self.risk_free), jnp.float32(0.0))
+        key = jax.random.key(self.seed)
+        fn = functools.partial(engine.simulate_block, block_size=self.block_size, n_steps=self.n_steps,
+                               dt=1.0 / self.steps_per_year)
+        blocks = jnp.arange(self.n_blocks, dtype=jnp.uint32)
+        st = jax.vmap(fn, in_axes=(None, 0, None, None))(key, blocks, self.process, policy).stats
+        growth = st.log_wealth.reshape(-1) / self.years
+        if self.drawdown is None:
+            return growth, jnp.zeros_like(growth)
+        level = -math.log1p(-self.drawdown[0])
+        breach = jax.nn.sigmoid((st.max_drawdown_log.reshape(-1) - level) / self.temperature)
+        return growth, breach
+
+    def _mean_impl(self, f):
+        growth, breach = self._paths_impl(f)
+        return jnp.stack([jnp.mean(growth), jnp.mean(breach)])
+
+    def _derivs_impl(self, f):
+        """Per-path growth [n], its gradient [n, d] and the mean Hessian [d, d]; one
+        forward-mode pass (nested ``jacfwd``), memory linear in the paths."""
+        flat = jnp.reshape(f, (-1,))
+
+        def growth_of(x):
+            return self._paths_impl(jnp.reshape(x, jnp.shape(f)))[0]
+
+        def with_jac(x):
+            jac = jax.jacfwd(growth_of)(x)  # [n, d]
+            return jac, (growth_of(x), jac)
+
+        hess, (growth, jac) = jax.jacfwd(with_jac, has_aux=True)(flat)  # hess: [n, d, d]
+        return growth, jac, jnp.mean(hess, axis=0)
+
+    def _make_custom_vjp(self):
+        """``f -> [g, P_breach]`` whose reverse-mode derivative is computed in forward mode."""
+
+        @jax.custom_vjp
+        def means(f):
+            return self._mean_impl(f)
+
+        def fwd(f):
+            return self._mean_impl(f), jax.jacfwd(self._mean_impl)(f)
+
+        def bwd(jac, ct):
+            return (jnp.tensordot(ct, jac, axes=1),)
+
+        means.defvjp(fwd, bwd)
+        return means
+
+    # -- public API
+    def _as_f(self, f):
+        f = jnp.asarray(f, jnp.float32)
+        want = () if self.n_assets == 0 else (self.n_assets,)
+        if f.shape != want:
+            raise ParameterError(f"fraction must have shape {want} for {type(self.process).__name__}, got {f.shape}")
+        return f
+
+    def __call__(self, f) -> float:
+        """``g(f)``, annualized, on the sample (``-inf`` if any path is wiped out)."""
+        return float(self._paths(self._as_f(f))[0].mean())
+
+    def values(self, fractions) -> np.ndarray:
+        """``g`` on a batch of fractions ``[G]`` (or ``[G, d]``): one compiled vmapped kernel
+        in which the draws are shared by every grid point."""
+        fs = jnp.asarray(fractions, jnp.float32)
+        return np.asarray(self._grid(fs))[:, 0]
+
+    def value_and_grad(self, f):
+        g, jac, _ = self._derivs(self._as_f(f))
+        return float(np.mean(np.asarray(g, float))), np.asarray(jac, float).mean(axis=0)
+
+    def breach_probability(self, f, *, exact: bool = True) -> float:
+        """``P(max drawdown > d)`` on this sample: the exact indicator, or the smoothed one."""
+        if self.drawdown is None:
+            raise ParameterError("breach_probability needs GrowthObjective(drawdown=(d, eps))")
+        if not exact:
+            return float(self._paths(self._as_f(f))[1].mean())
+        level = -math.log1p(-self.drawdown[0])
+        return float(np.mean(self.max_drawdown_log(f) > level))
+
+    def max_drawdown_log(self, f) -> np.ndarray:
+        result = engine.simulate(self.process, seed=self.seed, n_paths=self.n_paths, n_steps=self.n_steps,
+                                 steps_per_year=self.steps_per_year, block_size=self.block_size,
+                                 policy=engine.Policy(np.asarray(f), self.risk_free, 0.0))
+        return np.asarray(result.stats.max_drawdown_log)
+
+    def derivatives(self, f):
+        """``(g, g_se, grad, grad_cov, hessian)`` at ``f``, in float64 on the host: the mean
+        growth and its standard error, the gradient and the covariance of its sample mean
+        (from the per-path gradients), and the Hessian."""
+        growth, jac, hess = (np.asarray(a, float) for a in self._derivs(self._as_f(f)))
+        n = growth.shape[0]
+        g_se = growth.std(ddof=1) / math.sqrt(n) if np.isfinite(growth).all() else float("nan")
+        grad_cov = np.atleast_2d(np.cov(jac, rowvar=False)) / n
+        return growth.mean(), g_se, jac.mean(axis=0), grad_cov, hess
+
+    def with_seed(self, seed: int) -> "GrowthObjective":
+        """The same objective on fresh draws."""
+        return GrowthObjective(self.process, seed=seed, n_paths=self.n_paths, n_steps=self.n_steps,
+                               steps_per_year=self.steps_per_year, risk_free=self.risk_free,
+                               block_size=self.block_size, drawdown=self.drawdown, temperature=self.temperature)
+
+
+# --------------------------------------------------------------------------- optimization
+
+
+@dataclasses.dataclass
+class KellyResult:
+    """The outcome of ``optimize``.
+
+    fraction: the fraction(s) to hold: ``multiple * full_fraction``.
+    full_fraction: the optimum found (growth-optimal, or constrained-optimal).
+    growth, growth_se: ``g`` at ``fraction`` on the sample, per year, and its standard error.
+    full_growth: ``g`` at ``full_fraction``.
+    fraction_se: Monte Carlo standard error of ``full_fraction`` (sandwich: the spread of
+      the per-path gradient over the curvature), for an unconstrained interior optimum.
+    grad_norm: norm of the gradient of ``g`` in the optimizer's coordinates at the end.
+    breach_probability: for a drawdown constraint, ``P(max drawdown > d)`` at ``fraction``
+      on fresh draws (exact indicator); None otherwise.
+    """
+
+    fraction: Any
+    full_fraction: Any
+    multiple: float
+    growth: float
+    growth_se: float
+    full_growth: float
+    fraction_se: Any
+    grad_norm: float
+    iterations: int
+    converged: bool
+    constraint: dict | None = None
+    breach_probability: float | None = None
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        return {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+
+
+def _transform(n_assets: int, long_only: bool, budget: float | None) -> tuple[Callable, Callable]:
+    """``(to_f, to_u)``: the map from the optimizer's free coordinates ``u`` to fractions
+    ``f`` that enforces the constraints, and an inverse for the starting point."""
+    if budget is not None and long_only:
+        # f = B softmax([u, 0])[:d]: f >= 0 and sum f <= B (the last weight is the slack).
+        def to_f(u):
+            return budget * jax.nn.softmax(jnp.append(u, 0.0))[:-1]
+
+        def to_u(f):
+            f = np.clip(np.asarray(f, float), 1e-4 * budget, None)
+            slack = max(budget - f.sum(), 1e-3 * budget)
+            if f.sum() + slack > budget:
+                f = f * (budget - slack) / f.sum()
+            return np.log(f / slack)
+
+        return to_f, to_u
+    if long_only:
+        def to_f(u):
+            return jax.nn.softplus(u)
+
+        def to_u(f):
+            f = np.clip(np.asarray(f, float), 1e-4, None)
+            return np.where(f > 20, f, np.log(np.expm1(f)))
+
+        return to_f, to_u
+    if budget is not None:
+        # Projection onto {sum f <= B} along (1, ..., 1): continuous, identity inside.
+        def to_f(u):
+            excess = jnp.maximum(jnp.sum(u) - budget, 0.0)
+            return u - excess / max(n_assets, 1)
+
+        return to_f, lambda f: np.asarray(f, float)
+    return (lambda u: u), (lambda f: np.asarray(f, float))
+
+
+def _starting_point(objective: GrowthObjective, x0):
+    if x0 is None:
+        try:
+            x0 = reference_kelly(objective.process.process if hasattr(objective.process, "names")
+                                 else objective.process, objective.risk_free)
+        except (AttributeError, np.linalg.LinAlgError):
+            x0 = np.full(max(objective.n_assets, 1), 0.5) if objective.n_assets else 0.5
+    x0 = np.asarray(x0, float)
+    for _ in range(60):  # step back toward f = 0 until every path survives
+        if np.isfinite(objective(x0)):
+            return x0
+        x0 = x0 * 0.5
+    raise KellyConvergenceError(
+        f"no fraction with finite growth found on the path from the starting point to 0 "
+        f"({type(objective.process).__name__}): every fraction tried wipes a path out"
+    )
+
+
+def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bool = False,
+             budget: float | None = None, x0=None, max_iter: int = 200, gtol: float = 1e-6, xtol: float = 1e-6,
+             constraint_tol: float = 2e-3, strict: bool = True) -> KellyResult:
+    """Kelly (or fractional Kelly) by gradient with optax L-BFGS on ``objective``'s draws.
+
+    Args:
+      objective: a ``GrowthObjective``; built with ``drawdown=(d, eps)`` it maximizes ``g``
+        subject to the smoothed ``P(max drawdown > d) <= eps`` (augmented Lagrangian).
+      multiple: the Kelly multiple ``c`` (0.5 for half Kelly); ``fraction = c * optimum``.
+      long_only, budget: constraints for several assets (``f >= 0``, ``sum f <= budget``).
+      x0: starting fraction (default: the Gaussian reference Kelly, stepped back into the
+        domain).
+      max_iter, gtol, xtol: at most ``max_iter`` L-BFGS steps per solve; converged when the
+        gradient norm (per year, in the optimizer's coordinates) is below ``gtol`` or the
+        quasi-Newton step is shorter than ``xtol`` (near a wipe-out barrier the curvature is
+        huge and float32 cannot push the gradient itself below ``gtol``).
+      constraint_tol: allowed excess of the smoothed breach probability over ``eps``.
+      strict: raise ``KellyConvergenceError`` instead of returning an unconverged result.
+    """
+    check_range("multiple (Kelly multiple c)", multiple, 0.0, 10.0, lo_closed=False)
+    check_int("max_iter", max_iter, 1)
+    check_range("gtol", gtol, 0.0, lo_closed=False)
+    check_range("xtol", xtol, 0.0, lo_closed=False)
+    if budget is not None:
+        check_range("budget", budget, 0.0, lo_closed=False)
+        if objective.n_assets == 0:
+            raise ParameterError("budget applies to several assets (MultiAsset); for one asset bound f directly")
+    to_f, to_u = _transform(objective.n_assets, long_only, budget)
+    u = jnp.asarray(to_u(_starting_point(objective, x0)), jnp.float32)
+
+    means = objective._means
+    dd = objective.drawdown
+
+    def loss(u, lam, rho):
+        g, p = means(to_f(u))
+        if dd is None:
+            return -g
+        return -g + 0.5 * rho * jnp.square(jnp.maximum(p - dd[1] + lam / rho, 0.0)) - 0.5 * lam**2 / rho
+
+    loss_vg = jax.jit(jax.value_and_grad(loss))  # compiled once; lam, rho are traced
+    opt = optax.lbfgs(learning_rate=1.0, linesearch=None)  # the L-BFGS direction
+    direction = jax.jit(lambda grad, state, u: opt.update(grad, state, u))
+
+    def solve(u, lam, rho):
+        """L-BFGS from optax with an Armijo backtracking line search that also steps back
+        out of the region where a path is wiped out (``g = -inf``)."""
+        lam, rho = jnp.float32(lam), jnp.float32(rho)
+        state = opt.init(u)
+        value, grad = loss_vg(u, lam, rho)
+        if not np.isfinite(float(value)):
+            raise KellyConvergenceError(f"growth is not finite at the starting point f = {np.asarray(to_f(u))}")
+        for it in range(1, max_iter + 1):
+            grad_norm = float(jnp.linalg.norm(grad))
+            if grad_norm <= gtol:
+                return u, grad_norm, it - 1, True
+            updates, state = direction(grad, state, u)
+            if it > 2 and float(jnp.linalg.norm(updates)) <= xtol:
+                return u, grad_norm, it - 1, True  # the quasi-Newton step is below xtol
+            slope = float(jnp.vdot(grad, updates))
+            if not slope < 0:  # not a descent direction: restart from steepest descent
+                state, updates = opt.init(u), -grad / max(grad_norm, 1.0)
+                slope = float(jnp.vdot(grad, updates))
+            t = 1.0
+            for _ in range(40):
+                u_try = u + t * updates
+                v_try, g_try = loss_vg(u_try, lam, rho)
+                if np.isfinite(float(v_try)) and float(v_try) <= float(value) + 1e-4 * t * slope:
+                    break
+                t *= 0.5
+            else:  # no decrease possible in float32: converged if the step was already tiny
+                return u, grad_norm, it, grad_norm <= 10 * gtol or float(jnp.linalg.norm(updates)) <= 10 * xtol
+            u, value, grad = u_try, v_try, g_try
+        return u, float(jnp.linalg.norm(grad)), max_iter, float(jnp.linalg.norm(grad)) <= gtol
+
+    constraint_info = None
+    if dd is None:
+        u, grad_norm, iterations, converged = solve(u, 0.0, 1.0)
+    else:
+        lam, rho, iterations, converged, p = 0.0, 50.0, 0, False, float("nan")
+        for _outer in range(12):
+            u, grad_norm, it, ok = solve(u, lam, rho)
+            iterations += it
+            p = float(means(to_f(u))[1])
+            lam = max(0.0, lam + rho * (p - dd[1]))
+            if ok and p <= dd[1] + constraint_tol and (lam == 0.0 or abs(p - dd[1]) <= constraint_tol):
+                converged = True
+                break
+            rho *= 4.0
+        constraint_info = dict(max_drawdown=dd[0], eps=dd[1], smoothed_probability=p, multiplier=lam)
+
+    f_full = np.asarray(to_f(u), float)
+    if not converged and strict:
+        raise KellyConvergenceError(
+            f"Kelly optimizer did not converge for {type(objective.process).__name__} after {iterations} "
+            f"iterations: gradient norm {grad_norm:.3g} > gtol {gtol:g} at f = {f_full}"
+            + (f"; constraint {constraint_info}" if constraint_info else "")
+        )
+    f = multiple * f_full
+    g_full, _, _, grad_cov, hess = objective.derivatives(f_full)
+    fraction_se = None
+    if dd is None and not long_only and budget is None:
+        # Sandwich: f_hat - f* ~ -H^-1 grad_hat, so Cov(f_hat) = H^-1 Cov(grad_hat) H^-1.
+        h_inv = np.linalg.inv(hess)
+        fraction_se = np.sqrt(np.diag(h_inv @ grad_cov @ h_inv))
+        fraction_se = float(fraction_se[0]) if objective.n_assets == 0 else fraction_se
+    g, g_se = (g_full, objective.derivatives(f)[1]) if multiple == 1.0 else objective.derivatives(f)[:2]
+    breach = None
+    if dd is not None:
+        breach = objective.with_seed(objective.seed + 1_000_003).breach_probability(f)
+    scalar = objective.n_assets == 0
+    return KellyResult(
+        fraction=float(f) if scalar else f,
+        full_fraction=float(f_full) if scalar else f_full,
+        multiple=float(multiple),
+        growth=float(g),
+        growth_se=float(g_se),
+        full_growth=float(g_full),
+        fraction_se=fraction_se,
+        grad_norm=grad_norm,
+        iterations=iterations,
+        converged=converged,
+        constraint=constraint_info,
+        breach_probability=breach,
+    )
+
+
+def grid_search(objective: GrowthObjective, lo: float, hi: float, *, n_coarse: int = 121, n_fine: int = 201):
+    """Brute-force maximizer of a one-asset ``g`` on ``[lo, hi]``, on the same draws.
+
+    A coarse grid, then a fine grid over the two coarse cells either side of the best
+    point, then the vertex of the parabola through the best fine point and its neighbours.
+    Returns ``(f_best, g_best, fine_grid, fine_values)``.
+    """
+    if objective.n_assets:
+        raise ParameterError("grid_search is for one asset")
+    coarse = np.linspace(lo, hi, n_coarse)
+    vals = objective.values(coarse)
+    if not np.isfinite(vals).any():
+        raise KellyConvergenceError(f"growth is -inf on the whole grid [{lo}, {hi}]")
+    i = int(np.nanargmax(np.where(np.isfinite(vals), vals, -np.inf)))
+    step = coarse[1] - coarse[0]
+    fine = np.linspace(max(lo, coarse[i] - 2 * step), min(hi, coarse[i] + 2 * step), n_fine)
+    fvals = objective.values(fine)
+    j = int(np.argmax(np.where(np.isfinite(fvals), fvals, -np.inf)))
+    best = fine[j]
+    if 0 < j < n_fine - 1 and np.isfinite(fvals[j - 1 : j + 2]).all():
+        y0, y1, y2 = fvals[j - 1 : j + 2].astype(float)
+        denom = y0 - 2 * y1 + y2
+        if denom < 0:
+            best = fine[j] + 0.5 * (fine[1] - fine[0]) * (y0 - y2) / denom
+    return float(best), float(fvals[j]), fine, fvals
