@@ -253,12 +253,12 @@ class GrowthObjective:
         self.drawdown, self.temperature = drawdown, float(temperature)
         self._paths = jax.jit(self._paths_impl)
         self._derivs = jax.jit(self._derivs_impl)
-        self._grid = jax.jit(jax.vmap(self._mean_impl))
+        self._grid = jax.jit(jax.vmap(self._mean_impl, in_axes=(0, None)))
         self._means = self._make_custom_vjp()
         self._loss_vg = {}
 
     # -- kernels
-    def _paths_impl(self, f):
+    def _paths_impl(self, f, process):
         """Per-path (time-average growth, smoothed drawdown indicator), each [n_paths]."""
         f = jnp.asarray(f, jnp.float32)
         policy = engine.Policy(f, jnp.float32(self.risk_free), jnp.float32(0.0))
@@ -266,7 +266,7 @@ class GrowthObjective:
         fn = functools.partial(engine.simulate_block, block_size=self.block_size, n_steps=self.n_steps,
                                dt=1.0 / self.steps_per_year)
         blocks = jnp.arange(self.n_blocks, dtype=jnp.uint32)
-        st = jax.vmap(fn, in_axes=(None, 0, None, None))(key, blocks, self.process, policy).stats
+        st = jax.vmap(fn, in_axes=(None, 0, None, None))(key, blocks, process, policy).stats
         growth = st.log_wealth.reshape(-1) / self.years
         if self.drawdown is None:
             return growth, jnp.zeros_like(growth)
@@ -274,17 +274,17 @@ class GrowthObjective:
         breach = jax.nn.sigmoid((st.max_drawdown_log.reshape(-1) - level) / self.temperature)
         return growth, breach
 
-    def _mean_impl(self, f):
-        growth, breach = self._paths_impl(f)
+    def _mean_impl(self, f, process):
+        growth, breach = self._paths_impl(f, process)
         return jnp.stack([jnp.mean(growth), jnp.mean(breach)])
 
-    def _derivs_impl(self, f):
+    def _derivs_impl(self, f, process):
         """Per-path growth [n], its gradient [n, d] and the mean Hessian [d, d]; one
         forward-mode pass (nested ``jacfwd``), memory linear in the paths."""
         flat = jnp.reshape(f, (-1,))
 
         def growth_of(x):
-            return self._paths_impl(jnp.reshape(x, jnp.shape(f)))[0]
+            return self._paths_impl(jnp.reshape(x, jnp.shape(f)), process)[0]
 
         def with_jac(x):
             jac = jax.jacfwd(growth_of)(x)  # [n, d]
@@ -297,14 +297,14 @@ class GrowthObjective:
         """``f -> [g, P_breach]`` whose reverse-mode derivative is computed in forward mode."""
 
         @jax.custom_vjp
-        def means(f):
-            return self._mean_impl(f)
+        def means(f, process):
+            return self._mean_impl(f, process)
 
-        def fwd(f):
-            return self._mean_impl(f), jax.jacfwd(self._mean_impl)(f)
+        def fwd(f, process):
+            return self._mean_impl(f, process), jax.jacfwd(self._mean_impl)(f, process)
 
         def bwd(jac, ct):
-            return (jnp.tensordot(ct, jac, axes=1),)
+            return jnp.tensordot(ct, jac, axes=1), None  # no derivative in the model's parameters
 
         means.defvjp(fwd, bwd)
         return means
@@ -319,16 +319,16 @@ class GrowthObjective:
 
     def __call__(self, f) -> float:
         """``g(f)``, annualized, on the sample (``-inf`` if any path is wiped out)."""
-        return float(self._paths(self._as_f(f))[0].mean())
+        return float(self._paths(self._as_f(f), self.process)[0].mean())
 
     def values(self, fractions) -> np.ndarray:
         """``g`` on a batch of fractions ``[G]`` (or ``[G, d]``): one compiled vmapped kernel
         in which the draws are shared by every grid point."""
         fs = jnp.asarray(fractions, jnp.float32)
-        return np.asarray(self._grid(fs))[:, 0]
+        return np.asarray(self._grid(fs, self.process))[:, 0]
 
     def value_and_grad(self, f):
-        g, jac, _ = self._derivs(self._as_f(f))
+        g, jac, _ = self._derivs(self._as_f(f), self.process)
         return float(np.mean(np.asarray(g, float))), np.asarray(jac, float).mean(axis=0)
 
     def breach_probability(self, f, *, exact: bool = True) -> float:
@@ -336,7 +336,7 @@ class GrowthObjective:
         if self.drawdown is None:
             raise ParameterError("breach_probability needs GrowthObjective(drawdown=(d, eps))")
         if not exact:
-            return float(self._paths(self._as_f(f))[1].mean())
+            return float(self._paths(self._as_f(f), self.process)[1].mean())
         level = -math.log1p(-self.drawdown[0])
         return float(np.mean(self.max_drawdown_log(f) > level))
 
@@ -350,7 +350,7 @@ class GrowthObjective:
         """``(g, g_se, grad, grad_cov, hessian)`` at ``f``, in float64 on the host: the mean
         growth and its standard error, the gradient and the covariance of its sample mean
         (from the per-path gradients), and the Hessian."""
-        growth, jac, hess = (np.asarray(a, float) for a in self._derivs(self._as_f(f)))
+        growth, jac, hess = (np.asarray(a, float) for a in self._derivs(self._as_f(f), self.process))
         n = growth.shape[0]
         g_se = growth.std(ddof=1) / math.sqrt(n) if np.isfinite(growth).all() else float("nan")
         grad_cov = np.atleast_2d(np.cov(jac, rowvar=False)) / n
@@ -485,8 +485,8 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
     means = objective._means
     dd = objective.drawdown
 
-    def loss(u, lam, rho):
-        g, p = means(to_f(u))
+    def loss(u, lam, rho, process):
+        g, p = means(to_f(u), process)
         if dd is None:
             return -g
         return -g + 0.5 * rho * jnp.square(jnp.maximum(p - dd[1] + lam / rho, 0.0)) - 0.5 * lam**2 / rho
@@ -500,7 +500,7 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
         out of the region where a path is wiped out (``g = -inf``)."""
         lam, rho = jnp.float32(lam), jnp.float32(rho)
         state = opt.init(u)
-        value, grad = loss_vg(u, lam, rho)
+        value, grad = loss_vg(u, lam, rho, objective.process)
         if not np.isfinite(float(value)):
             raise KellyConvergenceError(f"growth is not finite at the starting point f = {np.asarray(to_f(u))}")
         for it in range(1, max_iter + 1):
@@ -517,8 +517,16 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
             t = 1.0
             for _ in range(40):
                 u_try = u + t * updates
-                v_try, g_try = loss_vg(u_try, lam, rho)
-                if np.isfinite(float(v_try)) and float(v_try) <= float(value) + 1e-4 * t * slope:
+                v_try, g_try = loss_vg(u_try, lam, rho, objective.process)
+                if not np.isfinite(float(v_try)):
+                    t *= 0.5
+                    continue
+                if float(v_try) <= float(value) + 1e-4 * t * slope:
+                    break  # Armijo
+                # Near the optimum the decrease is below float32 resolution of the value: accept
+                # a step that does not increase it and shrinks the directional derivative.
+                resolution = 4 * float(np.spacing(np.float32(abs(float(value)) + 1e-30)))
+                if float(v_try) <= float(value) + resolution and abs(float(jnp.vdot(g_try, updates))) <= 0.9 * abs(slope):
                     break
                 t *= 0.5
             else:  # no decrease possible in float32: converged if the step was already tiny
@@ -534,7 +542,7 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
         for _outer in range(12):
             u, grad_norm, it, ok = solve(u, lam, rho)
             iterations += it
-            p = float(means(to_f(u))[1])
+            p = float(means(to_f(u), objective.process)[1])
             lam = max(0.0, lam + rho * (p - dd[1]))
             if ok and p <= dd[1] + constraint_tol and (lam == 0.0 or abs(p - dd[1]) <= constraint_tol):
                 converged = True

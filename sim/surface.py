@@ -1,0 +1,289 @@
+"""Ruin-probability surfaces: a grid of (model parameter) x (fraction) in one compiled kernel.
+
+For every model point ``p`` (a value of one parameter, e.g. the tail index ``nu``) and every
+fraction ``f[p, c]`` held at a constant mix, over a horizon of ``n_steps`` steps:
+
+* ``ruin_probability``: P(wealth falls below ``floor`` x initial at some step, or a wipe-out);
+* ``p_drawdown``: P(max drawdown > ``drawdown_level``);
+* ``median_growth`` (and 5% / 95% quantiles): of the time-average growth ``log(W_T) / T``,
+  with ruin absorbing (a ruined path keeps the wealth it was ruined at);
+* ``mean_growth``: ``E[log W_T] / T`` without the floor (the growth rate Kelly maximizes;
+  ``-inf`` as soon as one path is wiped out), and ``wipeout_probability``.
+
+The kernel is one ``lax.scan`` over time per block of paths whose carry holds the running
+statistics of every (fraction, path) lane; the model points are mapped over sequentially
+inside the same compiled call (``lax.map``), so memory is ``C x block_size`` lanes, never
+paths x steps or the whole grid x paths. At each step the model's draws are made once and
+shared by all ``C`` fractions (they do not depend on the fraction), which is why a grid costs
+less per point-path-step than a single simulation. Path ``i`` of model point ``p`` sees the
+very draws ``sim.engine.simulate`` gives it for the same ``(seed, block_size)``: a surface
+point equals a plain simulation bit for bit.
+
+Quantiles of the growth come from a fixed histogram accumulated over blocks (exact counts,
+``n_bins`` bins over ``growth_range`` per year, linear interpolation within a bin), so
+their resolution is the bin width; the probabilities are exact counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from sim import engine
+from sim import stats as stats_lib
+from sim.units import per_step_mean
+from sim.validation import ParameterError, check_int, check_range
+
+__all__ = ["SurfaceResult", "ruin_surface", "batch_process"]
+
+log = logging.getLogger(__name__)
+
+
+def batch_process(process, name: str, values, *, dt: float):
+    """``process`` with parameter ``name`` replaced by the array ``values`` (the model axis)
+    and every other field broadcast to the same leading axis, ready for ``lax.map``. Every
+    model point is validated first (for steps of ``dt`` years)."""
+    fields = [f.name for f in dataclasses.fields(process)]
+    if name not in fields:
+        raise ParameterError(f"surface axis {name!r} is not a parameter of {type(process).__name__}; allowed: {fields}")
+    values = np.asarray(values, np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ParameterError(f"surface values of {name} must be a non-empty list, got shape {values.shape}")
+    for v in values:  # every model point must be valid on its own
+        dataclasses.replace(process, **{name: float(v)}).validate(dt)
+    kwargs = {}
+    for f in fields:
+        if f == name:
+            kwargs[f] = jnp.asarray(values, jnp.float32)
+        else:
+            kwargs[f] = jnp.broadcast_to(jnp.asarray(getattr(process, f), jnp.float32), (len(values),))
+    return dataclasses.replace(process, **kwargs)
+
+
+@dataclasses.dataclass
+class SurfaceResult:
+    """Per (model point, fraction) statistics, each ``[P, C]`` (numpy, float64)."""
+
+    axis: str
+    values: np.ndarray  # [P]
+    fractions: np.ndarray  # [P, C]
+    ruin_probability: np.ndarray
+    p_drawdown: np.ndarray
+    median_growth: np.ndarray
+    growth_q05: np.ndarray
+    growth_q95: np.ndarray
+    mean_growth: np.ndarray
+    wipeout_probability: np.ndarray
+    n_paths: int
+    years: float
+    bin_width: float
+    wall_seconds: float
+
+    def growth_optimal(self) -> np.ndarray:
+        """Per model point, the fraction maximizing ``mean_growth`` on the grid, refined by
+        the vertex of the parabola through the best point and its neighbours (NaN where
+        every fraction has a wipe-out). Where the next larger fraction already has a
+        wipe-out (``at_wipeout_edge``), the true optimum lies between the two grid points:
+        the growth rate is -inf beyond the first fraction that can lose everything."""
+        return self._growth_optimal()[0]
+
+    def at_wipeout_edge(self) -> np.ndarray:
+        return self._growth_optimal()[1]
+
+    def _growth_optimal(self):
+        edge = np.zeros(len(self.values), bool)
+        out = np.full(len(self.values), np.nan)
+        for p, (f, g) in enumerate(zip(self.fractions, self.mean_growth)):
+            finite = np.isfinite(g)
+            if not finite.any():
+                continue
+            j = int(np.argmax(np.where(finite, g, -np.inf)))
+            out[p] = f[j]
+            edge[p] = j + 1 < len(f) and not finite[j + 1]
+            if 0 < j < len(f) - 1 and finite[j - 1 : j + 2].all():
+                x0, x1, x2 = f[j - 1 : j + 2]
+                y0, y1, y2 = g[j - 1 : j + 2]
+                denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+                a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+                b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / denom
+                if a < 0:
+                    out[p] = float(np.clip(-b / (2 * a), x0, x2))
+        return out, edge
+
+    def table(self):
+        """A long table, one row per (model point, fraction)."""
+        import pandas as pd
+
+        P, C = self.fractions.shape
+        return pd.DataFrame({
+            self.axis: np.repeat(self.values, C),
+            "fraction": self.fractions.ravel(),
+            "ruin_probability": self.ruin_probability.ravel(),
+            "p_drawdown": self.p_drawdown.ravel(),
+            "median_growth": self.median_growth.ravel(),
+            "growth_q05": self.growth_q05.ravel(),
+            "growth_q95": self.growth_q95.ravel(),
+            "mean_growth": self.mean_growth.ravel(),
+            "wipeout_probability": self.wipeout_probability.ravel(),
+        })
+
+
+def _block_counts(key, block, processes, fractions, *, block_size, n_steps, dt, risk_free, log_floor,
+                  dd_level_log, years, lo, width, n_bins):
+    """Counters of one block for every (model point, fraction): a dict of ``[P, C]`` (and
+    ``[P, C, n_bins + 2]`` for the histogram)."""
+    k_init, k_steps = engine.block_keys(key, block)
+    rf = per_step_mean(jnp.float32(risk_free), dt)
+
+    def one_point(args):
+        process, f = args  # f: [C]
+
+        def draw(ps, t):
+            return process.step(jax.random.fold_in(k_steps, t), ps, block_size, dt)
+
+        update = jax.vmap(stats_lib.update, in_axes=(0, 0, None, None))
+
+        def one_step(carry, t):
+            ps, r, st, free = carry
+            x = f[:, None] * r[None, :] + (1.0 - f[:, None]) * rf  # [C, n]
+            st = update(st, x, t + 1, log_floor)
+            solvent = x > -1.0
+            free = free + jnp.where(solvent, jnp.log1p(jnp.where(solvent, x, 0.0)), -jnp.inf)
+            ps, r_next = draw(ps, t + 1)  # prefetched, as in sim.engine
+            return (ps, r_next, st, free), None
+
+        C = f.shape[0]
+        st0 = jax.vmap(lambda _: stats_lib.init_path_stats(block_size))(jnp.arange(C))
+        ps0, r0 = draw(process.init(k_init, block_size, dt), 0)
+        (_, _, st, free), _ = lax.scan(one_step, (ps0, r0, st0, jnp.zeros((C, block_size), jnp.float32)),
+                                       jnp.arange(n_steps, dtype=jnp.int32))
+        growth = st.log_wealth / years
+        idx = jnp.clip(jnp.floor((growth - lo) / width), -1, n_bins).astype(jnp.int32) + 1  # 0: below range
+        hist = jax.vmap(lambda i: jnp.bincount(i, length=n_bins + 2))(idx)
+        return dict(
+            ruined=jnp.sum(st.ruin_step != stats_lib.NEVER, axis=1),
+            drawdown=jnp.sum(st.max_drawdown_log > dd_level_log, axis=1),
+            wiped=jnp.sum(~jnp.isfinite(free), axis=1),
+            free_sum=jnp.sum(jnp.where(jnp.isfinite(free), free, 0.0), axis=1),
+            hist=hist,
+        )
+
+    return lax.map(one_point, (processes, fractions))
+
+
+def ruin_surface(
+    processes,
+    fractions,
+    *,
+    axis: str,
+    values,
+    seed: int = 0,
+    n_paths: int,
+    n_steps: int,
+    steps_per_year: float = 252.0,
+    risk_free: float = 0.0,
+    floor: float = 0.1,
+    drawdown_level: float = 0.5,
+    growth_range: tuple[float, float] = (-3.0, 3.0),
+    n_bins: int = 6000,
+    block_size: int = engine.DEFAULT_BLOCK_SIZE,
+    progress: Callable[[dict], None] | None = None,
+) -> SurfaceResult:
+    """Compute the surface over ``processes`` (a model batched along ``axis`` by
+    ``batch_process``, ``P`` points) x ``fractions`` (``[P, C]``).
+
+    ``n_paths`` is rounded up to whole blocks of ``block_size`` (the random stream's
+    definition, as in ``sim.engine``). ``floor`` in (0, 1) is the ruin level as a fraction of
+    initial wealth; ``drawdown_level`` in (0, 1).
+    """
+    fractions = np.asarray(fractions, np.float64)
+    values = np.asarray(values, np.float64)
+    if fractions.ndim != 2 or fractions.shape[0] != values.shape[0]:
+        raise ParameterError(f"fractions must be [P, C] with P = {values.shape[0]} model points, got {fractions.shape}")
+    check_range("fractions", fractions, -100.0, 100.0)
+    check_range("floor", floor, 0.0, 1.0, lo_closed=False, hi_closed=False)
+    check_range("drawdown_level", drawdown_level, 0.0, 1.0, lo_closed=False, hi_closed=False)
+    check_range("risk_free", risk_free, -1.0, 10.0, lo_closed=False)
+    check_range("steps_per_year", steps_per_year, 0.0, lo_closed=False)
+    n_paths = check_int("n_paths", n_paths, 1)
+    n_steps = check_int("n_steps", n_steps, 1, 2**31 - 2)
+    n_bins = check_int("n_bins", n_bins, 10)
+    lo, hi = (float(x) for x in growth_range)
+    if not hi > lo:
+        raise ParameterError(f"growth_range must be (lo, hi) with hi > lo, got {growth_range}")
+    block_size = check_int("block_size", block_size, 1)
+    dt = 1.0 / float(steps_per_year)
+    n_blocks = -(-n_paths // block_size)
+    years = n_steps * dt
+    kernel = jax.jit(functools.partial(
+        _block_counts, block_size=block_size, n_steps=n_steps, dt=dt, risk_free=float(risk_free),
+        log_floor=math.log(floor), dd_level_log=-math.log1p(-drawdown_level), years=years, lo=lo,
+        width=(hi - lo) / n_bins, n_bins=n_bins,
+    ))
+    key = jax.random.key(seed)
+    f32 = jnp.asarray(fractions, jnp.float32)
+    totals = None
+    t0 = time.perf_counter()
+    pending = kernel(key, jnp.uint32(0), processes, f32)
+    for b in range(n_blocks):
+        out = pending
+        if b + 1 < n_blocks:
+            pending = kernel(key, jnp.uint32(b + 1), processes, f32)
+        out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+        totals = out if totals is None else {k: totals[k] + out[k] for k in totals}
+        elapsed = time.perf_counter() - t0
+        info = dict(block=b + 1, n_blocks=n_blocks, elapsed_s=elapsed, eta_s=elapsed / (b + 1) * (n_blocks - b - 1))
+        if progress is not None:
+            progress(info)
+        elif n_blocks > 1:
+            log.info("surface block %d/%d, %.1fs elapsed, ETA %.1fs", b + 1, n_blocks, elapsed, info["eta_s"])
+    n = n_blocks * block_size
+    hist = totals["hist"]  # [P, C, n_bins + 2]: below range, bins, above range
+    width = (hi - lo) / n_bins
+    edges = lo + width * np.arange(n_bins + 1)
+
+    def quantile(q):
+        cum = np.cumsum(hist, axis=-1)
+        target = q * n
+        out = np.empty(hist.shape[:2])
+        for idx in np.ndindex(*hist.shape[:2]):
+            c = cum[idx]
+            k = int(np.searchsorted(c, target))  # first bin whose cumulative count >= target
+            if k == 0:
+                out[idx] = -np.inf  # below the histogram's range
+            elif k > n_bins:
+                out[idx] = np.inf
+            else:
+                before = c[k - 1]
+                inside = hist[idx][k]
+                out[idx] = edges[k - 1] + width * (target - before) / inside
+        return out
+
+    wiped = totals["wiped"]
+    with np.errstate(invalid="ignore"):
+        mean_growth = np.where(wiped > 0, -np.inf, totals["free_sum"] / n / years)
+    return SurfaceResult(
+        axis=axis,
+        values=values,
+        fractions=fractions,
+        ruin_probability=totals["ruined"] / n,
+        p_drawdown=totals["drawdown"] / n,
+        median_growth=quantile(0.5),
+        growth_q05=quantile(0.05),
+        growth_q95=quantile(0.95),
+        mean_growth=mean_growth,
+        wipeout_probability=wiped / n,
+        n_paths=n,
+        years=years,
+        bin_width=width,
+        wall_seconds=time.perf_counter() - t0,
+    )
