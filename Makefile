@@ -14,15 +14,16 @@ $(STAMP): pyproject.toml
 
 ## Run the main experiment (small default size, about a minute on a laptop CPU).
 run: $(STAMP)
-	$(PY) -m experiments.time_vs_ensemble $(ARGS)
+	$(PY) -m experiments.ruin_surface $(ARGS)
 
 ## Run the test suite.
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-## Engine benchmark (prints one JSON line).
+## Benchmarks (each prints one JSON line): the engine, then the ruin-surface grid.
 bench: $(STAMP)
 	$(PY) bench/engine.py $(ARGS)
+	$(PY) bench/ruin_surface.py $(ARGS)
 
 ## Re-extract the shipped data files from the skfolio and arch wheels (needs PyPI).
 data: $(STAMP)

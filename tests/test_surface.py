@@ -1,0 +1,107 @@
+"""Ruin surfaces: every grid point equals a plain engine simulation on the same draws; the
+growth-optimal fraction agrees with the Kelly optimizer; bad input; the experiment and a
+real Hydra multirun over two return models."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from experiments.ruin_surface import run
+from sim import engine, kelly, surface
+from sim.processes import Gaussian, StudentT
+from sim.validation import ParameterError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONF = os.path.join(ROOT, "conf")
+TINY = ["surface.n_paths=512", "surface.years=1", "engine.block_size=256", "surface.values=[3.0,6.0]",
+        "surface.multiples.num=5"]
+FILES = ["surface.csv", "growth_optimal.csv", "summary.json", "ruin_probability.png", "p_drawdown.png",
+         "median_growth.png"]
+
+
+def test_surface_points_equal_engine_simulations():
+    nus, cs = np.array([3.0, 5.0]), np.array([0.5, 1.0, 2.0])
+    base = StudentT(0.08, 0.2, 3.0)
+    fractions = np.outer(np.ones(2), cs * kelly.reference_kelly(base))
+    res = surface.ruin_surface(surface.batch_process(base, "nu", nus, dt=1 / 252), fractions, axis="nu", values=nus,
+                               seed=3, n_paths=2048, n_steps=504, block_size=1024, floor=0.5)
+    for i, nu in enumerate(nus):
+        for j in range(len(cs)):
+            sim = engine.simulate(StudentT(0.08, 0.2, nu), seed=3, n_paths=2048, n_steps=504, block_size=1024,
+                                  policy=engine.Policy(fractions[i, j], 0.0, 0.5))
+            s = sim.summary()
+            assert res.ruin_probability[i, j] == s["ruin_probability"]
+            assert res.p_drawdown[i, j] == s["p_max_drawdown_gt_50"]
+            assert abs(res.median_growth[i, j] - s["time_avg_growth_median"]) <= res.bin_width
+            q05 = np.quantile(sim.stats.log_wealth / sim.years, 0.05)
+            assert abs(res.growth_q05[i, j] - q05) <= 2 * res.bin_width
+
+
+def test_surface_growth_optimum_agrees_with_kelly_optimizer():
+    sigmas = np.array([0.2, 0.3])
+    base = Gaussian(0.06, 0.2)
+    cs = np.linspace(0.6, 1.4, 17)
+    fractions = np.outer([kelly.gaussian_kelly(0.06, s) for s in sigmas], cs)
+    res = surface.ruin_surface(surface.batch_process(base, "sigma", sigmas, dt=1 / 252), fractions, axis="sigma",
+                               values=sigmas, seed=1, n_paths=4096, n_steps=252, block_size=4096, floor=0.5)
+    for i, s in enumerate(sigmas):
+        opt = kelly.optimize(kelly.GrowthObjective(Gaussian(0.06, s), seed=1, n_paths=4096, n_steps=252,
+                                                   block_size=4096))
+        step = fractions[i, 1] - fractions[i, 0]
+        # The parabola through three grid points of a near-quadratic g: well within a grid step.
+        assert abs(res.growth_optimal()[i] - opt.full_fraction) < 0.05 * step, (res.growth_optimal()[i], opt.full_fraction)
+
+
+def test_bad_surface_input():
+    base = StudentT()
+    procs = surface.batch_process(base, "nu", [3.0, 4.0], dt=1 / 252)
+    with pytest.raises(ParameterError, match="floor"):
+        surface.ruin_surface(procs, np.ones((2, 3)), axis="nu", values=[3.0, 4.0], n_paths=8, n_steps=2, floor=1.5)
+    with pytest.raises(ParameterError, match="floor"):
+        surface.ruin_surface(procs, np.ones((2, 3)), axis="nu", values=[3.0, 4.0], n_paths=8, n_steps=2, floor=0.0)
+    with pytest.raises(ParameterError, match="StudentT.nu = 1.5"):
+        surface.batch_process(base, "nu", [3.0, 1.5], dt=1 / 252)
+    with pytest.raises(ParameterError, match="not a parameter of StudentT"):
+        surface.batch_process(base, "lam", [3.0], dt=1 / 252)
+
+
+def _cfg(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("ruin_surface", overrides=overrides)
+
+
+def test_experiment_rejects_bad_config_before_work(tmp_path):
+    for bad, msg in (("surface.multiples.start=0.0", "Kelly multiple c"), ("surface.floor=1.0", "surface.floor"),
+                     ("surface.values=[3.0,2.0]", "StudentT.nu = 2")):
+        with pytest.raises(ParameterError, match=msg):
+            run(_cfg([*TINY, bad]), tmp_path / "bad")
+        assert not (tmp_path / "bad").exists()
+
+
+def test_second_config_jump_intensity(tmp_path):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("ruin_surface_jumps", overrides=[*TINY[:3], "surface.values=[0.0,2.0]", "surface.multiples.num=4"])
+    summary = run(cfg, tmp_path)
+    assert summary["process"] == "Merton" and summary["axis"] == "lam"
+    for f in FILES:
+        assert (tmp_path / f).stat().st_size > 0
+
+
+def test_real_multirun_over_two_return_models(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.ruin_surface", "-m", "process=student_t,garch_t", *TINY,
+           f"hydra.sweep.dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job, proc in (("0", "StudentT"), ("1", "GarchT")):
+        for f in FILES:
+            assert (tmp_path / job / f).stat().st_size > 0, (job, f)
+        assert (tmp_path / job / ".hydra" / "config.yaml").exists()
+        summary = json.loads((tmp_path / job / "summary.json").read_text())
+        assert summary["process"] == proc and summary["n_paths_per_point"] == 512
+        rows = (tmp_path / job / "surface.csv").read_text().strip().splitlines()
+        assert len(rows) == 1 + 2 * 5
