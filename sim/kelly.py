@@ -80,6 +80,7 @@ __all__ = [
     "KellyResult",
     "optimize",
     "grid_search",
+    "fit_student_t",
 ]
 
 
@@ -611,3 +612,24 @@ def grid_search(objective: GrowthObjective, lo: float, hi: float, *, n_coarse: i
         if denom < 0:
             best = fine[j] + 0.5 * (fine[1] - fine[0]) * (y0 - y2) / denom
     return float(best), float(fvals[j]), fine, fvals
+
+
+def fit_student_t(returns, *, steps_per_year: float = 252.0, nus=None):
+    """Fit ``StudentT(mu, sigma, nu)`` to simple returns: ``mu`` and ``sigma`` from the
+    sample mean and standard deviation (annualized; the model's sigma is the total
+    volatility), ``nu`` by maximizing the likelihood of the standardized returns over a grid
+    (profile likelihood, unit-variance t). Returns ``(mu, sigma, nu)``."""
+    r = np.asarray(returns, float)
+    if r.ndim != 1 or r.size < 10 or not np.isfinite(r).all():
+        raise ParameterError(f"returns must be a finite 1-D series of length >= 10, got shape {r.shape}")
+    m, s = r.mean(), r.std(ddof=1)
+    z = (r - m) / s
+    nus = np.concatenate([np.linspace(2.1, 10, 159), np.linspace(10.5, 60, 100)]) if nus is None else np.asarray(nus)
+
+    def loglik(nu):
+        scale = math.sqrt((nu - 2.0) / nu)  # unit-variance t has scale sqrt((nu - 2) / nu)
+        c = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi) - math.log(scale)
+        return z.size * c - (nu + 1) / 2 * np.log1p((z / scale) ** 2 / nu).sum()
+
+    ll = np.array([loglik(nu) for nu in nus])
+    return m * steps_per_year, s * math.sqrt(steps_per_year), float(nus[int(np.argmax(ll))])

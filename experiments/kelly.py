@@ -1,0 +1,254 @@
+"""Plug-in vs fractional vs uncertainty-aware vs drawdown-constrained Kelly (seed 000 §2.3).
+
+(a) Synthetic: a known fat-tailed world (default Student-t, nu = 3). The policies are fitted
+    on one observed sample of ``synthetic.sample_years`` and evaluated on the true model. The
+    fitted Gaussian Kelly fraction is also computed on ``n_datasets`` independent samples, to
+    show what estimation error costs in growth under the true model.
+(b) The shipped S&P 500 daily returns: fitted on 1990..``sp500.fit_end`` (a Student-t by
+    maximum likelihood), evaluated out of sample by a stationary block bootstrap of the rest.
+
+Policies: ``plug_in`` (numeric Kelly on the fitted model), ``fractional`` (``c`` times it),
+``uncertainty`` (numeric Kelly on the posterior of the mean, ``sim.processes.
+ParameterUncertainty``, daily rebalancing), ``drawdown`` (maximum growth subject to
+P(max drawdown > level over the horizon) <= probability).
+
+Also: the shrinkage of Kelly under an unknown mean against the sample length, simulated and
+in closed form (``sim.kelly.bayes_shrinkage``), with the frequentist optimum multiple.
+
+Writes ``policies.csv`` (one row per part and policy), ``growth_curve.csv``,
+``shrinkage.csv``, ``datasets.csv``, ``summary.json`` and the plots ``growth_curve.png``,
+``terminal_wealth.png``, ``shrinkage.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import hydra
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from experiments.harness import OutputWriter, build_process, run_info  # noqa: E402
+from sim import engine, kelly  # noqa: E402
+from sim.data import load_sp500_index, simple_returns  # noqa: E402
+from sim.processes import BlockBootstrap, Gaussian, ParameterUncertainty, StudentT  # noqa: E402
+from sim.validation import ParameterError, check_int, check_range  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _policies(fitted, sample_years: float, cfg: DictConfig, seed: int) -> dict:
+    """The four policies' fractions for a fitted model (numeric Kelly on common random numbers)."""
+    p, o, spy = cfg.policies, cfg.optimizer, float(cfg.steps_per_year)
+    kw = dict(seed=seed, n_paths=o.n_paths, n_steps=round(o.years * spy), steps_per_year=spy, risk_free=cfg.risk_free)
+    plug = kelly.optimize(kelly.GrowthObjective(fitted, **kw))
+    mu_sd = fitted.sigma / math.sqrt(sample_years)
+    posterior = ParameterUncertainty(fitted, names=("mu",), kinds=("normal",), loc=np.array([fitted.mu]),
+                                     scale=np.array([mu_sd]), shift=np.array([0.0]))
+    unc = kelly.optimize(kelly.GrowthObjective(posterior, **kw))
+    dd_kw = dict(kw, n_steps=round(p.drawdown_horizon_years * spy))
+    dd = kelly.optimize(kelly.GrowthObjective(fitted, drawdown=(p.drawdown_level, p.drawdown_probability), **dd_kw))
+    return {
+        "plug_in": plug.full_fraction,
+        "fractional": p.fractional_multiple * plug.full_fraction,
+        "uncertainty": unc.full_fraction,
+        "drawdown": dd.full_fraction,
+        "_drawdown_breach_fresh": dd.breach_probability,
+    }
+
+
+def _evaluate(process, fractions: dict, cfg: DictConfig, seed: int, steps_per_year: float) -> tuple[list, dict]:
+    rows, wealth = [], {}
+    e = cfg.evaluation
+    for name, f in fractions.items():
+        if name.startswith("_"):
+            continue
+        res = engine.simulate(process, seed=seed, n_paths=e.n_paths, n_steps=round(e.years * steps_per_year),
+                              steps_per_year=steps_per_year, policy=engine.Policy(f, cfg.risk_free, e.floor))
+        s = res.summary()
+        wealth[name] = res.stats.log_wealth
+        rows.append({"policy": name, "fraction": f, **{k: s[k] for k in (
+            "time_avg_growth", "time_avg_growth_se", "time_avg_growth_median", "median_wealth", "ruin_probability",
+            "p_max_drawdown_gt_50", "max_drawdown_median", "es99", "cagr_median", "calmar_median")}})
+    return rows, wealth
+
+
+def run(cfg: DictConfig, out_dir) -> dict:
+    t_start = time.perf_counter()
+    spy = float(cfg.steps_per_year)
+    check_range("synthetic.sample_years", cfg.synthetic.sample_years, 0.0, lo_closed=False)
+    n_datasets = check_int("synthetic.n_datasets", cfg.synthetic.n_datasets, 2)
+    check_range("policies.fractional_multiple", cfg.policies.fractional_multiple, 0.0, 10.0, lo_closed=False)
+    check_range("policies.drawdown_level", cfg.policies.drawdown_level, 0.0, 1.0, lo_closed=False, hi_closed=False)
+    check_range("policies.drawdown_probability", cfg.policies.drawdown_probability, 0.0, 1.0, lo_closed=False,
+                hi_closed=False)
+    for T in cfg.shrinkage.sample_years:
+        check_range("shrinkage.sample_years", T, 0.0, lo_closed=False)
+    true = build_process(cfg.synthetic.process, steps_per_year=spy)
+    if not isinstance(true, StudentT):
+        raise ParameterError(f"synthetic.process must be a StudentT (the fitted family), got {type(true).__name__}")
+    prices = load_sp500_index()
+    returns = simple_returns(prices)
+    fit_part = returns.loc[: cfg.sp500.fit_end].to_numpy()
+    test_part = returns.loc[cfg.sp500.fit_end:].iloc[1:].to_numpy()
+    if fit_part.size < 252 or test_part.size < 252:
+        raise ParameterError(f"sp500.fit_end = {cfg.sp500.fit_end!r} leaves under a year on one side")
+    out = OutputWriter(out_dir)
+    rows, wealth_plots, curves = [], {}, []
+
+    # (a) synthetic: one observed sample, fitted, policies, evaluated on the truth.
+    n_obs = round(cfg.synthetic.sample_years * spy)
+    observed = engine.sample_returns(true, seed=cfg.seed + 101, n_paths=1, n_steps=n_obs, block_size=1)[0]
+    mu, sigma, nu = kelly.fit_student_t(observed, steps_per_year=spy)
+    fitted = StudentT(mu, sigma, nu)
+    fr = _policies(fitted, cfg.synthetic.sample_years, cfg, cfg.seed)
+    r, w = _evaluate(true, fr, cfg, cfg.seed + 1, spy)
+    rows += [{"part": "synthetic", **x} for x in r]
+    wealth_plots["synthetic"] = w
+    true_obj = kelly.GrowthObjective(true, seed=cfg.seed + 2, n_paths=cfg.optimizer.n_paths,
+                                     n_steps=round(cfg.optimizer.years * spy), steps_per_year=spy,
+                                     risk_free=cfg.risk_free)
+    true_opt = kelly.optimize(true_obj)
+    grid = np.linspace(0.0, max(2.0 * true_opt.full_fraction, 1.2 * max(v for k, v in fr.items() if k[0] != "_")), 81)
+    g = true_obj.values(grid)
+    se = np.array([true_obj.derivatives(f)[1] if np.isfinite(gi) else np.nan for f, gi in zip(grid[::8], g[::8])])
+    curves.append(pd.DataFrame({"part": "synthetic", "fraction": grid, "growth": g,
+                                "growth_se": np.interp(grid, grid[::8], se)}))
+
+    # The cost of estimation error: fitted Gaussian Kelly on many independent samples.
+    rng = np.random.default_rng(cfg.seed)
+    mu_hat = true.mu + true.sigma / math.sqrt(cfg.synthetic.sample_years) * rng.standard_normal(n_datasets)
+    f_hat = np.clip(mu_hat / true.sigma**2, 0.0, grid[-1])
+    theta_hat = mu_hat / true.sigma
+    k_hat = np.clip((theta_hat**2 - 1 / cfg.synthetic.sample_years) / np.maximum(theta_hat**2, 1e-12), 0, 1)
+    datasets = pd.DataFrame({"mu_hat": mu_hat, "f_plug_in": f_hat, "f_half": 0.5 * f_hat,
+                             "f_shrunk": k_hat * f_hat})
+    for col in ("f_plug_in", "f_half", "f_shrunk"):
+        datasets["growth_" + col[2:]] = np.interp(datasets[col], grid, g)
+    out.table("datasets.csv", datasets)
+
+    # (b) S&P 500: fit in sample, evaluate on a block bootstrap of the out-of-sample years.
+    mu_s, sigma_s, nu_s = kelly.fit_student_t(fit_part, steps_per_year=spy)
+    fitted_s = StudentT(mu_s, sigma_s, nu_s)
+    fr_s = _policies(fitted_s, fit_part.size / spy, cfg, cfg.seed)
+    oos = BlockBootstrap(test_part.astype(np.float32), cfg.sp500.mean_block)
+    r, w = _evaluate(oos, fr_s, cfg, cfg.seed + 3, spy)
+    rows += [{"part": "sp500_out_of_sample", **x} for x in r]
+    wealth_plots["sp500_out_of_sample"] = w
+    oos_obj = kelly.GrowthObjective(oos, seed=cfg.seed + 4, n_paths=cfg.optimizer.n_paths,
+                                    n_steps=round(cfg.optimizer.years * spy), steps_per_year=spy,
+                                    risk_free=cfg.risk_free)
+    grid_s = np.linspace(0.0, 1.5 * max(v for k, v in fr_s.items() if k[0] != "_"), 81)
+    g_s = oos_obj.values(grid_s)
+    se_s = np.array([oos_obj.derivatives(f)[1] if np.isfinite(gi) else np.nan for f, gi in zip(grid_s[::8], g_s[::8])])
+    curves.append(pd.DataFrame({"part": "sp500_out_of_sample", "fraction": grid_s, "growth": g_s,
+                                "growth_se": np.interp(grid_s, grid_s[::8], se_s)}))
+    oos_opt = kelly.optimize(oos_obj, x0=0.5)
+
+    # Shrinkage against the sample length: simulated (posterior-averaged) vs closed forms.
+    tau, sh = float(cfg.shrinkage.holding_years), []
+    base = Gaussian(0.06, 0.3)
+    plug = kelly.optimize(kelly.GrowthObjective(base, seed=cfg.seed, n_paths=1 << 16, n_steps=1,
+                                                steps_per_year=1 / tau), x0=0.3)
+    for T in cfg.shrinkage.sample_years:
+        post = ParameterUncertainty(base, names=("mu",), kinds=("normal",), loc=np.array([base.mu]),
+                                    scale=np.array([base.sigma / math.sqrt(T)]), shift=np.array([0.0]))
+        res = kelly.optimize(kelly.GrowthObjective(post, seed=cfg.seed, n_paths=1 << 16, n_steps=1,
+                                                   steps_per_year=1 / tau), x0=0.3)
+        sh.append({"sample_years": T, "simulated": res.full_fraction / plug.full_fraction,
+                   "simulated_se": res.fraction_se / plug.full_fraction,
+                   "bayes_closed_form": kelly.bayes_shrinkage(T, tau),
+                   "bayes_daily_rebalancing": kelly.bayes_shrinkage(T, 1 / spy),
+                   "frequentist_optimum": kelly.frequentist_shrinkage(base.mu / base.sigma, T)})
+    shrink = pd.DataFrame(sh)
+
+    table = pd.DataFrame(rows)
+    curve = pd.concat(curves, ignore_index=True)
+    out.table("policies.csv", table)
+    out.table("growth_curve.csv", curve)
+    out.table("shrinkage.csv", shrink)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (part, sub), frs in zip(axes, curve.groupby("part", sort=False), (fr, fr_s)):
+        ax.plot(sub.fraction, sub.growth, color="k", label="g(f) on the evaluation model")
+        ax.fill_between(sub.fraction, sub.growth - 1.96 * sub.growth_se, sub.growth + 1.96 * sub.growth_se,
+                        color="k", alpha=0.15, label="95% band (per-path spread)")
+        for i, (name, f) in enumerate((k, v) for k, v in frs.items() if k[0] != "_"):
+            ax.axvline(f, color=f"C{i}", ls="--", label=f"{name} f = {f:.2f}")
+        finite = sub.growth[np.isfinite(sub.growth)]
+        if len(finite):
+            ax.set_ylim(max(finite.min(), finite.max() - 0.3), finite.max() + 0.02)
+        ax.set_title(f"{part}: growth per year vs fraction")
+        ax.set_xlabel("fraction f")
+        ax.legend(fontsize=7)
+    out.figure("growth_curve.png", fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (part, w) in zip(axes, wealth_plots.items()):
+        data = [np.clip(v / math.log(10), -3, None) for v in w.values()]
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks(range(1, len(w) + 1), list(w))
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel(f"log10 terminal wealth after {cfg.evaluation.years} years")
+        ax.set_title(f"{part}: terminal wealth per policy")
+    out.figure("terminal_wealth.png", fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.errorbar(shrink.sample_years, shrink.simulated, yerr=1.96 * shrink.simulated_se, fmt="o", label="simulated (posterior-averaged growth)")
+    Ts = np.geomspace(min(shrink.sample_years), max(shrink.sample_years), 100)
+    ax.plot(Ts, kelly.bayes_shrinkage(Ts, tau), label=f"T / (T + tau), tau = {tau:g} y")
+    ax.plot(Ts, kelly.bayes_shrinkage(Ts, 1 / spy), label="same, daily rebalancing")
+    ax.plot(Ts, kelly.frequentist_shrinkage(base.mu / base.sigma, Ts), label="frequentist optimum k*")
+    ax.set_xscale("log")
+    ax.set_xlabel("sample length T (years)")
+    ax.set_ylabel("Kelly fraction / plug-in")
+    ax.set_title(f"Unknown mean, known sigma (mu {base.mu}, sigma {base.sigma})")
+    ax.legend(fontsize=7)
+    out.figure("shrinkage.png", fig)
+
+    summary = {
+        "experiment": "kelly",
+        "seed": cfg.seed,
+        "synthetic": {
+            "true": {"mu": true.mu, "sigma": true.sigma, "nu": true.nu},
+            "fitted": {"mu": mu, "sigma": sigma, "nu": nu},
+            "true_growth_optimal_fraction": true_opt.full_fraction,
+            "gaussian_kelly_of_truth": float(kelly.reference_kelly(true)),
+            "fractions": fr,
+            "estimation_error": {
+                "expected_growth_plug_in": float(datasets.growth_plug_in.mean()),
+                "expected_growth_half": float(datasets.growth_half.mean()),
+                "expected_growth_shrunk": float(datasets.growth_shrunk.mean()),
+                "growth_at_true_optimum": float(true_obj(true_opt.full_fraction)),
+            },
+        },
+        "sp500": {"fit_end": cfg.sp500.fit_end, "fitted": {"mu": mu_s, "sigma": sigma_s, "nu": nu_s},
+                  "fractions": fr_s, "out_of_sample_growth_optimal_fraction": oos_opt.full_fraction},
+        "policies": table.to_dict(orient="records"),
+        "shrinkage": shrink.to_dict(orient="records"),
+        "run": {**run_info(), "wall_seconds": time.perf_counter() - t_start},
+    }
+    out.json("summary.json", summary)
+    log.info("synthetic fractions %s; S&P 500 fractions %s; out-of-sample optimum %.3f",
+             {k: round(v, 3) for k, v in fr.items() if k[0] != "_"},
+             {k: round(v, 3) for k, v in fr_s.items() if k[0] != "_"}, oos_opt.full_fraction)
+    log.info("wrote %s into %s in %.1fs", ", ".join(out.written), out_dir, time.perf_counter() - t_start)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="kelly")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
