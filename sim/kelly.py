@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -211,6 +211,78 @@ def mean_posterior(returns, *, sigma=None, steps_per_year=252.0):
 # --------------------------------------------------------------------------- simulated growth
 
 
+class _Spec(NamedTuple):
+    """The static part of a growth sample (hashable: a jit cache key)."""
+
+    n_blocks: int
+    block_size: int
+    n_steps: int
+    steps_per_year: float
+    risk_free: float
+    drawdown_level: float | None
+    temperature: float
+
+
+def _paths(f, seed, process, spec: _Spec):
+    """Per-path (time-average growth, smoothed drawdown indicator), each [n_paths]. The seed
+    and the model are traced, so one compilation serves every seed and parameter value."""
+    f = jnp.asarray(f, jnp.float32)
+    policy = engine.Policy(f, jnp.float32(spec.risk_free), jnp.float32(0.0))
+    fn = functools.partial(engine.simulate_block, block_size=spec.block_size, n_steps=spec.n_steps,
+                           dt=1.0 / spec.steps_per_year)
+    blocks = jnp.arange(spec.n_blocks, dtype=jnp.uint32)
+    st = jax.vmap(fn, in_axes=(None, 0, None, None))(jax.random.key(seed), blocks, process, policy).stats
+    growth = st.log_wealth.reshape(-1) / (spec.n_steps / spec.steps_per_year)
+    if spec.drawdown_level is None:
+        return growth, jnp.zeros_like(growth)
+    level = -math.log1p(-spec.drawdown_level)
+    breach = jax.nn.sigmoid((st.max_drawdown_log.reshape(-1) - level) / spec.temperature)
+    return growth, breach
+
+
+def _means(f, seed, process, spec: _Spec):
+    growth, breach = _paths(f, seed, process, spec)
+    return jnp.stack([jnp.mean(growth), jnp.mean(breach)])
+
+
+def _derivs(f, seed, process, spec: _Spec):
+    """Per-path growth [n], its gradient [n, d] and the mean Hessian [d, d]; one forward-mode
+    pass (nested ``jacfwd``), memory linear in the paths."""
+    flat = jnp.reshape(f, (-1,))
+
+    def growth_of(x):
+        return _paths(jnp.reshape(x, jnp.shape(f)), seed, process, spec)[0]
+
+    def with_jac(x):
+        jac = jax.jacfwd(growth_of)(x)  # [n, d]
+        return jac, (growth_of(x), jac)
+
+    hess, (growth, jac) = jax.jacfwd(with_jac, has_aux=True)(flat)  # hess: [n, d, d]
+    return growth, jac, jnp.mean(hess, axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _means_fwd_mode(f, seed, process, spec):
+    """``f -> [g, P_breach]`` whose reverse-mode derivative is computed in forward mode."""
+    return _means(f, seed, process, spec)
+
+
+def _means_fwd(f, seed, process, spec):
+    return _means(f, seed, process, spec), jax.jacfwd(_means)(f, seed, process, spec)
+
+
+def _means_bwd(spec, jac, ct):
+    return jnp.tensordot(ct, jac, axes=1), None, None  # no derivative in the seed or the model
+
+
+_means_fwd_mode.defvjp(_means_fwd, _means_bwd)
+
+_paths_jit = jax.jit(_paths, static_argnums=3)
+_derivs_jit = jax.jit(_derivs, static_argnums=3)
+_grid_jit = jax.jit(lambda fs, seed, process, spec: jax.vmap(lambda f: _means(f, seed, process, spec))(fs),
+                    static_argnums=3)
+
+
 class GrowthObjective:
     """The growth rate ``g(f)`` (per year) on a fixed sample of the engine's draws.
 
@@ -252,63 +324,11 @@ class GrowthObjective:
                     f"{risk_free} even f = 0 draws down more than {d} over {self.years:g} years"
                 )
         self.drawdown, self.temperature = drawdown, float(temperature)
-        self._paths = jax.jit(self._paths_impl)
-        self._derivs = jax.jit(self._derivs_impl)
-        self._grid = jax.jit(jax.vmap(self._mean_impl, in_axes=(0, None)))
-        self._means = self._make_custom_vjp()
-        self._loss_vg = {}
+        self.spec = _Spec(self.n_blocks, block_size, n_steps, self.steps_per_year, self.risk_free,
+                          None if drawdown is None else float(drawdown[0]), self.temperature)
 
-    # -- kernels
-    def _paths_impl(self, f, process):
-        """Per-path (time-average growth, smoothed drawdown indicator), each [n_paths]."""
-        f = jnp.asarray(f, jnp.float32)
-        policy = engine.Policy(f, jnp.float32(self.risk_free), jnp.float32(0.0))
-        key = jax.random.key(self.seed)
-        fn = functools.partial(engine.simulate_block, block_size=self.block_size, n_steps=self.n_steps,
-                               dt=1.0 / self.steps_per_year)
-        blocks = jnp.arange(self.n_blocks, dtype=jnp.uint32)
-        st = jax.vmap(fn, in_axes=(None, 0, None, None))(key, blocks, process, policy).stats
-        growth = st.log_wealth.reshape(-1) / self.years
-        if self.drawdown is None:
-            return growth, jnp.zeros_like(growth)
-        level = -math.log1p(-self.drawdown[0])
-        breach = jax.nn.sigmoid((st.max_drawdown_log.reshape(-1) - level) / self.temperature)
-        return growth, breach
-
-    def _mean_impl(self, f, process):
-        growth, breach = self._paths_impl(f, process)
-        return jnp.stack([jnp.mean(growth), jnp.mean(breach)])
-
-    def _derivs_impl(self, f, process):
-        """Per-path growth [n], its gradient [n, d] and the mean Hessian [d, d]; one
-        forward-mode pass (nested ``jacfwd``), memory linear in the paths."""
-        flat = jnp.reshape(f, (-1,))
-
-        def growth_of(x):
-            return self._paths_impl(jnp.reshape(x, jnp.shape(f)), process)[0]
-
-        def with_jac(x):
-            jac = jax.jacfwd(growth_of)(x)  # [n, d]
-            return jac, (growth_of(x), jac)
-
-        hess, (growth, jac) = jax.jacfwd(with_jac, has_aux=True)(flat)  # hess: [n, d, d]
-        return growth, jac, jnp.mean(hess, axis=0)
-
-    def _make_custom_vjp(self):
-        """``f -> [g, P_breach]`` whose reverse-mode derivative is computed in forward mode."""
-
-        @jax.custom_vjp
-        def means(f, process):
-            return self._mean_impl(f, process)
-
-        def fwd(f, process):
-            return self._mean_impl(f, process), jax.jacfwd(self._mean_impl)(f, process)
-
-        def bwd(jac, ct):
-            return jnp.tensordot(ct, jac, axes=1), None  # no derivative in the model's parameters
-
-        means.defvjp(fwd, bwd)
-        return means
+    def _args(self):
+        return jnp.uint32(self.seed), self.process
 
     # -- public API
     def _as_f(self, f):
@@ -320,16 +340,16 @@ class GrowthObjective:
 
     def __call__(self, f) -> float:
         """``g(f)``, annualized, on the sample (``-inf`` if any path is wiped out)."""
-        return float(self._paths(self._as_f(f), self.process)[0].mean())
+        return float(_paths_jit(self._as_f(f), *self._args(), self.spec)[0].mean())
 
     def values(self, fractions) -> np.ndarray:
         """``g`` on a batch of fractions ``[G]`` (or ``[G, d]``): one compiled vmapped kernel
         in which the draws are shared by every grid point."""
         fs = jnp.asarray(fractions, jnp.float32)
-        return np.asarray(self._grid(fs, self.process))[:, 0]
+        return np.asarray(_grid_jit(fs, *self._args(), self.spec))[:, 0]
 
     def value_and_grad(self, f):
-        g, jac, _ = self._derivs(self._as_f(f), self.process)
+        g, jac, _ = _derivs_jit(self._as_f(f), *self._args(), self.spec)
         return float(np.mean(np.asarray(g, float))), np.asarray(jac, float).mean(axis=0)
 
     def breach_probability(self, f, *, exact: bool = True) -> float:
@@ -337,7 +357,7 @@ class GrowthObjective:
         if self.drawdown is None:
             raise ParameterError("breach_probability needs GrowthObjective(drawdown=(d, eps))")
         if not exact:
-            return float(self._paths(self._as_f(f), self.process)[1].mean())
+            return float(_paths_jit(self._as_f(f), *self._args(), self.spec)[1].mean())
         level = -math.log1p(-self.drawdown[0])
         return float(np.mean(self.max_drawdown_log(f) > level))
 
@@ -351,7 +371,7 @@ class GrowthObjective:
         """``(g, g_se, grad, grad_cov, hessian)`` at ``f``, in float64 on the host: the mean
         growth and its standard error, the gradient and the covariance of its sample mean
         (from the per-path gradients), and the Hessian."""
-        growth, jac, hess = (np.asarray(a, float) for a in self._derivs(self._as_f(f), self.process))
+        growth, jac, hess = (np.asarray(a, float) for a in _derivs_jit(self._as_f(f), *self._args(), self.spec))
         n = growth.shape[0]
         g_se = growth.std(ddof=1) / math.sqrt(n) if np.isfinite(growth).all() else float("nan")
         grad_cov = np.atleast_2d(np.cov(jac, rowvar=False)) / n
@@ -400,39 +420,50 @@ class KellyResult:
         return {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in out.items()}
 
 
-def _transform(n_assets: int, long_only: bool, budget: float | None) -> tuple[Callable, Callable]:
-    """``(to_f, to_u)``: the map from the optimizer's free coordinates ``u`` to fractions
-    ``f`` that enforces the constraints, and an inverse for the starting point."""
-    if budget is not None and long_only:
-        # f = B softmax([u, 0])[:d]: f >= 0 and sum f <= B (the last weight is the slack).
-        def to_f(u):
-            return budget * jax.nn.softmax(jnp.append(u, 0.0))[:-1]
+class _Transform(NamedTuple):
+    """The map from the optimizer's free coordinates ``u`` to fractions ``f`` that enforces
+    the constraints (hashable: a jit cache key), and an inverse for the starting point."""
 
-        def to_u(f):
-            f = np.clip(np.asarray(f, float), 1e-4 * budget, None)
-            slack = max(budget - f.sum(), 1e-3 * budget)
-            if f.sum() + slack > budget:
-                f = f * (budget - slack) / f.sum()
-            return np.log(f / slack)
+    n_assets: int
+    long_only: bool
+    budget: float | None
 
-        return to_f, to_u
-    if long_only:
-        def to_f(u):
+    def to_f(self, u):
+        if self.budget is not None and self.long_only:
+            # f = B softmax([u, 0])[:d]: f >= 0 and sum f <= B (the last weight is the slack).
+            return self.budget * jax.nn.softmax(jnp.append(u, 0.0))[:-1]
+        if self.long_only:
             return jax.nn.softplus(u)
+        if self.budget is not None:
+            # Projection onto {sum f <= B} along (1, ..., 1): continuous, identity inside.
+            return u - jnp.maximum(jnp.sum(u) - self.budget, 0.0) / max(self.n_assets, 1)
+        return u
 
-        def to_u(f):
-            f = np.clip(np.asarray(f, float), 1e-4, None)
-            return np.where(f > 20, f, np.log(np.expm1(f)))
+    def to_u(self, f):
+        f = np.asarray(f, float)
+        if self.budget is not None and self.long_only:
+            f = np.clip(f, 1e-4 * self.budget, None)
+            slack = max(self.budget - f.sum(), 1e-3 * self.budget)
+            if f.sum() + slack > self.budget:
+                f = f * (self.budget - slack) / f.sum()
+            return np.log(f / slack)
+        if self.long_only:
+            f = np.clip(f, 1e-4, None)
+            return np.where(f > 20, f, np.log(np.expm1(np.minimum(f, 20))))
+        return f
 
-        return to_f, to_u
-    if budget is not None:
-        # Projection onto {sum f <= B} along (1, ..., 1): continuous, identity inside.
-        def to_f(u):
-            excess = jnp.maximum(jnp.sum(u) - budget, 0.0)
-            return u - excess / max(n_assets, 1)
 
-        return to_f, lambda f: np.asarray(f, float)
-    return (lambda u: u), (lambda f: np.asarray(f, float))
+def _loss(u, lam, rho, eps, seed, process, spec: _Spec, transform: _Transform):
+    """``-g``, plus the augmented-Lagrangian term of the drawdown constraint if any."""
+    g, p = _means_fwd_mode(transform.to_f(u), seed, process, spec)
+    if spec.drawdown_level is None:
+        return -g
+    return -g + 0.5 * rho * jnp.square(jnp.maximum(p - eps + lam / rho, 0.0)) - 0.5 * lam**2 / rho
+
+
+_loss_vg = jax.jit(jax.value_and_grad(_loss), static_argnums=(6, 7))
+_LBFGS = optax.lbfgs(learning_rate=1.0, linesearch=None)  # the L-BFGS direction only
+_direction = jax.jit(_LBFGS.update)
 
 
 def _starting_point(objective: GrowthObjective, x0):
@@ -480,28 +511,30 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
         check_range("budget", budget, 0.0, lo_closed=False)
         if objective.n_assets == 0:
             raise ParameterError("budget applies to several assets (MultiAsset); for one asset bound f directly")
-    to_f, to_u = _transform(objective.n_assets, long_only, budget)
-    u = jnp.asarray(to_u(_starting_point(objective, x0)), jnp.float32)
-
-    means = objective._means
+    transform = _Transform(objective.n_assets, bool(long_only), None if budget is None else float(budget))
+    to_f = transform.to_f
+    u = jnp.asarray(transform.to_u(_starting_point(objective, x0)), jnp.float32)
     dd = objective.drawdown
+    eps = jnp.float32(dd[1] if dd is not None else 0.0)
+    seed, process = objective._args()
 
-    def loss(u, lam, rho, process):
-        g, p = means(to_f(u), process)
-        if dd is None:
-            return -g
-        return -g + 0.5 * rho * jnp.square(jnp.maximum(p - dd[1] + lam / rho, 0.0)) - 0.5 * lam**2 / rho
+    def loss_vg(u, lam, rho):
+        return _loss_vg(u, lam, rho, eps, seed, process, objective.spec, transform)
 
-    loss_vg = jax.jit(jax.value_and_grad(loss))  # compiled once; lam, rho are traced
-    opt = optax.lbfgs(learning_rate=1.0, linesearch=None)  # the L-BFGS direction
-    direction = jax.jit(lambda grad, state, u: opt.update(grad, state, u))
+    def means(f):
+        return _means_fwd_mode(f, seed, process, objective.spec)
+
+    opt = _LBFGS
+
+    def direction(grad, state, u):
+        return _direction(grad, state, u)
 
     def solve(u, lam, rho):
         """L-BFGS from optax with an Armijo backtracking line search that also steps back
         out of the region where a path is wiped out (``g = -inf``)."""
         lam, rho = jnp.float32(lam), jnp.float32(rho)
         state = opt.init(u)
-        value, grad = loss_vg(u, lam, rho, objective.process)
+        value, grad = loss_vg(u, lam, rho)
         if not np.isfinite(float(value)):
             raise KellyConvergenceError(f"growth is not finite at the starting point f = {np.asarray(to_f(u))}")
         for it in range(1, max_iter + 1):
@@ -518,7 +551,7 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
             t = 1.0
             for _ in range(40):
                 u_try = u + t * updates
-                v_try, g_try = loss_vg(u_try, lam, rho, objective.process)
+                v_try, g_try = loss_vg(u_try, lam, rho)
                 if not np.isfinite(float(v_try)):
                     t *= 0.5
                     continue
@@ -543,7 +576,7 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
         for _outer in range(12):
             u, grad_norm, it, ok = solve(u, lam, rho)
             iterations += it
-            p = float(means(to_f(u), objective.process)[1])
+            p = float(means(to_f(u))[1])
             lam = max(0.0, lam + rho * (p - dd[1]))
             if ok and p <= dd[1] + constraint_tol and (lam == 0.0 or abs(p - dd[1]) <= constraint_tol):
                 converged = True
