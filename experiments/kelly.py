@@ -182,6 +182,10 @@ def run(cfg: DictConfig, out_dir) -> dict:
                         color="k", alpha=0.15, label="95% band (per-path spread)")
         for i, (name, f) in enumerate((k, v) for k, v in frs.items() if k[0] != "_"):
             ax.axvline(f, color=f"C{i}", ls="--", label=f"{name} f = {f:.2f}")
+        wiped = sub.fraction[~np.isfinite(sub.growth)]
+        if len(wiped):
+            ax.axvspan(wiped.min(), sub.fraction.max(), color="C3", alpha=0.1,
+                       label=f"g = -inf: some path wiped out (f >= {wiped.min():.2f})")
         finite = sub.growth[np.isfinite(sub.growth)]
         if len(finite):
             ax.set_ylim(max(finite.min(), finite.max() - 0.3), finite.max() + 0.02)
