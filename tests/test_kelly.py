@@ -199,12 +199,12 @@ def test_two_asset_kelly_and_budget_constraint():
     mu, sigma = np.array([0.06, 0.09]), np.array([0.2, 0.3])
     corr = np.array([[1.0, 0.3], [0.3, 1.0]])
     proc = MultiAsset(mu, sigma, corr, float("inf"))
-    obj = kelly.GrowthObjective(proc, seed=9, n_paths=1 << 13, n_steps=2 * 252)
+    obj = kelly.GrowthObjective(proc, seed=9, n_paths=4096, n_steps=252, block_size=4096)
     res = kelly.optimize(obj)
     target = kelly.gaussian_kelly(mu, np.outer(sigma, sigma) * corr)
     assert np.all(np.abs(res.full_fraction - target) < 3 * res.fraction_se + 0.01), (res.full_fraction, target)
     # Long-only with budget 1: the optimum lies on f1 + f2 = 1; a 1-D grid along that edge.
-    small = kelly.GrowthObjective(proc, seed=9, n_paths=2048, n_steps=252, block_size=2048)
+    small = obj  # the same draws and compiled kernels
     con = kelly.optimize(small, long_only=True, budget=1.0)
     assert con.full_fraction.sum() <= 1.0 + 1e-6 and np.all(con.full_fraction >= 0)
     a = np.linspace(0.0, 1.0, 401)

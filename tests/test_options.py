@@ -41,23 +41,22 @@ def test_prices_match_scipy_and_parity(vol):
 
 def test_autodiff_greeks_match_closed_form():
     with jax.enable_x64(True):
-        for call in (True, False):
-            def price(s, v, tau, k):
-                return options.black_scholes(spot=s, strike=k, expiry=tau, vol=v, rate=R, dividend=Q, call=call)
+        def price(s, v, tau, k, call):
+            return options.black_scholes(spot=s, strike=k, expiry=tau, vol=v, rate=R, dividend=Q, call=call)
 
-            grid = [(s, v, tau, k) for s in (80.0, 100.0, 125.0) for v in (0.1, 0.3, 0.9) for tau in (0.02, 0.5, 2.0)
-                    for k in (70.0, 100.0, 140.0)]
-            s, v, tau, k = (jnp.asarray(x) for x in zip(*grid))
-            closed = options.greeks(spot=s, strike=k, expiry=tau, vol=v, rate=R, dividend=Q, call=call)
-            auto = {
-                "delta": jax.vmap(jax.grad(price, 0))(s, v, tau, k),
-                "gamma": jax.vmap(jax.grad(jax.grad(price, 0), 0))(s, v, tau, k),
-                "vega": jax.vmap(jax.grad(price, 1))(s, v, tau, k),
-                "theta": -jax.vmap(jax.grad(price, 2))(s, v, tau, k),
-            }
-            for name, a in auto.items():
-                np.testing.assert_allclose(np.asarray(a), np.asarray(closed[name]), rtol=0, atol=1e-8, err_msg=name)
-            np.testing.assert_allclose(np.asarray(closed["price"]), np.asarray(price(s, v, tau, k)), atol=1e-12)
+        grid = [(s, v, tau, k, c) for s in (80.0, 100.0, 125.0) for v in (0.1, 0.3, 0.9) for tau in (0.02, 0.5, 2.0)
+                for k in (70.0, 100.0, 140.0) for c in (True, False)]
+        s, v, tau, k, call = (jnp.asarray(x) for x in zip(*grid))
+        closed = options.greeks(spot=s, strike=k, expiry=tau, vol=v, rate=R, dividend=Q, call=call)
+        auto = {
+            "delta": jax.vmap(jax.grad(price, 0))(s, v, tau, k, call),
+            "gamma": jax.vmap(jax.grad(jax.grad(price, 0), 0))(s, v, tau, k, call),
+            "vega": jax.vmap(jax.grad(price, 1))(s, v, tau, k, call),
+            "theta": -jax.vmap(jax.grad(price, 2))(s, v, tau, k, call),
+        }
+        for name, a in auto.items():
+            np.testing.assert_allclose(np.asarray(a), np.asarray(closed[name]), rtol=0, atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(np.asarray(closed["price"]), np.asarray(price(s, v, tau, k, call)), atol=1e-12)
 
 
 @pytest.mark.parametrize("vol", [0.05, 0.2, 1.0])
