@@ -117,10 +117,8 @@ def run(cfg: DictConfig, out_dir) -> dict:
                                      risk_free=cfg.risk_free)
     true_opt = kelly.optimize(true_obj)
     grid = np.linspace(0.0, max(2.0 * true_opt.full_fraction, 1.2 * max(v for k, v in fr.items() if k[0] != "_")), 81)
-    g = true_obj.values(grid)
-    se = np.array([true_obj.derivatives(f)[1] if np.isfinite(gi) else np.nan for f, gi in zip(grid[::8], g[::8])])
-    curves.append(pd.DataFrame({"part": "synthetic", "fraction": grid, "growth": g,
-                                "growth_se": np.interp(grid, grid[::8], se)}))
+    g, se = true_obj.values_and_se(grid)
+    curves.append(pd.DataFrame({"part": "synthetic", "fraction": grid, "growth": g, "growth_se": se}))
 
     # The cost of estimation error: fitted Gaussian Kelly on many independent samples.
     rng = np.random.default_rng(cfg.seed)
@@ -146,10 +144,8 @@ def run(cfg: DictConfig, out_dir) -> dict:
                                     n_steps=round(cfg.optimizer.years * spy), steps_per_year=spy,
                                     risk_free=cfg.risk_free)
     grid_s = np.linspace(0.0, 1.5 * max(v for k, v in fr_s.items() if k[0] != "_"), 81)
-    g_s = oos_obj.values(grid_s)
-    se_s = np.array([oos_obj.derivatives(f)[1] if np.isfinite(gi) else np.nan for f, gi in zip(grid_s[::8], g_s[::8])])
-    curves.append(pd.DataFrame({"part": "sp500_out_of_sample", "fraction": grid_s, "growth": g_s,
-                                "growth_se": np.interp(grid_s, grid_s[::8], se_s)}))
+    g_s, se_s = oos_obj.values_and_se(grid_s)
+    curves.append(pd.DataFrame({"part": "sp500_out_of_sample", "fraction": grid_s, "growth": g_s, "growth_se": se_s}))
     oos_opt = kelly.optimize(oos_obj, x0=0.5)
 
     # Shrinkage against the sample length: simulated (posterior-averaged) vs closed forms.

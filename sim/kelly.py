@@ -80,6 +80,7 @@ __all__ = [
     "KellyResult",
     "optimize",
     "grid_search",
+    "refine_grid_maximum",
     "fit_student_t",
 ]
 
@@ -279,8 +280,17 @@ _means_fwd_mode.defvjp(_means_fwd, _means_bwd)
 
 _paths_jit = jax.jit(_paths, static_argnums=3)
 _derivs_jit = jax.jit(_derivs, static_argnums=3)
-_grid_jit = jax.jit(lambda fs, seed, process, spec: jax.vmap(lambda f: _means(f, seed, process, spec))(fs),
-                    static_argnums=3)
+def _grid(fs, seed, process, spec: _Spec):
+    """``[G, 2]``: the mean growth and its standard deviation across paths, per fraction."""
+
+    def one(f):
+        growth = _paths(f, seed, process, spec)[0]
+        return jnp.stack([jnp.mean(growth), jnp.std(growth, ddof=1)])
+
+    return jax.vmap(one)(fs)
+
+
+_grid_jit = jax.jit(_grid, static_argnums=3)
 
 
 class GrowthObjective:
@@ -345,8 +355,12 @@ class GrowthObjective:
     def values(self, fractions) -> np.ndarray:
         """``g`` on a batch of fractions ``[G]`` (or ``[G, d]``): one compiled vmapped kernel
         in which the draws are shared by every grid point."""
-        fs = jnp.asarray(fractions, jnp.float32)
-        return np.asarray(_grid_jit(fs, *self._args(), self.spec))[:, 0]
+        return self.values_and_se(fractions)[0]
+
+    def values_and_se(self, fractions) -> tuple[np.ndarray, np.ndarray]:
+        """``g`` on a batch of fractions and its standard error (spread across paths)."""
+        out = np.asarray(_grid_jit(jnp.asarray(fractions, jnp.float32), *self._args(), self.spec), float)
+        return out[:, 0], out[:, 1] / math.sqrt(self.n_paths)
 
     def value_and_grad(self, f):
         g, jac, _ = _derivs_jit(self._as_f(f), *self._args(), self.spec)
@@ -469,8 +483,7 @@ _direction = jax.jit(_LBFGS.update)
 def _starting_point(objective: GrowthObjective, x0):
     if x0 is None:
         try:
-            x0 = reference_kelly(objective.process.process if hasattr(objective.process, "names")
-                                 else objective.process, objective.risk_free)
+            x0 = reference_kelly(objective.process, objective.risk_free)
         except (AttributeError, np.linalg.LinAlgError):
             x0 = np.full(max(objective.n_assets, 1), 0.5) if objective.n_assets else 0.5
     x0 = np.asarray(x0, float)
@@ -592,14 +605,14 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
             + (f"; constraint {constraint_info}" if constraint_info else "")
         )
     f = multiple * f_full
-    g_full, _, _, grad_cov, hess = objective.derivatives(f_full)
+    g_full, g_full_se, _, grad_cov, hess = objective.derivatives(f_full)
     fraction_se = None
     if dd is None and not long_only and budget is None:
         # Sandwich: f_hat - f* ~ -H^-1 grad_hat, so Cov(f_hat) = H^-1 Cov(grad_hat) H^-1.
         h_inv = np.linalg.inv(hess)
         fraction_se = np.sqrt(np.diag(h_inv @ grad_cov @ h_inv))
         fraction_se = float(fraction_se[0]) if objective.n_assets == 0 else fraction_se
-    g, g_se = (g_full, objective.derivatives(f)[1]) if multiple == 1.0 else objective.derivatives(f)[:2]
+    g, g_se = (g_full, g_full_se) if multiple == 1.0 else objective.derivatives(f)[:2]
     breach = None
     if dd is not None:
         breach = objective.with_seed(objective.seed + 1_000_003).breach_probability(f)
@@ -637,14 +650,24 @@ def grid_search(objective: GrowthObjective, lo: float, hi: float, *, n_coarse: i
     step = coarse[1] - coarse[0]
     fine = np.linspace(max(lo, coarse[i] - 2 * step), min(hi, coarse[i] + 2 * step), n_fine)
     fvals = objective.values(fine)
-    j = int(np.argmax(np.where(np.isfinite(fvals), fvals, -np.inf)))
-    best = fine[j]
-    if 0 < j < n_fine - 1 and np.isfinite(fvals[j - 1 : j + 2]).all():
-        y0, y1, y2 = fvals[j - 1 : j + 2].astype(float)
-        denom = y0 - 2 * y1 + y2
-        if denom < 0:
-            best = fine[j] + 0.5 * (fine[1] - fine[0]) * (y0 - y2) / denom
-    return float(best), float(fvals[j]), fine, fvals
+    best, j = refine_grid_maximum(fine, fvals)
+    return best, float(fvals[j]), fine, fvals
+
+
+def refine_grid_maximum(x, y) -> tuple[float, int]:
+    """The maximizer of ``y`` on the grid ``x`` (``-inf``/NaN values skipped), moved to the
+    vertex of the parabola through the best point and its two neighbours when all three are
+    finite and the parabola is concave. Returns ``(x_best, index of the best grid point)``."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    finite = np.isfinite(y)
+    j = int(np.argmax(np.where(finite, y, -np.inf)))
+    if not (0 < j < len(x) - 1 and finite[j - 1 : j + 2].all()):
+        return float(x[j]), j
+    (x0, x1, x2), (y0, y1, y2) = x[j - 1 : j + 2], y[j - 1 : j + 2]
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+    b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / denom
+    return (float(np.clip(-b / (2 * a), x0, x2)) if a < 0 else float(x[j])), j
 
 
 def fit_student_t(returns, *, steps_per_year: float = 252.0, nus=None):

@@ -39,6 +39,7 @@ import numpy as np
 from jax import lax
 
 from sim import engine
+from sim.kelly import refine_grid_maximum
 from sim import stats as stats_lib
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
@@ -106,17 +107,8 @@ class SurfaceResult:
             finite = np.isfinite(g)
             if not finite.any():
                 continue
-            j = int(np.argmax(np.where(finite, g, -np.inf)))
-            out[p] = f[j]
+            out[p], j = refine_grid_maximum(f, g)
             edge[p] = j + 1 < len(f) and not finite[j + 1]
-            if 0 < j < len(f) - 1 and finite[j - 1 : j + 2].all():
-                x0, x1, x2 = f[j - 1 : j + 2]
-                y0, y1, y2 = g[j - 1 : j + 2]
-                denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
-                a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
-                b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / denom
-                if a < 0:
-                    out[p] = float(np.clip(-b / (2 * a), x0, x2))
         return out, edge
 
     def table(self):
