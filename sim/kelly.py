@@ -280,17 +280,17 @@ _means_fwd_mode.defvjp(_means_fwd, _means_bwd)
 
 _paths_jit = jax.jit(_paths, static_argnums=3)
 _derivs_jit = jax.jit(_derivs, static_argnums=3)
-def _grid(fs, seed, process, spec: _Spec):
-    """``[G, 2]``: the mean growth and its standard deviation across paths, per fraction."""
+def _grid(fs, seed, process, spec: _Spec, with_sd: bool):
+    """The mean growth per fraction ``[G]``, and its standard deviation across paths."""
 
     def one(f):
         growth = _paths(f, seed, process, spec)[0]
-        return jnp.stack([jnp.mean(growth), jnp.std(growth, ddof=1)])
+        return (jnp.mean(growth), jnp.std(growth, ddof=1)) if with_sd else (jnp.mean(growth),)
 
     return jax.vmap(one)(fs)
 
 
-_grid_jit = jax.jit(_grid, static_argnums=3)
+_grid_jit = jax.jit(_grid, static_argnums=(3, 4))
 
 
 class GrowthObjective:
@@ -355,12 +355,13 @@ class GrowthObjective:
     def values(self, fractions) -> np.ndarray:
         """``g`` on a batch of fractions ``[G]`` (or ``[G, d]``): one compiled vmapped kernel
         in which the draws are shared by every grid point."""
-        return self.values_and_se(fractions)[0]
+        fs = jnp.asarray(fractions, jnp.float32)
+        return np.asarray(_grid_jit(fs, *self._args(), self.spec, False)[0], float)
 
     def values_and_se(self, fractions) -> tuple[np.ndarray, np.ndarray]:
         """``g`` on a batch of fractions and its standard error (spread across paths)."""
-        out = np.asarray(_grid_jit(jnp.asarray(fractions, jnp.float32), *self._args(), self.spec), float)
-        return out[:, 0], out[:, 1] / math.sqrt(self.n_paths)
+        mean, sd = _grid_jit(jnp.asarray(fractions, jnp.float32), *self._args(), self.spec, True)
+        return np.asarray(mean, float), np.asarray(sd, float) / math.sqrt(self.n_paths)
 
     def value_and_grad(self, f):
         g, jac, _ = _derivs_jit(self._as_f(f), *self._args(), self.spec)
@@ -645,7 +646,10 @@ def grid_search(objective: GrowthObjective, lo: float, hi: float, *, n_coarse: i
     coarse = np.linspace(lo, hi, n_coarse)
     vals = objective.values(coarse)
     if not np.isfinite(vals).any():
-        raise KellyConvergenceError(f"growth is -inf on the whole grid [{lo}, {hi}]")
+        raise KellyConvergenceError(
+            f"growth is not finite anywhere on the grid [{lo}, {hi}] (first values {vals[:3]}; "
+            f"g({lo}) = {objective(lo)} by the single-point kernel)"
+        )
     i = int(np.nanargmax(np.where(np.isfinite(vals), vals, -np.inf)))
     step = coarse[1] - coarse[0]
     fine = np.linspace(max(lo, coarse[i] - 2 * step), min(hi, coarse[i] + 2 * step), n_fine)
