@@ -44,8 +44,9 @@ from sim.validation import ParameterError, check_int, check_range  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def _policies(fitted, sample_years: float, cfg: DictConfig, seed: int) -> dict:
-    """The four policies' fractions for a fitted model (numeric Kelly on common random numbers)."""
+def _policies(fitted, sample_years: float, cfg: DictConfig, seed: int) -> tuple[dict, float]:
+    """The four policies' fractions for a fitted model (numeric Kelly on common random
+    numbers), and the drawdown-constrained policy's breach probability on fresh draws."""
     p, o, spy = cfg.policies, cfg.optimizer, float(cfg.steps_per_year)
     kw = dict(seed=seed, n_paths=o.n_paths, n_steps=round(o.years * spy), steps_per_year=spy, risk_free=cfg.risk_free)
     plug = kelly.optimize(kelly.GrowthObjective(fitted, **kw))
@@ -55,21 +56,40 @@ def _policies(fitted, sample_years: float, cfg: DictConfig, seed: int) -> dict:
     unc = kelly.optimize(kelly.GrowthObjective(posterior, **kw))
     dd_kw = dict(kw, n_steps=round(p.drawdown_horizon_years * spy))
     dd = kelly.optimize(kelly.GrowthObjective(fitted, drawdown=(p.drawdown_level, p.drawdown_probability), **dd_kw))
-    return {
+    fractions = {
         "plug_in": plug.full_fraction,
         "fractional": p.fractional_multiple * plug.full_fraction,
         "uncertainty": unc.full_fraction,
         "drawdown": dd.full_fraction,
-        "_drawdown_breach_fresh": dd.breach_probability,
     }
+    return fractions, dd.breach_probability
+
+
+def _part(name: str, fitted, sample_years: float, evaluation, cfg: DictConfig, eval_seed: int, grid_hi: float) -> dict:
+    """Fit -> policies -> evaluation on ``evaluation`` (the truth, or the out-of-sample
+    bootstrap): the table rows, terminal log-wealth per policy, the growth curve g(f) of
+    the evaluation model with its standard error, and its own Kelly optimum. The policies are
+    fitted on ``cfg.seed``'s draws; the evaluation uses ``eval_seed`` and ``eval_seed + 1``."""
+    spy = float(cfg.steps_per_year)
+    fractions, breach = _policies(fitted, sample_years, cfg, cfg.seed)
+    rows, wealth = _evaluate(evaluation, fractions, cfg, eval_seed, spy)
+    objective = kelly.GrowthObjective(evaluation, seed=eval_seed + 1, n_paths=cfg.optimizer.n_paths,
+                                      n_steps=round(cfg.optimizer.years * spy), steps_per_year=spy,
+                                      risk_free=cfg.risk_free)
+    optimum = kelly.optimize(objective, x0=0.5)
+    grid = np.linspace(0.0, max(grid_hi, 1.2 * max(fractions.values()), 1.5 * optimum.full_fraction), 81)
+    g, se = objective.values_and_se(grid)
+    return dict(
+        fractions=fractions, drawdown_breach_fresh=breach, rows=[{"part": name, **r} for r in rows], wealth=wealth,
+        objective=objective, optimum=optimum,
+        curve=pd.DataFrame({"part": name, "fraction": grid, "growth": g, "growth_se": se}),
+    )
 
 
 def _evaluate(process, fractions: dict, cfg: DictConfig, seed: int, steps_per_year: float) -> tuple[list, dict]:
     rows, wealth = [], {}
     e = cfg.evaluation
     for name, f in fractions.items():
-        if name.startswith("_"):
-            continue
         res = engine.simulate(process, seed=seed, n_paths=e.n_paths, n_steps=round(e.years * steps_per_year),
                               steps_per_year=steps_per_year, policy=engine.Policy(f, cfg.risk_free, e.floor))
         s = res.summary()
@@ -101,52 +121,32 @@ def run(cfg: DictConfig, out_dir) -> dict:
     if fit_part.size < 252 or test_part.size < 252:
         raise ParameterError(f"sp500.fit_end = {cfg.sp500.fit_end!r} leaves under a year on one side")
     out = OutputWriter(out_dir)
-    rows, wealth_plots, curves = [], {}, []
 
     # (a) synthetic: one observed sample, fitted, policies, evaluated on the truth.
     n_obs = round(cfg.synthetic.sample_years * spy)
     observed = engine.sample_returns(true, seed=cfg.seed + 101, n_paths=1, n_steps=n_obs, block_size=1)[0]
     mu, sigma, nu = kelly.fit_student_t(observed, steps_per_year=spy)
-    fitted = StudentT(mu, sigma, nu)
-    fr = _policies(fitted, cfg.synthetic.sample_years, cfg, cfg.seed)
-    r, w = _evaluate(true, fr, cfg, cfg.seed + 1, spy)
-    rows += [{"part": "synthetic", **x} for x in r]
-    wealth_plots["synthetic"] = w
-    true_obj = kelly.GrowthObjective(true, seed=cfg.seed + 2, n_paths=cfg.optimizer.n_paths,
-                                     n_steps=round(cfg.optimizer.years * spy), steps_per_year=spy,
-                                     risk_free=cfg.risk_free)
-    true_opt = kelly.optimize(true_obj)
-    grid = np.linspace(0.0, max(2.0 * true_opt.full_fraction, 1.2 * max(v for k, v in fr.items() if k[0] != "_")), 81)
-    g, se = true_obj.values_and_se(grid)
-    curves.append(pd.DataFrame({"part": "synthetic", "fraction": grid, "growth": g, "growth_se": se}))
+    synth = _part("synthetic", StudentT(mu, sigma, nu), cfg.synthetic.sample_years, true, cfg, cfg.seed + 1,
+                  grid_hi=2.0 * float(kelly.reference_kelly(true)))
 
-    # The cost of estimation error: fitted Gaussian Kelly on many independent samples.
+    # The cost of estimation error: fitted Gaussian Kelly on many independent samples,
+    # each rule's growth evaluated under the true model on the same draws (no interpolation).
     rng = np.random.default_rng(cfg.seed)
     mu_hat = true.mu + true.sigma / math.sqrt(cfg.synthetic.sample_years) * rng.standard_normal(n_datasets)
-    f_hat = np.clip(mu_hat / true.sigma**2, 0.0, grid[-1])
+    f_hat = mu_hat / true.sigma**2
     theta_hat = mu_hat / true.sigma
     k_hat = np.clip((theta_hat**2 - 1 / cfg.synthetic.sample_years) / np.maximum(theta_hat**2, 1e-12), 0, 1)
-    datasets = pd.DataFrame({"mu_hat": mu_hat, "f_plug_in": f_hat, "f_half": 0.5 * f_hat,
-                             "f_shrunk": k_hat * f_hat})
+    datasets = pd.DataFrame({"mu_hat": mu_hat, "f_plug_in": f_hat, "f_half": 0.5 * f_hat, "f_shrunk": k_hat * f_hat})
     for col in ("f_plug_in", "f_half", "f_shrunk"):
-        datasets["growth_" + col[2:]] = np.interp(datasets[col], grid, g)
+        datasets["growth_" + col[2:]] = synth["objective"].values(datasets[col].to_numpy())
     out.table("datasets.csv", datasets)
 
     # (b) S&P 500: fit in sample, evaluate on a block bootstrap of the out-of-sample years.
     mu_s, sigma_s, nu_s = kelly.fit_student_t(fit_part, steps_per_year=spy)
-    fitted_s = StudentT(mu_s, sigma_s, nu_s)
-    fr_s = _policies(fitted_s, fit_part.size / spy, cfg, cfg.seed)
     oos = BlockBootstrap(test_part.astype(np.float32), cfg.sp500.mean_block)
-    r, w = _evaluate(oos, fr_s, cfg, cfg.seed + 3, spy)
-    rows += [{"part": "sp500_out_of_sample", **x} for x in r]
-    wealth_plots["sp500_out_of_sample"] = w
-    oos_obj = kelly.GrowthObjective(oos, seed=cfg.seed + 4, n_paths=cfg.optimizer.n_paths,
-                                    n_steps=round(cfg.optimizer.years * spy), steps_per_year=spy,
-                                    risk_free=cfg.risk_free)
-    grid_s = np.linspace(0.0, 1.5 * max(v for k, v in fr_s.items() if k[0] != "_"), 81)
-    g_s, se_s = oos_obj.values_and_se(grid_s)
-    curves.append(pd.DataFrame({"part": "sp500_out_of_sample", "fraction": grid_s, "growth": g_s, "growth_se": se_s}))
-    oos_opt = kelly.optimize(oos_obj, x0=0.5)
+    sp = _part("sp500_out_of_sample", StudentT(mu_s, sigma_s, nu_s), fit_part.size / spy, oos, cfg, cfg.seed + 3,
+               grid_hi=0.0)
+    parts = {"synthetic": synth, "sp500_out_of_sample": sp}
 
     # Shrinkage against the sample length: simulated (posterior-averaged) vs closed forms.
     tau, sh = float(cfg.shrinkage.holding_years), []
@@ -165,18 +165,18 @@ def run(cfg: DictConfig, out_dir) -> dict:
                    "frequentist_optimum": kelly.frequentist_shrinkage(base.mu / base.sigma, T)})
     shrink = pd.DataFrame(sh)
 
-    table = pd.DataFrame(rows)
-    curve = pd.concat(curves, ignore_index=True)
+    table = pd.DataFrame([r for part in parts.values() for r in part["rows"]])
+    curve = pd.concat([part["curve"] for part in parts.values()], ignore_index=True)
     out.table("policies.csv", table)
     out.table("growth_curve.csv", curve)
     out.table("shrinkage.csv", shrink)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, (part, sub), frs in zip(axes, curve.groupby("part", sort=False), (fr, fr_s)):
+    for ax, (part, sub) in zip(axes, curve.groupby("part", sort=False)):
         ax.plot(sub.fraction, sub.growth, color="k", label="g(f) on the evaluation model")
         ax.fill_between(sub.fraction, sub.growth - 1.96 * sub.growth_se, sub.growth + 1.96 * sub.growth_se,
                         color="k", alpha=0.15, label="95% band (per-path spread)")
-        for i, (name, f) in enumerate((k, v) for k, v in frs.items() if k[0] != "_"):
+        for i, (name, f) in enumerate(parts[part]["fractions"].items()):
             ax.axvline(f, color=f"C{i}", ls="--", label=f"{name} f = {f:.2f}")
         wiped = sub.fraction[~np.isfinite(sub.growth)]
         if len(wiped):
@@ -191,7 +191,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     out.figure("growth_curve.png", fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, (part, w) in zip(axes, wealth_plots.items()):
+    for ax, (part, w) in zip(axes, ((k, v["wealth"]) for k, v in parts.items())):
         data = [np.clip(v / math.log(10), -3, None) for v in w.values()]
         ax.boxplot(data, showfliers=False)
         ax.set_xticks(range(1, len(w) + 1), list(w))
@@ -219,26 +219,32 @@ def run(cfg: DictConfig, out_dir) -> dict:
         "synthetic": {
             "true": {"mu": true.mu, "sigma": true.sigma, "nu": true.nu},
             "fitted": {"mu": mu, "sigma": sigma, "nu": nu},
-            "true_growth_optimal_fraction": true_opt.full_fraction,
+            "true_growth_optimal_fraction": synth["optimum"].full_fraction,
             "gaussian_kelly_of_truth": float(kelly.reference_kelly(true)),
-            "fractions": fr,
+            "fractions": synth["fractions"],
+            "drawdown_breach_fresh": synth["drawdown_breach_fresh"],
             "estimation_error": {
-                "expected_growth_plug_in": float(datasets.growth_plug_in.mean()),
-                "expected_growth_half": float(datasets.growth_half.mean()),
-                "expected_growth_shrunk": float(datasets.growth_shrunk.mean()),
-                "growth_at_true_optimum": float(true_obj(true_opt.full_fraction)),
+                **{f"{rule}_{stat}": value for rule in ("plug_in", "half", "shrunk") for stat, value in (
+                    ("expected_growth", float(datasets["growth_" + rule].mean())),
+                    ("median_growth", float(datasets["growth_" + rule].median())),
+                    ("share_wiped_out", float((~np.isfinite(datasets["growth_" + rule])).mean())),
+                )},
+                "share_levered_plug_in": float((datasets.f_plug_in > 1).mean()),
+                "share_short_plug_in": float((datasets.f_plug_in < 0).mean()),
+                "growth_at_true_optimum": synth["optimum"].full_growth,
             },
         },
         "sp500": {"fit_end": cfg.sp500.fit_end, "fitted": {"mu": mu_s, "sigma": sigma_s, "nu": nu_s},
-                  "fractions": fr_s, "out_of_sample_growth_optimal_fraction": oos_opt.full_fraction},
+                  "fractions": sp["fractions"], "drawdown_breach_fresh": sp["drawdown_breach_fresh"],
+                  "out_of_sample_growth_optimal_fraction": sp["optimum"].full_fraction},
         "policies": table.to_dict(orient="records"),
         "shrinkage": shrink.to_dict(orient="records"),
         "run": {**run_info(), "wall_seconds": time.perf_counter() - t_start},
     }
     out.json("summary.json", summary)
     log.info("synthetic fractions %s; S&P 500 fractions %s; out-of-sample optimum %.3f",
-             {k: round(v, 3) for k, v in fr.items() if k[0] != "_"},
-             {k: round(v, 3) for k, v in fr_s.items() if k[0] != "_"}, oos_opt.full_fraction)
+             {k: round(v, 3) for k, v in synth["fractions"].items()},
+             {k: round(v, 3) for k, v in sp["fractions"].items()}, sp["optimum"].full_fraction)
     log.info("wrote %s into %s in %.1fs", ", ".join(out.written), out_dir, time.perf_counter() - t_start)
     return summary
 

@@ -243,22 +243,18 @@ def ruin_surface(
     width = (hi - lo) / n_bins
     edges = lo + width * np.arange(n_bins + 1)
 
+    cum = np.cumsum(hist, axis=-1)
+
     def quantile(q):
-        cum = np.cumsum(hist, axis=-1)
+        """Per point: the first bin whose cumulative count reaches ``q n``, interpolated
+        linearly inside it; -inf / inf when it falls below / above the histogram's range."""
         target = q * n
-        out = np.empty(hist.shape[:2])
-        for idx in np.ndindex(*hist.shape[:2]):
-            c = cum[idx]
-            k = int(np.searchsorted(c, target))  # first bin whose cumulative count >= target
-            if k == 0:
-                out[idx] = -np.inf  # below the histogram's range
-            elif k > n_bins:
-                out[idx] = np.inf
-            else:
-                before = c[k - 1]
-                inside = hist[idx][k]
-                out[idx] = edges[k - 1] + width * (target - before) / inside
-        return out
+        k = np.argmax(cum >= target, axis=-1)  # cum[..., -1] = n >= target, so k exists
+        before = np.take_along_axis(cum, np.maximum(k - 1, 0)[..., None], axis=-1)[..., 0]
+        inside = np.take_along_axis(hist, k[..., None], axis=-1)[..., 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = edges[np.clip(k - 1, 0, n_bins)] + width * (target - before) / inside
+        return np.where(k == 0, -np.inf, np.where(k > n_bins, np.inf, value))
 
     wiped = totals["wiped"]
     with np.errstate(invalid="ignore"):

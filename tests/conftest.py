@@ -1,3 +1,9 @@
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -22,3 +28,22 @@ def tail_count_ok(x, q, p, upper):
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(12345)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_multirun(module: str, overrides: list[str], sweep_dir, files: list[str]) -> list[dict]:
+    """Run ``python -m module -m overrides`` for real into ``sweep_dir``; check that every job
+    directory holds ``files`` (non-empty) and Hydra's saved config; return each job's summary."""
+    cmd = [sys.executable, "-m", module, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = sorted((p for p in pathlib.Path(sweep_dir).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    summaries = []
+    for job in jobs:
+        for f in files:
+            assert (job / f).stat().st_size > 0, (job.name, f)
+        assert (job / ".hydra" / "config.yaml").exists()
+        summaries.append(json.loads((job / "summary.json").read_text()))
+    return summaries

@@ -1,9 +1,6 @@
 """End-to-end tier: the experiment composes, runs with tiny sizes and writes its files."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,6 +8,7 @@ from hydra.errors import ConfigCompositionException
 
 from experiments.time_vs_ensemble import run
 from sim.validation import ParameterError
+from tests.conftest import run_multirun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(ROOT, "conf")
@@ -45,13 +43,5 @@ def test_unknown_keys_are_rejected(tmp_path):
 
 
 def test_real_multirun_over_two_processes(tmp_path):
-    cmd = [sys.executable, "-m", "experiments.time_vs_ensemble", "-m", "process=gaussian,student_t", *TINY,
-           f"hydra.sweep.dir={tmp_path}"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for job, proc in (("0", "Gaussian"), ("1", "StudentT")):
-        for f in FILES:
-            assert (tmp_path / job / f).exists(), (job, f)
-        assert (tmp_path / job / ".hydra" / "config.yaml").exists()
-        summary = json.loads((tmp_path / job / "summary.json").read_text())
-        assert summary["market"]["process"] == proc
+    summaries = run_multirun("experiments.time_vs_ensemble", ["process=gaussian,student_t", *TINY], tmp_path, FILES)
+    assert [s["market"]["process"] for s in summaries] == ["Gaussian", "StudentT"]

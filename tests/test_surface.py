@@ -2,10 +2,7 @@
 growth-optimal fraction agrees with the Kelly optimizer; bad input; the experiment and a
 real Hydra multirun over two return models."""
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ from experiments.ruin_surface import run
 from sim import engine, kelly, surface
 from sim.processes import Gaussian, StudentT
 from sim.validation import ParameterError
+from tests.conftest import run_multirun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(ROOT, "conf")
@@ -93,15 +91,9 @@ def test_second_config_jump_intensity(tmp_path):
 
 
 def test_real_multirun_over_two_return_models(tmp_path):
-    cmd = [sys.executable, "-m", "experiments.ruin_surface", "-m", "process=student_t,garch_t", *TINY,
-           f"hydra.sweep.dir={tmp_path}"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for job, proc in (("0", "StudentT"), ("1", "GarchT")):
-        for f in FILES:
-            assert (tmp_path / job / f).stat().st_size > 0, (job, f)
-        assert (tmp_path / job / ".hydra" / "config.yaml").exists()
-        summary = json.loads((tmp_path / job / "summary.json").read_text())
-        assert summary["process"] == proc and summary["n_paths_per_point"] == 512
-        rows = (tmp_path / job / "surface.csv").read_text().strip().splitlines()
+    summaries = run_multirun("experiments.ruin_surface", ["process=student_t,garch_t", *TINY], tmp_path, FILES)
+    assert [s["process"] for s in summaries] == ["StudentT", "GarchT"]
+    for job, summary in enumerate(summaries):
+        assert summary["n_paths_per_point"] == 512
+        rows = (tmp_path / str(job) / "surface.csv").read_text().strip().splitlines()
         assert len(rows) == 1 + 2 * 5
