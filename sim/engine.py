@@ -20,6 +20,29 @@ The wealth update, with ``f`` the fraction in the risky asset (``f > 1`` is leve
 
 For a model of several assets (``r`` of shape ``[n, d]``) ``f`` is a vector and the update is
 ``W <- W (1 + f . r + (1 - sum f) r_f)`` (``portfolio_return``).
+
+The policy is the one place where a step's asset return becomes the portfolio's return. Any
+pytree with the four methods below can be passed as ``policy`` (``Policy`` is the constant
+mix; ``sim.hedge.HedgeOverlay`` carries a put program)::
+
+    policy.validate(dt, n_steps)                  # host-side checks, before compilation
+    state = policy.init(n, dt, process, process_state)     # per-path state (a pytree)
+    state, x = policy.step(state, r, process, process_state, t, dt)  # x: float32[n] return
+    policy.outputs(state)                         # dict of [n] per-path results (may be empty)
+    state = policy.prefetch(state, r_next, process, process_state, t + 1, dt)  # optional
+
+``prefetch``, where a policy has it, runs at the end of step ``t`` with the next step's return
+(already drawn: see the note on prefetching below) and puts what ``step`` will need of it
+into the state: values computed in the carry are materialized once, where XLA's CPU backend
+would recompute them in every fusion that reads them. For such a policy the engine keeps two
+steps of draws in flight, so that ``r_next`` too is read from the carry, not resampled inside
+the policy's fusions.
+
+``init`` sees the model's initial state; ``step`` sees the step's return ``r``, the process
+state after drawing it (for a regime model, the regime in force now) and the 1-based step
+index ``t``; it runs inside the scan, so its
+state is part of the carry and nothing grows with the number of steps. Every policy also
+has the fields ``risk_free`` and ``floor`` (the engine's ruin floor).
 """
 
 from __future__ import annotations
@@ -70,16 +93,28 @@ class Policy(NamedTuple):
     risk_free: Any = 0.0
     floor: Any = 0.0
 
-    def validate(self) -> None:
+    def validate(self, dt: float | None = None, n_steps: int | None = None) -> None:
         check_range("fraction", self.fraction, -100.0, 100.0)
         check_range("risk_free", self.risk_free, -1.0, 10.0, lo_closed=False)
         check_range("floor", self.floor, 0.0, 1.0, hi_closed=False)
+
+    def init(self, n: int, dt: float, process=None, process_state=None):
+        return ()
+
+    def step(self, state, r, process, process_state, t, dt: float):
+        f = jnp.asarray(self.fraction, jnp.float32)
+        rf = per_step_mean(jnp.asarray(self.risk_free, jnp.float32), dt)
+        return state, portfolio_return(f, r, rf)
+
+    def outputs(self, state) -> dict:
+        return {}
 
 
 class BlockOutput(NamedTuple):
     stats: stats_lib.PathStats  # each [block_size]
     snapshots: jax.Array  # float32[K, block_size], log-wealth after steps every, 2 every, ...
     recorded: jax.Array  # float32[n_steps, record_paths], log-wealth after each step
+    extras: dict  # the policy's per-path outputs, each [block_size]
 
 
 def portfolio_return(f: jax.Array, r: jax.Array, rf: jax.Array) -> jax.Array:
@@ -103,7 +138,7 @@ def simulate_block(
     key: jax.Array,
     block: jax.Array,
     process,
-    policy: Policy,
+    policy,
     *,
     block_size: int,
     n_steps: int,
@@ -114,11 +149,9 @@ def simulate_block(
     """Simulate one block of ``block_size`` paths over ``n_steps`` steps of ``dt`` years.
 
     Pure and branch free: ``vmap`` it over blocks, or over a grid of process or policy
-    parameters; differentiate it with respect to ``policy.fraction``.
+    parameters; differentiate it with respect to the policy's parameters.
     """
     k_init, k_steps = block_keys(key, block)
-    f = jnp.asarray(policy.fraction, jnp.float32)
-    rf = per_step_mean(jnp.asarray(policy.risk_free, jnp.float32), dt)
     floor = jnp.asarray(policy.floor, jnp.float32)
     log_floor = jnp.where(floor > 0, jnp.log(jnp.where(floor > 0, floor, 1.0)), -jnp.inf)
 
@@ -129,16 +162,31 @@ def simulate_block(
     # value is materialized once, whereas XLA's CPU backend, which emits single-output
     # fusions, would otherwise recompute the whole sampler (hash included) inside each of
     # the statistics' updates that read r. Costs one unused draw per path at the end.
+    # A policy with ``prefetch`` reads the next step's return in this step too: it is drawn
+    # one step further ahead (two in flight), so that it also comes from the carry.
     def one_step(carry, t):
-        pstate, r, st = carry
-        st = stats_lib.update(st, portfolio_return(f, r, rf), t + 1, log_floor)
+        pstate, r, st, pol, ahead = carry
+        pol, x = policy.step(pol, r, process, pstate, t + 1, dt)
+        st = stats_lib.update(st, x, t + 1, log_floor)
+        if prefetch:
+            pstate_next, r_next = ahead
+            pol = policy.prefetch(pol, r_next, process, pstate_next, t + 2, dt)
+            return (pstate_next, r_next, st, pol, draw(pstate_next, t + 2)), st.log_wealth[:record_paths]
         pstate, r_next = draw(pstate, t + 1)
-        return (pstate, r_next, st), st.log_wealth[:record_paths]
+        return (pstate, r_next, st, pol, ()), st.log_wealth[:record_paths]
 
     def run(carry, start, length):
         return lax.scan(one_step, carry, start + jnp.arange(length, dtype=jnp.int32))
 
-    carry = (*draw(process.init(k_init, block_size, dt), 0), stats_lib.init_path_stats(block_size))
+    prefetch = hasattr(policy, "prefetch")
+    pstate0 = process.init(k_init, block_size, dt)
+    pstate1, r0 = draw(pstate0, 0)
+    pol0 = policy.init(block_size, dt, process, pstate0)
+    ahead = ()
+    if prefetch:
+        pol0 = policy.prefetch(pol0, r0, process, pstate1, 1, dt)
+        ahead = draw(pstate1, 1)
+    carry = (pstate1, r0, stats_lib.init_path_stats(block_size), pol0, ahead)
     recorded = []
     n_seg = n_steps // snapshot_every if snapshot_every else 0
     if n_seg:
@@ -156,7 +204,7 @@ def simulate_block(
     if rest:
         carry, rec = run(carry, jnp.int32(n_seg * snapshot_every), rest)
         recorded.append(rec)
-    return BlockOutput(carry[2], snapshots, jnp.concatenate(recorded, axis=0))
+    return BlockOutput(carry[2], snapshots, jnp.concatenate(recorded, axis=0), policy.outputs(carry[3]))
 
 
 @functools.partial(
@@ -183,6 +231,7 @@ class SimResult:
     snapshot_steps: int[K], the steps after which ``snapshots`` were taken.
     snapshots: float32[K, n_paths] log-wealth at those steps (K = 0 unless requested).
     recorded: float32[n_steps + 1, record_paths] log-wealth of the first paths, from step 0.
+    extras: the policy's per-path outputs (``policy.outputs``), each ``[n_paths]``.
     """
 
     stats: stats_lib.PathStats
@@ -192,6 +241,7 @@ class SimResult:
     snapshots: np.ndarray
     recorded: np.ndarray
     wall_seconds: float
+    extras: dict = dataclasses.field(default_factory=dict)
 
     @property
     def years(self) -> float:
@@ -213,7 +263,15 @@ def _validate(process, policy, n_paths, n_steps, steps_per_year, block_size, chu
     if not hasattr(process, "step") or not hasattr(process, "validate"):
         raise ParameterError(f"process must be a model from sim.processes, got {type(process).__name__}")
     process.validate(1.0 / steps_per_year)
-    policy.validate()
+    max_steps = getattr(process, "max_steps", None)
+    if max_steps is not None and n_steps > max_steps:
+        raise ParameterError(f"n_steps = {n_steps} is longer than the series {type(process).__name__} replays; "
+                             f"allowed: n_steps <= {max_steps}")
+    if not all(hasattr(policy, m) for m in ("validate", "init", "step", "outputs")):
+        raise ParameterError(f"policy must have validate/init/step/outputs (see sim.engine), got {type(policy).__name__}")
+    policy.validate(1.0 / steps_per_year, n_steps)
+    if hasattr(policy, "check_process"):
+        policy.check_process(process)
 
 
 def simulate(
@@ -223,7 +281,7 @@ def simulate(
     n_paths: int,
     n_steps: int,
     steps_per_year: float = 252.0,
-    policy: Policy = Policy(),
+    policy=Policy(),
     block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_paths: int | None = None,
     snapshot_every: int = 0,
@@ -237,7 +295,8 @@ def simulate(
       process: a model from ``sim.processes`` (validated here, before any compilation).
       seed: the only source of randomness.
       n_paths, n_steps: sizes; ``steps_per_year`` sets ``dt = 1 / steps_per_year``.
-      policy: fraction, risk-free rate, ruin floor.
+      policy: ``Policy`` (fraction, risk-free rate, ruin floor) or any policy with the
+        interface in the module docstring (``sim.hedge.HedgeOverlay``).
       block_size: lanes per block; part of the random stream's definition (changing it
         changes the draws), unlike ``chunk_paths``.
       chunk_paths: paths per compiled call (rounded up to whole blocks and to a multiple of
@@ -292,10 +351,14 @@ def simulate(
         lo = c * chunk_blocks * block_size
         hi = min(lo + chunk_blocks * block_size, n_paths)
         chunk_stats = jax.tree.map(lambda a: np.asarray(a).reshape(-1)[: hi - lo], out.stats)
+        chunk_extras = {k: np.asarray(a).reshape(-1)[: hi - lo] for k, a in out.extras.items()}
         if host_stats is None:
             host_stats = stats_lib.PathStats(*(np.empty(n_paths, a.dtype) for a in chunk_stats))
+            extras = {k: np.empty(n_paths, a.dtype) for k, a in chunk_extras.items()}
         for dst, src in zip(host_stats, chunk_stats):
             dst[lo:hi] = src
+        for k, src in chunk_extras.items():
+            extras[k][lo:hi] = src
         if n_snap:
             snapshots[:, lo:hi] = np.moveaxis(np.asarray(out.snapshots), 1, 0).reshape(n_snap, -1)[:, : hi - lo]
         if c == 0 and record_paths:
@@ -324,6 +387,7 @@ def simulate(
         snapshots=snapshots,
         recorded=recorded,
         wall_seconds=time.perf_counter() - t0,
+        extras=extras,
     )
 
 

@@ -21,6 +21,11 @@ it is what keeps the growth rate E[log(1 + f r)] finite for every f < 1: without
 unbounded left tail makes the growth rate minus infinity for every f > 0 (see
 ``sim.kelly``). A levered position (f > 1) can still be wiped out.
 
+``conditional_vol(state, dt)`` (where a model has it) is the annualized volatility of the
+next step given the state after the last draw: what a market maker pricing options on the
+model would see (the regime's sigma, GARCH's conditional variance). ``sim.hedge`` prices
+puts from it.
+
 ``annual_moments()`` gives the annualized mean and variance of the simple returns (exact,
 or to first order in ``dt`` where noted), which fix the Gaussian Kelly reference
 ``f = (mean - r) / variance`` of ``sim.kelly``.
@@ -49,6 +54,7 @@ __all__ = [
     "Binary",
     "MultiAsset",
     "ParameterUncertainty",
+    "Replay",
     "PROCESSES",
 ]
 
@@ -109,6 +115,9 @@ class Gaussian:
         z = samplers.normal(key, n)
         return state, _limited(per_step_mean(_f(self.mu), dt) + per_step_vol(_f(self.sigma), dt) * z)
 
+    def conditional_vol(self, state, dt: float):
+        return _f(self.sigma)
+
     def annual_moments(self):
         return self.mu, self.sigma**2
 
@@ -139,6 +148,9 @@ class StudentT:
     def step(self, key, state: NoState, n: int, dt: float):
         z = _unit_t(key, n, self.nu)
         return state, _limited(per_step_mean(_f(self.mu), dt) + per_step_vol(_f(self.sigma), dt) * z)
+
+    def conditional_vol(self, state, dt: float):
+        return _f(self.sigma)
 
     def annual_moments(self):
         return self.mu, self.sigma**2
@@ -180,6 +192,12 @@ class Merton:
         drift = per_step_mean(_f(self.mu) - 0.5 * sig * sig - _f(self.lam) * k, dt)
         jumps = count * m + jnp.sqrt(count) * s * samplers.normal(k_jump, n)
         return state, jnp.expm1(drift + per_step_vol(sig, dt) * samplers.normal(k_diffusion, n) + jumps)
+
+    def conditional_vol(self, state, dt: float):
+        """Total annualized vol, diffusion and jumps (first order in ``dt``)."""
+        m, s = _f(self.jump_mean), _f(self.jump_std)
+        second = jnp.exp(2 * m + 2 * s * s) - 2 * jnp.exp(m + s * s / 2) + 1
+        return jnp.sqrt(_f(self.sigma) ** 2 + _f(self.lam) * second)
 
     def annual_moments(self):
         """Mean exact (``E[1 + r] = exp(mu dt)``, so ``mu`` to first order); variance to
@@ -232,6 +250,13 @@ class GarchT:
         variance = omega + a * prev_shock * prev_shock + b * state.variance
         r = _limited(mu_dt + jnp.sqrt(variance) * _unit_t(key, n, self.nu))
         return GarchState(variance, r), r
+
+    def conditional_vol(self, state: "GarchState", dt: float):
+        """Annualized vol of the next step: ``sqrt(h_{t+1} / dt)`` from the recursion."""
+        a, b = _f(self.alpha), _f(self.beta)
+        omega = per_step_vol(_f(self.sigma), dt) ** 2 * (1.0 - a - b)
+        shock = state.last_return - per_step_mean(_f(self.mu), dt)
+        return jnp.sqrt((omega + a * shock * shock + b * state.variance) / dt)
 
     def annual_moments(self):
         return self.mu, self.sigma**2
@@ -294,6 +319,10 @@ class RegimeSwitching:
         switch = samplers.uniform(k_switch, n) <= p_switch
         return RegimeState(jnp.where(switch, 1 - state.regime, state.regime)), _limited(r)
 
+    def conditional_vol(self, state: "RegimeState", dt: float):
+        """The vol of the regime in force for the next step (the true regime: an oracle)."""
+        return jnp.where(state.regime == 1, _f(self.sigma_crash), _f(self.sigma_calm))
+
     def annual_moments(self):
         """Stationary mixture of the two regimes (first order in ``dt``)."""
         p = self.rate_to_crash / (self.rate_to_crash + self.rate_to_calm)
@@ -353,6 +382,61 @@ class BlockBootstrap:
 
 class BootstrapState(NamedTuple):
     index: jax.Array  # int32[n], index of the next step's return in the series
+
+
+@_pytree
+class Replay:
+    """A given return series replayed on every path (a real history, a scenario).
+
+    Step ``t`` returns ``returns[t]`` on all paths, so a simulation of ``n_steps <=
+    len(returns)`` steps walks the series once. ``implied`` optionally gives an observed
+    annualized implied volatility per step (VIX / 100, say: NaN where there is none), which
+    ``sim.hedge`` uses to price options where it is known.
+
+    Args:
+      returns: float[L] simple returns per step, finite, > -1.
+      implied: float[L] or None; finite values must be > 0.
+    """
+
+    returns: jax.Array
+    implied: jax.Array | None = None
+
+    def validate(self, dt: float) -> None:
+        arr = np.asarray(self.returns, dtype=np.float64)
+        if arr.ndim != 1 or arr.shape[0] < 1:
+            raise ParameterError(f"Replay.returns must be a 1-D series, got shape {arr.shape}")
+        check_range("Replay.returns", arr, -1.0, lo_closed=False)
+        if self.implied is not None:
+            iv = np.asarray(self.implied, dtype=np.float64)
+            if iv.shape != arr.shape:
+                raise ParameterError(f"Replay.implied must have the shape of returns {arr.shape}, got {iv.shape}")
+            check_range("Replay.implied (where given)", iv[np.isfinite(iv)] if np.isfinite(iv).any() else [1.0],
+                        0.0, lo_closed=False)
+
+    @property
+    def max_steps(self) -> int:
+        return int(np.shape(self.returns)[0])
+
+    def init(self, key, n: int, dt: float) -> "ReplayState":
+        return ReplayState(jnp.zeros((n,), jnp.int32))
+
+    def step(self, key, state: "ReplayState", n: int, dt: float):
+        r = _f(self.returns)[jnp.minimum(state.index, self.returns.shape[0] - 1)]
+        return ReplayState(state.index + 1), r
+
+    def conditional_vol(self, state: "ReplayState", dt: float):
+        """The observed implied vol of the step just replayed (NaN where there is none)."""
+        if self.implied is None:
+            return jnp.full(state.index.shape, jnp.nan, _F32)
+        return _f(self.implied)[jnp.clip(state.index - 1, 0, self.implied.shape[0] - 1)]
+
+    def annual_moments(self, steps_per_year: float = 252.0):
+        r = np.asarray(self.returns, np.float64)
+        return r.mean() * steps_per_year, r.var() * steps_per_year
+
+
+class ReplayState(NamedTuple):
+    index: jax.Array  # int32[n], index of the next step's return
 
 
 @_pytree
@@ -531,5 +615,5 @@ class UncertainState(NamedTuple):
 
 PROCESSES = {
     cls.__name__: cls
-    for cls in (Gaussian, StudentT, Merton, GarchT, RegimeSwitching, BlockBootstrap, Binary, MultiAsset)
+    for cls in (Gaussian, StudentT, Merton, GarchT, RegimeSwitching, BlockBootstrap, Binary, MultiAsset, Replay)
 }

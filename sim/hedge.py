@@ -1,0 +1,554 @@
+"""Tail-hedge overlays: a budgeted put program simulated path by path inside the engine's scan.
+
+``HedgeOverlay`` is an engine policy (see ``sim.engine``): pass it as ``policy=`` to
+``sim.engine.simulate`` and every path carries, besides its wealth statistics, a ladder of
+put tranches, their marks and the monetization policy's state. Nothing grows with the
+number of steps.
+
+The portfolio (per unit of NAV ``W`` at the start of a step):
+
+* equity ``f W``, rebalanced to the fraction ``f`` every step (the engine's constant mix);
+* ``L = ceil(tenor / roll)`` put tranches: tranche ``j`` holds notional ``a_j`` (contracts
+  x spot / NAV) of puts with moneyness ``m_j = K_j / S`` and ``left_j`` steps to expiry,
+  marked at ``v_j = a_j p(m_j, tau_j, sigma)`` per unit of NAV;
+* cash ``1 - f - sum_j v_j``, earning the risk-free rate (negative cash is borrowing).
+
+One step with asset return ``r`` and risk-free ``r_f`` per step::
+
+    x = f r + (1 - f) r_f + sum_j (v_j' - v_j (1 + r_f)) - costs
+
+where ``v_j' = a_j (1 + r) p(m_j / (1 + r), tau_j - dt, sigma')`` is the tranche re-marked
+after the move, at the implied vol of the new state. Then, in this order: expired tranches
+pay their intrinsic value into cash; the monetization policy sells a fraction of each live
+tranche at its mark; on a roll date (every ``roll`` steps) the tranche slot that comes round
+buys new puts for ``budget * roll_years`` of the NAV. Trades pay ``option_cost`` (a
+proportional half-spread) on the premium, which is the only way a trade changes NAV. So the
+premium drag, the crash payoff and the rebalancing (put proceeds are bought back into
+equity at the fraction ``f``) compound exactly.
+
+Puts are priced by Black-Scholes (``sim.options``) at the implied vol of ``ImpliedVolModel``:
+an ATM level (the path's own realized vol, the model's conditional vol, or a given implied
+series such as VIX), a term structure reverting to a long-run vol, a volatility risk premium
+and a put skew in moneyness.
+
+Monetization policies are pytrees with two pure methods (the hook the regime protocol
+plugs into)::
+
+    state = policy.init(n, L)
+    state, sell = policy.decide(state, obs)    # sell: float32[L, n] in [0, 1]
+
+where ``obs`` is a ``HedgeObs``. Provided: ``Hold`` (hold to expiry and roll),
+``ProfitTake`` (sell when the mark reaches a multiple of the premium paid), ``PriceLevel``
+(sell when the underlying has fallen a fixed % since purchase: the price rule seed 000 §3
+warns against) and ``RegimeOracle`` (sell when the model's true regime turns from crash to
+calm: the benchmark no detector can beat).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import ndtri
+
+from sim.processes import _pytree
+from sim.units import per_step_mean
+from sim.validation import ParameterError, check_int, check_range
+
+__all__ = [
+    "ImpliedVolModel",
+    "HedgeProgram",
+    "HedgeOverlay",
+    "HedgeObs",
+    "HedgeState",
+    "Hold",
+    "ProfitTake",
+    "PriceLevel",
+    "RegimeOracle",
+    "MONETIZATION",
+    "put_price",
+]
+
+_F32 = jnp.float32
+_INV_SQRT2 = 0.7071067811865476
+_VOL_SOURCES = ("realized", "model", "constant")
+_STRIKE_MODES = ("moneyness", "delta")
+
+
+def _f(x):
+    return jnp.asarray(x, _F32)
+
+
+# --------------------------------------------------------------------------- implied vol
+
+
+@_pytree
+class ImpliedVolModel:
+    """Implied volatility of a put of moneyness ``k = K / S`` and expiry ``tau`` years.
+
+    ``sigma(k, tau) = clip(sigma_atm(tau) + skew * (-log k) / sqrt(max(tau, 1/252)),
+    vol_floor, vol_cap)`` with the ATM term structure ``sigma_atm(tau)^2 = theta + (v - theta)
+    (1 - exp(-kappa tau)) / (kappa tau)`` (the expected average variance of a process whose
+    variance reverts at rate ``kappa`` to ``theta = long_run_vol^2``) and the level ``v`` the
+    square of:
+
+    * ``source="realized"``: the path's exponentially weighted realized vol (half-life
+      ``halflife_days`` steps, started at ``long_run_vol``) plus ``vrp``;
+    * ``source="model"``: the process's ``conditional_vol`` (regime sigma, GARCH variance)
+      plus ``vrp``; for ``sim.processes.Replay`` with an ``implied`` series the observed
+      implied vol as it is (it already holds the premium), the realized vol + ``vrp`` where
+      none is given;
+    * ``source="constant"``: ``long_run_vol + vrp`` always (``vrp = skew = 0``: a flat
+      surface, for checks).
+
+    Args: vrp (vol points added, annualized), skew (vol per unit of ``-log k / sqrt tau``,
+      >= 0), mean_reversion ``kappa`` >= 0 per year (0: flat term structure),
+      long_run_vol > 0, halflife_days > 0, 0 < vol_floor <= vol_cap.
+    """
+
+    source: str = dataclasses.field(default="realized", metadata=dict(static=True))
+    vrp: float = 0.03
+    skew: float = 0.2
+    mean_reversion: float = 2.0
+    long_run_vol: float = 0.18
+    halflife_days: float = 10.0
+    vol_floor: float = 0.05
+    vol_cap: float = 3.0
+
+    def validate(self) -> None:
+        if self.source not in _VOL_SOURCES:
+            raise ParameterError(f"vol_model.source = {self.source!r}; allowed: {list(_VOL_SOURCES)}")
+        check_range("vol_model.vrp", self.vrp, -1.0, 2.0)
+        check_range("vol_model.skew", self.skew, 0.0, 10.0)
+        check_range("vol_model.mean_reversion", self.mean_reversion, 0.0, 1000.0)
+        check_range("vol_model.long_run_vol", self.long_run_vol, 0.0, 5.0, lo_closed=False)
+        check_range("vol_model.halflife_days", self.halflife_days, 0.0, 1e6, lo_closed=False)
+        check_range("vol_model.vol_floor", self.vol_floor, 0.0, 5.0, lo_closed=False)
+        check_range("vol_model.vol_cap", self.vol_cap, self.vol_floor, 20.0)
+
+    def ewma_weight(self) -> jax.Array:
+        """Weight of the newest squared return in the realized-variance EWMA."""
+        return -jnp.expm1(-math.log(2.0) / _f(self.halflife_days))
+
+    def atm_level(self, realized_var, process, process_state, dt: float):
+        """The ATM vol level ``[n]`` for the next step, before the term structure."""
+        realized = jnp.sqrt(realized_var) + _f(self.vrp)
+        if self.source == "constant":
+            return jnp.broadcast_to(_f(self.long_run_vol) + _f(self.vrp), jnp.shape(realized_var))
+        if self.source == "realized":
+            return realized
+        observed = jnp.broadcast_to(process.conditional_vol(process_state, dt), jnp.shape(realized_var))
+        if type(process).__name__ == "Replay":  # an observed implied vol: use it where it is given
+            return jnp.where(jnp.isfinite(observed), observed, realized)
+        return observed + _f(self.vrp)
+
+    def vol(self, moneyness, tau, level):
+        """``sigma(k, tau)`` for a level ``[n]`` (broadcast against ``k``, ``tau``)."""
+        theta = _f(self.long_run_vol) ** 2
+        kt = _f(self.mean_reversion) * tau
+        small = kt < 1e-6
+        weight = jnp.where(small, 1.0 - 0.5 * kt, -jnp.expm1(-kt) / jnp.where(small, 1.0, kt))
+        atm_var = theta + (level * level - theta) * weight
+        atm = jnp.sqrt(jnp.maximum(atm_var, 0.0))
+        smile = _f(self.skew) * (-jnp.log(moneyness)) / jnp.sqrt(jnp.maximum(tau, 1.0 / 252.0))
+        return jnp.clip(atm + smile, _f(self.vol_floor), _f(self.vol_cap))
+
+
+def _lsum(x):
+    """Sum over the (static, small) tranche axis as elementwise adds: XLA's CPU backend
+    sends a reduction to a separate library call, 5x slower here than fused adds."""
+    total = x[0]
+    for j in range(1, x.shape[0]):
+        total = total + x[j]
+    return total
+
+
+def _erfc(z):
+    """erfc by the Chebyshev fit of Numerical Recipes (``erfcc``): relative error below
+    1.2e-7 for every real ``z``, i.e. float32 accuracy in both tails, for one ``exp``
+    (XLA's float32 ``erfc`` evaluates two polynomial branches and selects: 2x slower here)."""
+    a = jnp.abs(z)
+    t = 1.0 / (1.0 + 0.5 * a)
+    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    y = t * jnp.exp(-a * a + poly)
+    return jnp.where(z >= 0, y, 2.0 - y)
+
+
+def put_price(moneyness, tau, vol, rate):
+    """Black-Scholes put price per unit of spot (``S = 1``, ``K = moneyness``), broadcast.
+
+    The formula of ``sim.options.black_scholes`` (tested equal to it to float32 accuracy),
+    written for the simulation's inner loop: ``N(-d) = erfc(d / sqrt 2) / 2`` with a
+    one-exp ``erfc`` accurate in relative terms in the lower tail, where deep
+    out-of-the-money puts live.
+    """
+    live = (tau > 0) & (vol > 0)
+    sd = jnp.where(live, vol * jnp.sqrt(jnp.where(live, tau, 1.0)), 1.0)
+    disc_k = moneyness * jnp.exp(-rate * tau)
+    d1 = -jnp.log(disc_k) / sd + 0.5 * sd
+    cdf_neg = lambda d: 0.5 * _erfc(d * _INV_SQRT2)  # noqa: E731  N(-d)
+    price = disc_k * cdf_neg(d1 - sd) - cdf_neg(d1)
+    return jnp.where(live, jnp.maximum(price, 0.0), jnp.maximum(disc_k - 1.0, 0.0))
+
+
+# --------------------------------------------------------------------------- program
+
+
+@_pytree
+class HedgeProgram:
+    """A budgeted put program: what to buy, how often, for how much.
+
+    Args:
+      budget: premium spent per year, as a fraction of NAV (0.02: 2%/yr); spent in equal
+        parts on each roll date (``budget * roll_steps / steps_per_year`` of the NAV then).
+      strike: ``K / S`` at purchase (``strike_mode="moneyness"``, e.g. 0.85), or the
+        absolute put delta at purchase (``strike_mode="delta"``, e.g. 0.1), in (0, 1).
+      tenor_steps, roll_steps: expiry of a new put and the interval between purchases, in
+        steps (static); ``ceil(tenor / roll)`` tranches are alive at once.
+      option_cost: proportional cost (half-spread) on the premium of every trade, in [0, 1).
+    Build from years with ``HedgeProgram.from_years``.
+    """
+
+    budget: float = 0.02
+    strike: float = 0.85
+    tenor_steps: int = dataclasses.field(default=63, metadata=dict(static=True))
+    roll_steps: int = dataclasses.field(default=21, metadata=dict(static=True))
+    strike_mode: str = dataclasses.field(default="moneyness", metadata=dict(static=True))
+    option_cost: float = 0.0
+
+    @classmethod
+    def from_years(cls, *, budget=0.02, strike=0.85, tenor_years=0.25, roll_years=1 / 12,
+                   steps_per_year=252.0, strike_mode="moneyness", option_cost=0.0) -> "HedgeProgram":
+        """Tenor and roll interval in years, rounded to whole steps (at least one)."""
+        check_range("hedge.tenor_years", tenor_years, 0.0, 100.0, lo_closed=False)
+        check_range("hedge.roll_years", roll_years, 0.0, 100.0, lo_closed=False)
+        program = cls(budget=budget, strike=strike, tenor_steps=max(1, round(tenor_years * steps_per_year)),
+                      roll_steps=max(1, round(roll_years * steps_per_year)), strike_mode=strike_mode,
+                      option_cost=option_cost)
+        program.validate()
+        return program
+
+    @property
+    def n_tranches(self) -> int:
+        return -(-self.tenor_steps // self.roll_steps)
+
+    def validate(self, n_steps: int | None = None) -> None:
+        check_range("hedge.budget", self.budget, 0.0, 1.0)
+        if self.strike_mode not in _STRIKE_MODES:
+            raise ParameterError(f"hedge.strike_mode = {self.strike_mode!r}; allowed: {list(_STRIKE_MODES)}")
+        if self.strike_mode == "moneyness":
+            check_range("hedge.strike (moneyness K/S)", self.strike, 0.0, 10.0, lo_closed=False)
+        else:
+            check_range("hedge.strike (absolute put delta)", self.strike, 0.0, 1.0, lo_closed=False, hi_closed=False)
+        check_int("hedge.tenor_steps", self.tenor_steps, 1)
+        check_int("hedge.roll_steps", self.roll_steps, 1)
+        check_range("hedge.option_cost", self.option_cost, 0.0, 1.0, hi_closed=False)
+        if n_steps is not None and self.roll_steps > n_steps:
+            raise ParameterError(
+                f"hedge.roll_steps = {self.roll_steps} is longer than the horizon of {n_steps} steps; "
+                f"allowed: a roll interval <= the horizon")
+
+    def new_strike(self, tau, level, vol_model: ImpliedVolModel, rate):
+        """Moneyness ``K / S`` of a new put ``[n]``; for a delta target, solved with the skew
+        by fixed-point iteration on ``log k = (r + sigma^2/2) tau + N^-1(delta) sigma sqrt tau``."""
+        if self.strike_mode == "moneyness":
+            return jnp.broadcast_to(_f(self.strike), jnp.shape(level))
+        z = ndtri(_f(self.strike))
+        sd = jnp.sqrt(tau)
+        k = jnp.ones_like(level)
+        for _ in range(6):  # contraction: the skew moves sigma little per step in log k
+            sig = vol_model.vol(k, tau, level)
+            k = jnp.exp((rate + 0.5 * sig * sig) * tau + z * sig * sd)
+        return k
+
+
+# --------------------------------------------------------------------------- monetization
+
+
+class HedgeObs(NamedTuple):
+    """What a monetization policy sees at the end of a step (after the move, before trades).
+    Prices are per put in units of the initial spot ``S_0``."""
+
+    r: jax.Array  # float32[n], the step's asset return
+    spot: jax.Array  # float32[n], S_t / S_0
+    marks: jax.Array  # float32[L, n], put value now
+    paid: jax.Array  # float32[L, n], price paid per put
+    bought_at: jax.Array  # float32[L, n], spot at purchase
+    live: jax.Array  # bool[L, 1], tranche slot holds unexpired puts (by the schedule)
+    tau: jax.Array  # float32[L, 1], years to expiry
+    vol_level: jax.Array  # float32[n], the ATM implied vol level now
+    process_state: Any  # the return model's state (the true regime, for an oracle)
+    step: jax.Array  # int32, 1-based step index
+
+
+@_pytree
+class Hold:
+    """Hold every put to expiry (and roll on schedule)."""
+
+    def validate(self) -> None:
+        pass
+
+    def init(self, n: int, n_tranches: int):
+        return ()
+
+    def decide(self, state, obs: HedgeObs):
+        return state, jnp.zeros_like(obs.marks)
+
+
+@_pytree
+class ProfitTake:
+    """Sell ``fraction`` of a tranche when its mark reaches ``multiple`` x the price paid."""
+
+    multiple: float = 5.0
+    fraction: float = 1.0
+
+    def validate(self) -> None:
+        check_range("monetize.multiple", self.multiple, 1.0, lo_closed=False)
+        check_range("monetize.fraction", self.fraction, 0.0, 1.0, lo_closed=False)
+
+    def init(self, n: int, n_tranches: int):
+        return ()
+
+    def decide(self, state, obs: HedgeObs):
+        hit = obs.marks >= _f(self.multiple) * obs.paid
+        return state, jnp.where(hit, _f(self.fraction), 0.0)
+
+
+@_pytree
+class PriceLevel:
+    """Sell ``fraction`` of a tranche when the underlying is ``drop`` below its level at purchase."""
+
+    drop: float = 0.2
+    fraction: float = 1.0
+
+    def validate(self) -> None:
+        check_range("monetize.drop", self.drop, 0.0, 1.0, lo_closed=False, hi_closed=False)
+        check_range("monetize.fraction", self.fraction, 0.0, 1.0, lo_closed=False)
+
+    def init(self, n: int, n_tranches: int):
+        return ()
+
+    def decide(self, state, obs: HedgeObs):
+        hit = obs.spot <= (1.0 - _f(self.drop)) * obs.bought_at
+        return state, jnp.where(hit, _f(self.fraction), 0.0)
+
+
+class _RegimeMemory(NamedTuple):
+    crash: jax.Array  # bool[n], the regime was crash after the previous step
+
+
+@_pytree
+class RegimeOracle:
+    """Sell ``fraction`` of every tranche when the model's true regime turns crash -> calm.
+
+    Needs a process whose state has ``regime`` (``sim.processes.RegimeSwitching``): the
+    benchmark a crash detector (seed 000 §3) is measured against.
+    """
+
+    fraction: float = 1.0
+
+    def validate(self) -> None:
+        check_range("monetize.fraction", self.fraction, 0.0, 1.0, lo_closed=False)
+
+    def init(self, n: int, n_tranches: int):
+        return _RegimeMemory(jnp.zeros((n,), bool))
+
+    def decide(self, state: _RegimeMemory, obs: HedgeObs):
+        crash = obs.process_state.regime == 1
+        ended = state.crash & ~crash
+        return _RegimeMemory(crash), jnp.where(ended, _f(self.fraction), 0.0) * jnp.ones_like(obs.marks)
+
+
+MONETIZATION = {cls.__name__: cls for cls in (Hold, ProfitTake, PriceLevel, RegimeOracle)}
+
+
+# --------------------------------------------------------------------------- the overlay
+
+
+class HedgeState(NamedTuple):
+    """Per-path state. Tranche arrays are ``[L, n]`` and change only when puts are traded;
+    amounts are in units of the initial NAV ``W_0`` and prices of the initial spot ``S_0``.
+    Which slot holds puts of what expiry follows from the roll schedule alone."""
+
+    contracts: jax.Array  # float32[L, n], puts held x S_0 / W_0
+    strike: jax.Array  # float32[L, n], K / S_0
+    paid: jax.Array  # float32[L, n], premium per put / S_0
+    bought_at: jax.Array  # float32[L, n], spot at purchase / S_0
+    remaining: jax.Array  # int32[L, 1], steps to expiry of each slot's puts (<= 0: none held)
+    spot: jax.Array  # float32[n], S_t / S_0
+    nav: jax.Array  # float32[n], W_t / W_0
+    hedge_value: jax.Array  # float32[n], the puts' mark / W_0
+    realized_var: jax.Array  # float32[n], EWMA of annualized squared returns, through the next step
+    level: jax.Array  # float32[n], ATM vol level after the next step
+    marks: jax.Array  # float32[L, n], each put's mark after the next step (prefetched)
+    pending_cost: jax.Array  # float32[n], cost of the initial purchase, charged in step 1
+    premium: jax.Array  # float32[n], sum over purchases of premium / NAV at the time
+    proceeds: jax.Array  # float32[n], sum over sales and expiries of proceeds / NAV
+    costs: jax.Array  # float32[n], sum of trading costs / NAV
+    sales: jax.Array  # int32[n], number of monetization sales (tranche-steps)
+    monetize: Any  # the monetization policy's state
+
+
+@_pytree
+class HedgeOverlay:
+    """Equity at a constant fraction plus a put program: an engine policy (``sim.engine``).
+
+    Args:
+      fraction: equity weight ``f`` of NAV, rebalanced every step.
+      risk_free: annual rate on cash (also the options' rate).
+      floor: the engine's ruin floor as a fraction of initial wealth.
+      program: ``HedgeProgram``; vol_model: ``ImpliedVolModel``; monetize: a monetization
+        policy (``Hold``, ``ProfitTake``, ``PriceLevel``, ``RegimeOracle`` or your own).
+
+    ``outputs`` gives per path: ``premium`` and ``proceeds`` (sums of premium paid and of
+    sale/expiry proceeds, each as a fraction of the NAV at the time), ``costs``, ``sales``
+    (number of monetizations) and ``hedge_value`` (the puts' mark / NAV at the end).
+    """
+
+    fraction: float = 1.0
+    risk_free: float = 0.0
+    floor: float = 0.0
+    program: HedgeProgram = HedgeProgram()
+    vol_model: ImpliedVolModel = ImpliedVolModel()
+    monetize: Any = Hold()
+
+    def validate(self, dt: float | None = None, n_steps: int | None = None) -> None:
+        check_range("fraction", self.fraction, 0.0, 10.0)
+        check_range("risk_free", self.risk_free, -1.0, 10.0, lo_closed=False)
+        check_range("floor", self.floor, 0.0, 1.0, hi_closed=False)
+        if not isinstance(self.program, HedgeProgram):
+            raise ParameterError(f"program must be a sim.hedge.HedgeProgram, got {type(self.program).__name__}")
+        self.program.validate(n_steps)
+        self.vol_model.validate()
+        if not (hasattr(self.monetize, "init") and hasattr(self.monetize, "decide")):
+            raise ParameterError(f"monetize must have init/decide (see sim.hedge), got {type(self.monetize).__name__}")
+        if hasattr(self.monetize, "validate"):
+            self.monetize.validate()
+
+    def check_process(self, process) -> None:
+        """Host-side checks that need the return model (``simulate`` calls them)."""
+        if self.vol_model.source == "model" and not hasattr(process, "conditional_vol"):
+            raise ParameterError(f"vol_model.source = 'model' needs a process with conditional_vol; "
+                                 f"{type(process).__name__} has none (use 'realized')")
+        if isinstance(self.monetize, RegimeOracle) and type(process).__name__ != "RegimeSwitching":
+            raise ParameterError(f"monetize = RegimeOracle needs a RegimeSwitching process, got {type(process).__name__}")
+
+    # -- the kernel -------------------------------------------------------------------------
+
+    def _buy(self, level, spot, nav, dt: float):
+        """A purchase for ``budget * roll_years`` of the NAV: (contracts, strike, price per put,
+        spend, cost), per path, amounts per ``W_0``, prices per ``S_0``."""
+        prog, vm = self.program, self.vol_model
+        tau = _f(prog.tenor_steps * dt)
+        rate = _f(self.risk_free)
+        k = prog.new_strike(tau, level, vm, rate)
+        price = spot * put_price(k, tau, vm.vol(k, tau, level), rate)
+        cost = _f(prog.option_cost)
+        spend = _f(prog.budget) * _f(prog.roll_steps * dt) * nav
+        return spend / ((1.0 + cost) * price), k * spot, price, spend, spend * cost / (1.0 + cost)
+
+    def init(self, n: int, dt: float, process=None, process_state=None) -> HedgeState:
+        L = self.program.n_tranches
+        var0 = jnp.full((n,), _f(self.vol_model.long_run_vol) ** 2)
+        level = (self.vol_model.atm_level(var0, process, process_state, dt) if process is not None
+                 else jnp.sqrt(var0) + _f(self.vol_model.vrp))
+        one = jnp.ones((n,), _F32)
+        contracts, strike, price, spend, cost = self._buy(level, one, one, dt)
+        first = (jnp.arange(L) == 0)[:, None]
+        col = lambda x, other: jnp.where(first, x, other)  # noqa: E731
+        z = jnp.zeros((n,), _F32)
+        return HedgeState(
+            contracts=col(contracts, 0.0), strike=col(strike, 1.0), paid=col(price, 1.0), bought_at=col(one, 1.0),
+            remaining=jnp.where(first, self.program.tenor_steps, -1).astype(jnp.int32),
+            spot=one, nav=one, hedge_value=contracts * price, realized_var=var0, level=level,
+            marks=jnp.zeros((L, n), _F32), pending_cost=cost,
+            premium=spend, proceeds=z, costs=cost, sales=jnp.zeros((n,), jnp.int32),
+            monetize=self.monetize.init(n, L),
+        )
+
+    def prefetch(self, s: HedgeState, r, process, process_state, t, dt: float) -> HedgeState:
+        """The market move of step ``t`` (return ``r``, drawn a step ahead by the engine):
+        realized variance, vol level and every put's new mark, kept in the carry so that XLA
+        computes them once rather than inside each consumer of ``step``."""
+        vm = self.vol_model
+        w = vm.ewma_weight()
+        var = (1.0 - w) * s.realized_var + w * r * r / dt
+        level = vm.atm_level(var, process, process_state, dt)
+        spot = s.spot * (1.0 + r)
+        tau = jnp.maximum(s.remaining - 1, 0).astype(_F32) * dt
+        up = spot > 0
+        moneyness = s.strike / jnp.where(up, spot, 1.0)
+        rate = _f(self.risk_free)
+        marks = jnp.where(up, spot * put_price(moneyness, tau, vm.vol(moneyness, tau, level), rate), s.strike)
+        return s._replace(realized_var=var, level=level, marks=marks)
+
+    def step(self, s: HedgeState, r, process, process_state, t, dt: float):
+        prog = self.program
+        f = _f(self.fraction)
+        rf = per_step_mean(_f(self.risk_free), dt)
+        opt_cost = _f(prog.option_cost)
+        g = 1.0 + r
+
+        # The market moves (marks and vol level prefetched for this very return).
+        level, marks = s.level, s.marks
+        spot = s.spot * g
+        held = s.remaining >= 1  # [L, 1]: the slot's puts were alive before this step
+        remaining = s.remaining - 1
+        tau = jnp.maximum(remaining, 0).astype(_F32) * dt
+        value = jnp.where(held, s.contracts * marks, 0.0)  # [L, n], per W_0
+        cash = s.nav * (1.0 - f) - s.hedge_value
+        nav_market = s.nav * f * g + cash * (1.0 + rf) + _lsum(value)
+
+        # Expiries pay into cash; the policy sells at the marks.
+        live = held & (remaining > 0)
+        obs = HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
+                       vol_level=level, process_state=process_state, step=t)
+        mstate, sell = self.monetize.decide(s.monetize, obs)
+        sell = jnp.where(live, jnp.clip(sell, 0.0, 1.0), 0.0)
+        sold = sell * value
+        expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
+        contracts = jnp.where(live, s.contracts * (1.0 - sell), 0.0)
+        kept = _lsum(value - sold) - expired
+        sale_cost = opt_cost * _lsum(sold)
+
+        # The roll: the slot that comes round buys (computed only on roll steps).
+        roll = (t % prog.roll_steps) == 0
+        slot = ((t // prog.roll_steps) % prog.n_tranches)
+        nav_before_buy = nav_market - sale_cost - s.pending_cost
+
+        def buy(args):
+            contracts, strike, paid, bought_at, remaining = args
+            c, k, price, spend, cost = self._buy(level, spot, nav_before_buy, dt)
+            mine = (jnp.arange(prog.n_tranches) == slot)[:, None]
+            new = (jnp.where(mine, c, contracts), jnp.where(mine, k, strike), jnp.where(mine, price, paid),
+                   jnp.where(mine, spot, bought_at), jnp.where(mine, prog.tenor_steps, remaining))
+            return new, c * price, spend, cost
+
+        def no_buy(args):
+            z = jnp.zeros_like(spot)
+            return args, z, z, z
+
+        (contracts, strike, paid, bought_at, remaining), bought_value, spend, buy_cost = jax.lax.cond(
+            roll, buy, no_buy, (contracts, s.strike, s.paid, s.bought_at, remaining))
+        nav = nav_before_buy - buy_cost
+        x = nav / s.nav - 1.0
+        state = HedgeState(
+            contracts=contracts, strike=strike, paid=paid, bought_at=bought_at, remaining=remaining, spot=spot, nav=nav,
+            hedge_value=kept + bought_value, realized_var=s.realized_var, level=level, marks=marks,
+            pending_cost=jnp.zeros_like(s.pending_cost),
+            premium=s.premium + spend / nav_before_buy,
+            proceeds=s.proceeds + (_lsum(sold) + expired) / nav_market,
+            costs=s.costs + (sale_cost + buy_cost) / nav_market,
+            sales=s.sales + _lsum((sell > 0).astype(jnp.int32)),
+            monetize=mstate,
+        )
+        return state, x
+
+    def outputs(self, s: HedgeState) -> dict:
+        return dict(premium=s.premium, proceeds=s.proceeds, costs=s.costs, sales=s.sales,
+                    hedge_value=s.hedge_value / s.nav)
