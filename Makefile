@@ -20,10 +20,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-## Benchmarks (each prints one JSON line): the engine, then the ruin-surface grid.
+## Benchmarks (each prints one JSON line): the engine, the ruin-surface grid, the hedge overlay.
 bench: $(STAMP)
 	$(PY) bench/engine.py $(ARGS)
 	$(PY) bench/ruin_surface.py $(ARGS)
+	$(PY) bench/hedge.py $(ARGS)
 
 ## Re-extract the shipped data files from the skfolio and arch wheels (needs PyPI).
 data: $(STAMP)

@@ -1,0 +1,400 @@
+"""Tail-hedge overlays: the seed's three arguments measured (seed 000 §1.2).
+
+For each crash-prone return model (regime switching, Merton, GARCH-t: ``models`` in the
+config) and for the shipped S&P 500 price index 1990-2022 replayed as one path, equity at
+the fraction ``portfolio.fraction`` is simulated without hedge and with the put program of
+``hedge`` under each monetization policy, on the same draws (paired):
+
+1. drawdown engineering: max drawdown (mean, median, distribution), Sharpe, Calmar;
+2. expected shortfall: ES99 of annual returns, and its reduction per unit of premium;
+3. convexity: the hedge's payoff in a -30% day after three years of premium (a scenario),
+   against those three years of premium;
+
+plus CAGR, volatility, time-average growth (paired difference: the drag per year), ruin
+probability. Then (``optimize``) the growth-optimal equity fraction, budget and strike per
+model by gradient, against the best unhedged fraction on the same draws: does a hedge raise
+the geometric return ("safe haven")? The answer is measured, not assumed.
+
+Writes ``models.csv`` (model x strategy), ``real.csv`` (S&P 500 strategies), ``real_paths.csv``
+(daily NAV per strategy), ``growth_optimal.csv``, ``event.json`` figures inside
+``summary.json``, and the plots ``real_equity.png``, ``real_zoom_2008.png``,
+``real_zoom_2020.png``, ``max_drawdown.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+
+import hydra
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from experiments.harness import OutputWriter, build_process, run_info  # noqa: E402
+from sim import engine, hedge, stats  # noqa: E402
+from sim.data import load_sp500_index, load_vix, simple_returns  # noqa: E402
+from sim.processes import Replay  # noqa: E402
+from sim.validation import ParameterError, check_int, check_range  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+_POLICIES = {"hold": hedge.Hold, "profit_take": hedge.ProfitTake, "price_level": hedge.PriceLevel,
+             "regime_oracle": hedge.RegimeOracle}
+
+
+# --------------------------------------------------------------------------- config -> objects
+
+
+def _vol_model(cfg: DictConfig, long_run_vol: float, **override) -> hedge.ImpliedVolModel:
+    spec = OmegaConf.to_container(cfg.vol_model, resolve=True)
+    spec["long_run_vol"] = long_run_vol if spec.get("long_run_vol") is None else spec["long_run_vol"]
+    spec.update(override)
+    vm = hedge.ImpliedVolModel(**spec)
+    vm.validate()
+    return vm
+
+
+def _program(cfg: DictConfig) -> hedge.HedgeProgram:
+    h = cfg.hedge
+    return hedge.HedgeProgram.from_years(budget=h.budget, strike=h.strike, strike_mode=h.strike_mode,
+                                         tenor_years=h.tenor_years, roll_years=h.roll_years,
+                                         steps_per_year=float(cfg.steps_per_year), option_cost=h.option_cost)
+
+
+def _monetizers(cfg: DictConfig, process) -> dict:
+    out = {}
+    for name in cfg.monetize.policies:
+        if name not in _POLICIES:
+            raise ParameterError(f"monetize.policies: unknown policy {name!r}; allowed: {sorted(_POLICIES)}")
+        if name == "regime_oracle" and type(process).__name__ != "RegimeSwitching":
+            continue
+        params = OmegaConf.to_container(cfg.monetize[name], resolve=True) if name in cfg.monetize else {}
+        policy = _POLICIES[name](**params)
+        policy.validate()
+        out[name] = policy
+    return out
+
+
+def _overlays(cfg: DictConfig, process, vol_model) -> dict:
+    p = cfg.portfolio
+    base = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, floor=p.floor, program=_program(cfg),
+                              vol_model=vol_model)
+    strategies = {"unhedged": engine.Policy(p.fraction, p.risk_free, p.floor)}
+    for name, m in _monetizers(cfg, process).items():
+        strategies[f"hedged_{name}"] = dataclasses.replace(base, monetize=m)
+    return strategies
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _annual_returns(res) -> np.ndarray:
+    """Annual simple returns of every path and year, pooled (from yearly snapshots)."""
+    lw = np.concatenate([np.zeros((1, res.snapshots.shape[1]), np.float32), res.snapshots], axis=0)
+    return np.expm1(np.diff(lw.astype(np.float64), axis=0)).ravel()
+
+
+def _mc_metrics(res, base=None) -> dict:
+    s = res.summary()
+    years, spy = res.years, res.steps_per_year
+    ann = _annual_returns(res)
+    n = res.stats.log_wealth.size
+    alive = np.where(res.stats.ruin_step == stats.NEVER, res.n_steps, res.stats.ruin_step).astype(np.float64)
+    mean_r = res.stats.sum_r / alive
+    vol = np.sqrt(np.maximum(res.stats.sum_r2 / alive - mean_r**2, 0.0) * spy)
+    out = {
+        "cagr_median": s["cagr_median"],
+        "time_avg_growth": s["time_avg_growth"],
+        "time_avg_growth_se": s["time_avg_growth_se"],
+        "volatility": float(np.mean(vol)),
+        "max_drawdown_mean": s["max_drawdown_mean"],
+        "max_drawdown_median": s["max_drawdown_median"],
+        "max_drawdown_q95": s["max_drawdown_q95"],
+        "es99_annual": stats.expected_shortfall(ann, 0.99),
+        "sharpe_median": s["sharpe_median"],
+        "calmar_median": s["calmar_median"],
+        "ruin_probability": s["ruin_probability"],
+    }
+    if res.extras:
+        out["premium_per_year"] = float(np.mean(res.extras["premium"]) / years)
+        out["proceeds_per_year"] = float(np.mean(res.extras["proceeds"]) / years)
+        out["costs_per_year"] = float(np.mean(res.extras["costs"]) / years)
+        out["sales_per_year"] = float(np.mean(res.extras["sales"]) / years)
+    if base is not None:
+        d = (res.stats.log_wealth.astype(np.float64) - base.stats.log_wealth) / years
+        finite = np.isfinite(d)
+        out["growth_vs_unhedged"] = float(d[finite].mean())
+        out["growth_vs_unhedged_se"] = float(d[finite].std(ddof=1) / math.sqrt(max(finite.sum(), 2)))
+        base_es = stats.expected_shortfall(_annual_returns(base), 0.99)
+        out["es99_change"] = out["es99_annual"] - base_es
+        out["es99_change_relative"] = out["es99_change"] / base_es
+        if out.get("premium_per_year", 0) > 0:
+            out["es99_reduction_per_premium"] = -out["es99_change"] / out["premium_per_year"]
+    out["n_paths"] = n
+    return out
+
+
+def _path_metrics(nav: np.ndarray, dates: pd.DatetimeIndex, spy: float, floor: float) -> dict:
+    """Metrics of one daily NAV path (nav[0] = 1 at the first date)."""
+    r = nav[1:] / nav[:-1] - 1.0
+    years = (len(nav) - 1) / spy
+    peak = np.maximum.accumulate(nav)
+    mdd = float(np.max(1.0 - nav / peak))
+    cagr = float(nav[-1] ** (1.0 / years) - 1.0)
+    yearly = pd.Series(nav, index=dates).resample("YE").last()
+    ann = yearly.pct_change().dropna().to_numpy()
+    ann = np.concatenate([[yearly.iloc[0] / nav[0] - 1.0], ann])
+    vol = float(r.std(ddof=1) * math.sqrt(spy))
+    return {
+        "cagr": cagr,
+        "time_avg_growth": float(math.log(nav[-1]) / years),
+        "volatility": vol,
+        "max_drawdown": mdd,
+        "es99_annual": stats.expected_shortfall(ann, 0.99),
+        "es99_daily": stats.expected_shortfall(r, 0.99),
+        "worst_year": float(ann.min()),
+        "sharpe": float(r.mean() / r.std(ddof=1) * math.sqrt(spy)),
+        "calmar": cagr / mdd if mdd > 0 else float("nan"),
+        "ruined": bool(np.any(nav < floor)),
+        "final_nav": float(nav[-1]),
+    }
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def _models_part(cfg, out, spy):
+    sim_cfg = cfg.simulation
+    n_paths = check_int("simulation.n_paths", sim_cfg.n_paths, 2)
+    n_steps = check_int("simulation.years x steps_per_year", round(sim_cfg.years * spy), round(spy))
+    kw = dict(seed=cfg.seed, n_paths=n_paths, n_steps=n_steps, steps_per_year=spy,
+              block_size=min(sim_cfg.block_size, n_paths), snapshot_every=round(spy), progress=lambda info: None)
+    rows, mdd = [], {}
+    for model, node in cfg.models.items():
+        process = build_process(node, steps_per_year=spy)
+        vm = _vol_model(cfg, math.sqrt(process.annual_moments()[1]))
+        results = {}
+        for name, policy in _overlays(cfg, process, vm).items():
+            t0 = time.perf_counter()
+            results[name] = engine.simulate(process, policy=policy, **kw)
+            log.info("%s / %s: %d paths x %d steps in %.1fs", model, name, n_paths, n_steps, time.perf_counter() - t0)
+        base = results["unhedged"]
+        for name, res in results.items():
+            rows.append({"model": model, "strategy": name,
+                         **_mc_metrics(res, None if name == "unhedged" else base)})
+        mdd[model] = {name: -np.expm1(-res.stats.max_drawdown_log.astype(np.float64)) for name, res in results.items()}
+    table = pd.DataFrame(rows)
+    out.table("models.csv", table)
+    fig, axes = plt.subplots(1, len(mdd), figsize=(5 * len(mdd), 3.8), squeeze=False)
+    for ax, (model, per) in zip(axes[0], mdd.items()):
+        bins = np.linspace(0, 1, 51)
+        for name, x in per.items():
+            ax.hist(x, bins=bins, histtype="step", density=True, lw=1.4 if name == "unhedged" else 1.0, label=name)
+        ax.set_title(f"{model}: max drawdown over {sim_cfg.years:g} y")
+        ax.set_xlabel("max drawdown")
+        ax.legend(fontsize=7)
+    out.figure("max_drawdown.png", fig)
+    return table
+
+
+def _real_part(cfg, out, spy):
+    r_cfg = cfg.real
+    prices = load_sp500_index().loc[r_cfg.start:r_cfg.end]
+    if len(prices) < 2 * spy:
+        raise ParameterError(f"real.start..real.end = {r_cfg.start}..{r_cfg.end} holds {len(prices)} days; "
+                             f"allowed: at least two years of the shipped 1990-01-02..2022-12-28")
+    returns = simple_returns(prices).to_numpy(np.float64)
+    dates = prices.index
+    implied = None
+    if r_cfg.use_vix:
+        vix = load_vix().reindex(dates[1:]) / 100.0
+        implied = vix.to_numpy(np.float64)
+    process = Replay(returns, implied)
+    long_run = float(np.std(returns[: round(5 * spy)]) * math.sqrt(spy))  # the first five years
+    vm = _vol_model(cfg, long_run, source="model")  # realized + vrp, or VIX where it covers the day
+    n_steps = len(returns)
+    navs, rows = {}, []
+    for name, policy in _overlays(cfg, process, vm).items():
+        res = engine.simulate(process, policy=policy, n_paths=1, n_steps=n_steps, steps_per_year=spy, block_size=1,
+                              record_paths=1, progress=lambda info: None)
+        nav = np.exp(res.recorded[:, 0].astype(np.float64))
+        navs[name] = nav
+        row = {"strategy": name, **_path_metrics(nav, dates, spy, cfg.portfolio.floor)}
+        if res.extras:
+            row["premium_per_year"] = float(res.extras["premium"][0] / res.years)
+            row["proceeds_per_year"] = float(res.extras["proceeds"][0] / res.years)
+            row["sales"] = int(res.extras["sales"][0])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    base = table.set_index("strategy").loc["unhedged"]
+    table["growth_vs_unhedged"] = table.time_avg_growth - base.time_avg_growth
+    table["es99_annual_change"] = table.es99_annual - base.es99_annual
+    out.table("real.csv", table)
+    out.table("real_paths.csv", pd.DataFrame({"date": dates, **navs}))
+    _plot_real(out, navs, dates, r_cfg.zooms)
+    covered = int(np.isfinite(implied).sum()) if implied is not None else 0
+    return table, {"days": n_steps, "first": str(dates[0].date()), "last": str(dates[-1].date()),
+                   "days_priced_from_vix": covered, "long_run_vol": long_run}
+
+
+def _plot_real(out, navs, dates, zooms):
+    def draw(name, lo, hi, title):
+        sel = (dates >= pd.Timestamp(lo)) & (dates <= pd.Timestamp(hi))
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, gridspec_kw=dict(height_ratios=[2, 1]))
+        for label, nav in navs.items():
+            x = nav[sel] / nav[sel][0]
+            ax1.plot(dates[sel], x, lw=1.5 if label == "unhedged" else 1.0, label=label)
+            ax2.plot(dates[sel], x / np.maximum.accumulate(x) - 1.0, lw=1.0)
+        ax1.set_yscale("log")
+        ax1.set_ylabel("NAV (start = 1)")
+        ax1.set_title(title)
+        ax1.legend(fontsize=7)
+        ax2.set_ylabel("drawdown")
+        out.figure(name, fig)
+
+    draw("real_equity.png", dates[0], dates[-1], "S&P 500 price index: with and without the put program")
+    for tag, (lo, hi) in zooms.items():
+        draw(f"real_zoom_{tag}.png", lo, hi, f"S&P 500 {lo} .. {hi}")
+
+
+def _event_part(cfg, spy):
+    """A flat market for ``premium_years`` years, then one day of ``drop``: the hedge's gain
+    on that day (hedged minus unhedged return, as a fraction of NAV) against the premium paid."""
+    e = cfg.event
+    check_range("event.drop", e.drop, -0.99, 0.0, hi_closed=False)
+    check_range("event.vol_before", e.vol_before, 0.0, 5.0, lo_closed=False)
+    check_range("event.vol_after", e.vol_after, 0.0, 5.0, lo_closed=False)
+    n_flat = round(e.premium_years * spy)
+    r = np.zeros(n_flat + 1)
+    r[-1] = e.drop
+    implied = np.full(n_flat + 1, e.vol_before)
+    implied[-1] = e.vol_after
+    process = Replay(r, implied)  # the stated ATM vols; the configured skew on top
+    vm = _vol_model(cfg, e.vol_before, source="model")
+    out = {}
+    for name, policy in _overlays(cfg, process, vm).items():
+        if name not in ("unhedged", "hedged_hold"):
+            continue
+        res = engine.simulate(process, policy=policy, n_paths=1, n_steps=n_flat + 1, steps_per_year=spy, block_size=1,
+                              record_paths=1, progress=lambda info: None)
+        nav = np.exp(res.recorded[:, 0].astype(np.float64))
+        out[name] = {"nav_before": nav[-2], "nav_after": nav[-1], "day_return": nav[-1] / nav[-2] - 1.0,
+                     "premium_paid": float(res.extras["premium"][0]) if res.extras else 0.0}
+    h, u = out["hedged_hold"], out["unhedged"]
+    gain = h["day_return"] - u["day_return"]
+    premium = cfg.hedge.budget * e.premium_years
+    return {"drop": e.drop, "premium_years": e.premium_years, "premium_budgeted": premium,
+            "premium_paid_fraction_of_nav": h["premium_paid"],
+            "hedged_day_return": h["day_return"], "unhedged_day_return": u["day_return"],
+            "hedge_gain_fraction_of_nav": gain, "payoff_over_premium": gain / premium if premium > 0 else float("nan"),
+            "hedged_nav_after_vs_unhedged": h["nav_after"] / u["nav_after"] - 1.0,
+            "atm_vol_before": e.vol_before, "atm_vol_after": e.vol_after}
+
+
+def _optimize_part(cfg, spy):
+    o = cfg.optimize
+    p = cfg.portfolio
+    b = o.bounds
+    bounds = (tuple(b.fraction), tuple(b.budget), tuple(b.strike))
+    n_steps = round(o.years * spy)
+    rows = []
+    for model, node in cfg.models.items():
+        process = build_process(node, steps_per_year=spy)
+        vm = _vol_model(cfg, math.sqrt(process.annual_moments()[1]))
+        ov = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, program=_program(cfg), vol_model=vm)
+        kw = dict(seed=cfg.seed + 7, n_paths=o.n_paths, n_steps=n_steps, steps_per_year=spy,
+                  block_size=min(1024, o.n_paths), max_iter=o.max_iter, learning_rate=o.learning_rate)
+        t0 = time.perf_counter()
+        best = hedge.optimize_hedge(process, ov, bounds=bounds, **kw)
+        plain = hedge.optimize_hedge(process, hedge.with_parameters(ov, budget=0.0),
+                                     bounds=(bounds[0], (0.0, 1e-9), bounds[2]), **kw)
+        # Paired difference on the same draws: the hedged optimum against the unhedged one.
+        n_blocks = -(-o.n_paths // kw["block_size"])
+        args = (kw["seed"], process, ov, n_blocks, kw["block_size"], n_steps, 1.0 / spy)
+        diff = _paired_growth_difference(np.array([best.fraction, best.budget, best.strike], np.float32),
+                                         np.array([plain.fraction, 0.0, best.strike], np.float32), args)
+        rows.append({
+            "model": model, "fraction": best.fraction, "budget": best.budget,
+            "strike": best.strike if best.budget > 1e-6 else float("nan"), "growth": best.growth,
+            "growth_se": best.growth_se, "converged": best.converged, "iterations": best.iterations,
+            "unhedged_fraction": plain.fraction, "unhedged_growth": plain.growth,
+            "growth_gain": diff[0], "growth_gain_se": diff[1],
+            "hedge_raises_growth": bool(best.budget > 1e-4 and diff[0] > 2 * diff[1]),
+            "seconds": time.perf_counter() - t0,
+        })
+        log.info("%s: optimum f %.3f budget %.4f strike %.3f growth %.4f; unhedged f %.3f growth %.4f", model,
+                 best.fraction, best.budget, best.strike, best.growth, plain.fraction, plain.growth)
+    return pd.DataFrame(rows)
+
+
+def _paired_growth_difference(theta_a, theta_b, args):
+    import jax
+    import jax.numpy as jnp
+
+    from sim import engine as eng
+
+    seed, process, ov, n_blocks, block_size, n_steps, dt = args
+
+    def per_path(theta):
+        o = hedge.with_parameters(ov, fraction=theta[0], budget=theta[1], strike=theta[2])
+        fn = lambda b: eng.simulate_block(jax.random.key(seed), b, process, o, block_size=block_size,  # noqa: E731
+                                          n_steps=n_steps, dt=dt).stats.log_wealth
+        return jax.lax.map(fn, jnp.arange(n_blocks, dtype=jnp.uint32)).reshape(-1) / (n_steps * dt)
+
+    d = np.asarray(per_path(jnp.asarray(theta_a)), np.float64) - np.asarray(per_path(jnp.asarray(theta_b)), np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run(cfg: DictConfig, out_dir) -> dict:
+    t_start = time.perf_counter()
+    spy = float(cfg.steps_per_year)
+    check_range("steps_per_year", spy, 1.0)
+    check_range("portfolio.fraction", cfg.portfolio.fraction, 0.0, 10.0)
+    _program(cfg)  # every bad hedge parameter fails here, before any simulation
+    _vol_model(cfg, 0.2)
+    out = OutputWriter(out_dir)
+    event = _event_part(cfg, spy)
+    log.info("event: a %.0f%% day pays the hedge %.2f%% of NAV, %.2fx the %g years of premium", 100 * event["drop"],
+             100 * event["hedge_gain_fraction_of_nav"], event["payoff_over_premium"], event["premium_years"])
+    real, real_info = _real_part(cfg, out, spy)
+    log.info("S&P 500 %s..%s:\n%s", real_info["first"], real_info["last"],
+             real[["strategy", "cagr", "volatility", "max_drawdown", "es99_annual", "sharpe", "calmar"]].to_string())
+    models = _models_part(cfg, out, spy)
+    optimum = None
+    if cfg.optimize.enabled:
+        optimum = _optimize_part(cfg, spy)
+        out.table("growth_optimal.csv", optimum)
+    summary = {
+        "experiment": "hedge_overlay",
+        "seed": cfg.seed,
+        "program": OmegaConf.to_container(cfg.hedge, resolve=True),
+        "event": event,
+        "real": {**real_info, "table": real.to_dict(orient="records")},
+        "models": models.to_dict(orient="records"),
+        "growth_optimal": None if optimum is None else optimum.to_dict(orient="records"),
+        "run": {**run_info(), "wall_seconds": time.perf_counter() - t_start},
+    }
+    out.json("summary.json", summary)
+    log.info("wrote %s into %s in %.1fs", ", ".join(out.written), out_dir, time.perf_counter() - t_start)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="hedge_overlay")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

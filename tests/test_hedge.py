@@ -1,0 +1,202 @@
+"""The put-program overlay: a known-answer crash, invariances, monetization, bad input, gradients."""
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from sim import engine, hedge, options, processes
+from sim.validation import ParameterError
+
+FLAT = hedge.ImpliedVolModel(source="constant", vrp=0.0, skew=0.0, mean_reversion=0.0, long_run_vol=0.2)
+
+
+def bs_put(s, k, tau, vol, rate=0.0):
+    """Black-Scholes put in float64 with scipy (independent of sim.options)."""
+    if tau <= 0:
+        return max(k - s, 0.0)
+    d1 = (math.log(s / k) + (rate + 0.5 * vol * vol) * tau) / (vol * math.sqrt(tau))
+    return k * math.exp(-rate * tau) * norm.cdf(-(d1 - vol * math.sqrt(tau))) - s * norm.cdf(-d1)
+
+
+def crash_scenario(years_flat=3, crash=-0.3, after=10):
+    n_flat = 252 * years_flat
+    r = np.zeros(n_flat + 1 + after)
+    r[n_flat] = crash
+    return processes.Replay(r), n_flat
+
+
+def annual_program(**kw):
+    return hedge.HedgeProgram.from_years(budget=0.02, strike=0.9, tenor_years=1.0, roll_years=1.0, **kw)
+
+
+def test_known_answer_crash_after_three_years_of_premium():
+    """Flat market for 3 years, 2%/yr spent on 1-year 90% puts at a flat 20% vol, then a -30%
+    day: the NAV path equals the closed form on every day."""
+    proc, n_flat = crash_scenario()
+    n_steps = n_flat + 11
+    ov = hedge.HedgeOverlay(fraction=1.0, program=annual_program(), vol_model=FLAT)
+    res = engine.simulate(proc, n_paths=1, n_steps=n_steps, block_size=1, policy=ov, record_paths=1)
+    p0 = bs_put(1.0, 0.9, 1.0, 0.2)
+    expected = [1.0]
+    for t in range(1, n_steps + 1):
+        k = (t - 1) // 252  # years of premium already lost
+        tau = (252 * (k + 1) - t) / 252
+        spot = 0.7 if t > n_flat else 1.0
+        expected.append(0.98**k * (spot - 0.02 + 0.02 * bs_put(spot, 0.9, tau, 0.2) / p0))
+    np.testing.assert_allclose(np.exp(res.recorded[:, 0]), expected, rtol=3e-6)
+    # The hedge's P&L in the crash, against three years of premium.
+    payoff = 0.02 * bs_put(0.7, 0.9, 251 / 252, 0.2) / p0
+    nav_crash = np.exp(res.recorded[n_flat + 1, 0]) / 0.98**3
+    assert nav_crash == pytest.approx(0.68 + payoff, rel=3e-6)
+    assert payoff / 0.06 == pytest.approx(bs_put(0.7, 0.9, 251 / 252, 0.2) / p0 / 3, rel=1e-12)
+    assert res.extras["premium"][0] == pytest.approx(0.02 * 3 + 0.02 * 0.98**3 / (0.98**3 * 1.0), rel=1e-5)
+
+
+def test_zero_budget_is_the_plain_engine():
+    proc = processes.Merton()
+    kw = dict(seed=4, n_paths=512, n_steps=300, block_size=256)
+    plain = engine.simulate(proc, policy=engine.Policy(0.8, 0.02), **kw)
+    ov = hedge.HedgeOverlay(fraction=0.8, risk_free=0.02, program=dataclasses.replace(hedge.HedgeProgram(), budget=0.0))
+    hedged = engine.simulate(proc, policy=ov, **kw)
+    np.testing.assert_allclose(hedged.stats.log_wealth, plain.stats.log_wealth, atol=2e-5)
+    np.testing.assert_allclose(hedged.stats.max_drawdown_log, plain.stats.max_drawdown_log, atol=2e-5)
+    assert np.all(hedged.extras["premium"] == 0)
+
+
+def test_put_price_kernel_equals_black_scholes():
+    with jax.enable_x64(True):
+        m = np.linspace(0.5, 1.5, 41)[:, None]
+        tau = np.array([0.0, 1 / 252, 0.25, 1.0, 2.0])[None, :]
+        for vol, rate in [(0.1, 0.0), (0.25, 0.03), (0.8, 0.01)]:
+            mine = np.asarray(hedge.put_price(m, tau, vol, rate))
+            ref = np.asarray(options.black_scholes(spot=1.0, strike=m, expiry=tau, vol=vol, rate=rate))
+            # erfc to 1.2e-7 relative: the at-the-money difference of two ~0.5 terms is
+            # good to ~1e-7 of spot (float32 resolution), the out-of-the-money tail relatively
+            np.testing.assert_allclose(mine, ref, rtol=2e-6, atol=1.5e-7)
+
+
+def test_delta_strike_has_the_target_delta_under_the_skew():
+    vm = hedge.ImpliedVolModel(skew=0.3, vrp=0.02)
+    prog = hedge.HedgeProgram.from_years(strike=0.1, strike_mode="delta", tenor_years=0.25)
+    level = np.array([0.12, 0.2, 0.5], np.float32)
+    tau = prog.tenor_steps / 252
+    k = np.asarray(prog.new_strike(np.float32(tau), level, vm, np.float32(0.0)))
+    vol = np.asarray(vm.vol(k, np.float32(tau), level))
+    delta = np.asarray(options.greeks(spot=1.0, strike=k, expiry=tau, vol=vol)["delta"])
+    np.testing.assert_allclose(delta, -0.1, atol=2e-4)
+    assert np.all(k < 1.0)
+
+
+@pytest.mark.parametrize("policy, sells", [
+    (hedge.Hold(), 0), (hedge.ProfitTake(multiple=3.0), 1), (hedge.PriceLevel(drop=0.2), 1),
+    (hedge.ProfitTake(multiple=50.0), 0), (hedge.PriceLevel(drop=0.35), 0)])
+def test_monetization_on_the_crash(policy, sells):
+    """The -30% day marks the puts at 4.9x their price: profit-take at 3x and the 20% price
+    rule sell them at the mark; hold, a 50x target and a 35% drop rule do not."""
+    proc, n_flat = crash_scenario(after=60)
+    ov = hedge.HedgeOverlay(program=annual_program(), vol_model=FLAT, monetize=policy)
+    res = engine.simulate(proc, n_paths=1, n_steps=n_flat + 61, block_size=1, policy=ov, record_paths=1)
+    assert res.extras["sales"][0] == sells
+    p0 = bs_put(1.0, 0.9, 1.0, 0.2)
+    mark = 0.02 * bs_put(0.7, 0.9, 251 / 252, 0.2) / p0
+    nav_crash = 0.98**3 * (0.68 + mark)
+    if sells:
+        # sold on the crash day: from then on the wealth is the flat equity plus cash
+        assert np.exp(res.recorded[-1, 0]) == pytest.approx(nav_crash, rel=1e-5)
+        assert res.extras["proceeds"][0] == pytest.approx(0.98**3 * mark / nav_crash, rel=1e-5)
+        assert res.extras["hedge_value"][0] == 0.0
+    else:
+        tau = (252 - 61) / 252
+        later = 0.98**3 * (0.68 + 0.02 * bs_put(0.7, 0.9, tau, 0.2) / p0)
+        assert np.exp(res.recorded[-1, 0]) == pytest.approx(later, rel=1e-5)
+
+
+def test_regime_oracle_sells_when_the_crash_ends():
+    proc = processes.RegimeSwitching(rate_to_crash=1.0, rate_to_calm=6.0)
+    ov = hedge.HedgeOverlay(monetize=hedge.RegimeOracle())
+    res = engine.simulate(proc, seed=1, n_paths=256, n_steps=252, block_size=256, policy=ov)
+    assert res.extras["sales"].mean() > 0.5  # about one crash a year ends per path
+    with pytest.raises(ParameterError, match="RegimeSwitching"):
+        engine.simulate(processes.Merton(), n_paths=8, n_steps=100, block_size=8, policy=ov)
+
+
+def test_program_fills_its_budget_and_ladders_tranches():
+    proc = processes.GarchT()
+    ov = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(budget=0.03, tenor_years=0.25, roll_years=1 / 12),
+                            vol_model=hedge.ImpliedVolModel(source="model"))
+    assert ov.program.n_tranches == 3
+    res = engine.simulate(proc, seed=2, n_paths=1024, n_steps=504, block_size=512, policy=ov)
+    # 24 purchases of budget / 12 each; the first at t = 0
+    assert res.extras["premium"].mean() == pytest.approx(0.03 * 2 + 0.03 / 12, rel=1e-4)
+    assert np.all(res.extras["hedge_value"] > 0)
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: hedge.HedgeProgram.from_years(budget=-0.01), r"hedge\.budget = -0\.01"),
+    (lambda: hedge.HedgeProgram.from_years(strike=0.0), r"hedge\.strike .*moneyness"),
+    (lambda: hedge.HedgeProgram.from_years(strike=-0.9), r"hedge\.strike"),
+    (lambda: hedge.HedgeProgram.from_years(strike=1.2, strike_mode="delta"), r"absolute put delta"),
+    (lambda: hedge.HedgeProgram.from_years(tenor_years=0.0), r"hedge\.tenor_years = 0\.0"),
+    (lambda: hedge.HedgeProgram.from_years(tenor_years=-1.0), r"hedge\.tenor_years"),
+    (lambda: hedge.HedgeProgram.from_years(roll_years=0.0), r"hedge\.roll_years"),
+    (lambda: hedge.HedgeProgram.from_years(strike_mode="otm"), r"strike_mode"),
+])
+def test_bad_program(build, match):
+    with pytest.raises(ParameterError, match=match):
+        build()
+
+
+def test_bad_input_reaches_the_user_before_any_work():
+    proc = processes.Merton()
+    kw = dict(n_paths=8, n_steps=100, block_size=8)
+    long_roll = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(roll_years=1.0, tenor_years=1.0))
+    with pytest.raises(ParameterError, match=r"roll_steps = 252 is longer than the horizon of 100 steps"):
+        engine.simulate(proc, policy=long_roll, **kw)
+    neg = hedge.HedgeOverlay(program=dataclasses.replace(hedge.HedgeProgram(), budget=-0.02))
+    with pytest.raises(ParameterError, match=r"hedge\.budget"):
+        engine.simulate(proc, policy=neg, **kw)
+    with pytest.raises(ParameterError, match=r"tenor_steps"):
+        engine.simulate(proc, policy=hedge.HedgeOverlay(program=dataclasses.replace(hedge.HedgeProgram(), tenor_steps=0)),
+                        **kw)
+    with pytest.raises(ParameterError, match=r"vol_model\.source"):
+        engine.simulate(proc, policy=hedge.HedgeOverlay(vol_model=hedge.ImpliedVolModel(source="vix")), **kw)
+    with pytest.raises(ParameterError, match=r"n_steps = 100 is longer than the series"):
+        engine.simulate(processes.Replay(np.zeros(50)), policy=hedge.HedgeOverlay(), **kw)
+
+
+def test_growth_gradient_matches_finite_differences():
+    """Forward-mode derivatives of the mean growth in (fraction, budget, strike) against
+    central differences on the same draws."""
+    proc = processes.Merton(lam=1.0)
+    ov = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(budget=0.03, strike=0.85))
+    args = (0, proc, ov, 2, 256, 126, 1 / 252)
+    theta = np.array([1.0, 0.03, 0.85], np.float32)
+    _, _, grad = hedge._growth_and_grad(theta, *args)
+    with jax.enable_x64(False):
+        for i, h in enumerate([0.05, 0.005, 0.02]):
+            up, down = theta.copy(), theta.copy()
+            up[i] += h
+            down[i] -= h
+            fd = (float(hedge.growth_on_draws(up, *args)[0]) - float(hedge.growth_on_draws(down, *args)[0])) / (2 * h)
+            assert float(grad[i]) == pytest.approx(fd, rel=0.05, abs=2e-3), i
+
+
+def test_optimizer_finds_the_grid_maximum_of_the_fraction_without_hedge():
+    """With the budget pinned at 0 the optimum fraction is the Kelly fraction of the same
+    draws (a grid over f, on common random numbers)."""
+    proc = processes.Merton(mu=0.08, sigma=0.2, lam=0.5)
+    ov = hedge.HedgeOverlay(program=dataclasses.replace(hedge.HedgeProgram(), budget=0.0))
+    kw = dict(seed=3, n_paths=1024, n_steps=252, block_size=512)
+    opt = hedge.optimize_hedge(proc, ov, bounds=((0.0, 3.0), (0.0, 1e-9), (0.8, 0.9)), max_iter=150,
+                               learning_rate=0.05, **kw)
+    grid = np.linspace(0.5, 3.0, 51)
+    values = [float(hedge.growth_on_draws(np.array([f, 0.0, 0.85], np.float32), 3, proc, ov, 2, 512, 252, 1 / 252)[0])
+              for f in grid]
+    best = grid[int(np.argmax(values))]
+    assert opt.converged
+    assert opt.fraction == pytest.approx(best, abs=0.05)
+    assert opt.growth >= max(values) - 1e-4
