@@ -113,6 +113,8 @@ def _mc_metrics(res, base=None) -> dict:
         "cagr_median": s["cagr_median"],
         "time_avg_growth": s["time_avg_growth"],
         "time_avg_growth_se": s["time_avg_growth_se"],
+        "time_avg_growth_median": s["time_avg_growth_median"],
+        "wiped_out": float(np.mean(~np.isfinite(res.stats.log_wealth))),
         "volatility": float(np.mean(vol)),
         "max_drawdown_mean": s["max_drawdown_mean"],
         "max_drawdown_median": s["max_drawdown_median"],
@@ -123,12 +125,11 @@ def _mc_metrics(res, base=None) -> dict:
         "ruin_probability": s["ruin_probability"],
     }
     if res.extras:
-        out["premium_per_year"] = float(np.mean(res.extras["premium"]) / years)
-        out["proceeds_per_year"] = float(np.mean(res.extras["proceeds"]) / years)
-        out["costs_per_year"] = float(np.mean(res.extras["costs"]) / years)
-        out["sales_per_year"] = float(np.mean(res.extras["sales"]) / years)
+        for k in ("premium", "proceeds", "costs", "sales"):
+            out[f"{k}_per_year"] = float(np.nanmean(res.extras[k]) / years)
     if base is not None:
-        d = (res.stats.log_wealth.astype(np.float64) - base.stats.log_wealth) / years
+        with np.errstate(invalid="ignore"):  # -inf - -inf on paths wiped out in both
+            d = (res.stats.log_wealth.astype(np.float64) - base.stats.log_wealth) / years
         finite = np.isfinite(d)
         out["growth_vs_unhedged"] = float(d[finite].mean())
         out["growth_vs_unhedged_se"] = float(d[finite].std(ddof=1) / math.sqrt(max(finite.sum(), 2)))
@@ -348,7 +349,10 @@ def _paired_growth_difference(theta_a, theta_b, args):
                                           n_steps=n_steps, dt=dt).stats.log_wealth
         return jax.lax.map(fn, jnp.arange(n_blocks, dtype=jnp.uint32)).reshape(-1) / (n_steps * dt)
 
-    d = np.asarray(per_path(jnp.asarray(theta_a)), np.float64) - np.asarray(per_path(jnp.asarray(theta_b)), np.float64)
+    with np.errstate(invalid="ignore"):
+        d = np.asarray(per_path(jnp.asarray(theta_a)), np.float64) - np.asarray(per_path(jnp.asarray(theta_b)),
+                                                                               np.float64)
+    d = d[np.isfinite(d)]
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
 
 

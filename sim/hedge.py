@@ -162,6 +162,11 @@ class ImpliedVolModel:
         return jnp.clip(atm + smile, _f(self.vol_floor), _f(self.vol_cap))
 
 
+def _positive(x):
+    """``x`` where positive, else 1: the divisor of per-NAV accounting once a path is wiped out."""
+    return jnp.where(x > 0, x, 1.0)
+
+
 def _lsum(x):
     """Sum over the (static, small) tranche axis as elementwise adds: XLA's CPU backend
     sends a reduction to a separate library call, 5x slower here than fused adds."""
@@ -541,14 +546,14 @@ class HedgeOverlay:
         (contracts, strike, paid, bought_at, remaining), bought_value, spend, buy_cost = jax.lax.cond(
             roll, buy, no_buy, (contracts, s.strike, s.paid, s.bought_at, remaining))
         nav = nav_before_buy - buy_cost
-        x = nav / s.nav - 1.0
+        x = nav / _positive(s.nav) - 1.0  # a wiped-out path stays at -1 (the engine freezes it)
         state = HedgeState(
             contracts=contracts, strike=strike, paid=paid, bought_at=bought_at, remaining=remaining, spot=spot, nav=nav,
             hedge_value=kept + bought_value, realized_var=s.realized_var, level=level, marks=marks,
             pending_cost=jnp.zeros_like(s.pending_cost),
-            premium=s.premium + spend / nav_before_buy,
-            proceeds=s.proceeds + (_lsum(sold) + expired) / nav_market,
-            costs=s.costs + (sale_cost + buy_cost) / nav_market,
+            premium=s.premium + spend / _positive(nav_before_buy),
+            proceeds=s.proceeds + (_lsum(sold) + expired) / _positive(nav_market),
+            costs=s.costs + (sale_cost + buy_cost) / _positive(nav_market),
             sales=s.sales + _lsum((sell > 0).astype(jnp.int32)),
             monetize=mstate,
         )
@@ -556,7 +561,7 @@ class HedgeOverlay:
 
     def outputs(self, s: HedgeState) -> dict:
         return dict(premium=s.premium, proceeds=s.proceeds, costs=s.costs, sales=s.sales,
-                    hedge_value=s.hedge_value / s.nav)
+                    hedge_value=s.hedge_value / _positive(s.nav))
 
 
 # --------------------------------------------------------------------------- growth-optimal hedge
@@ -657,11 +662,21 @@ def optimize_hedge(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: in
     state = opt.init(u)
     scale = jnp.asarray(hi - lo, _F32)
     history, converged, it = [], False, 0
+    u_ok = None  # the last point with a finite growth
     for it in range(1, max_iter + 1):
         theta = jnp.asarray(lo, _F32) + scale * u
         value, se, grad = _growth_and_grad(theta, seed, process, overlay, n_blocks, block_size, n_steps, dt)
         g_u = grad * scale  # d growth / d u
         history.append((it, *map(float, theta), float(value)))
+        if not (np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(g_u)))):
+            # A path is wiped out here (growth -inf): step back halfway to the last finite point.
+            if u_ok is None:
+                raise ParameterError(f"optimize_hedge: the growth is {float(value)} at the start {np.asarray(theta)}; "
+                                     "start from a smaller fraction (x0)")
+            u = 0.5 * (u + u_ok)
+            state = opt.init(u)
+            continue
+        u_ok = u
         # Projected gradient: components pushing against an active bound do not count.
         free = ~(((u <= 0.0) & (g_u < 0)) | ((u >= 1.0) & (g_u > 0)))
         updates, state = opt.update(-g_u, state, u)
@@ -671,6 +686,7 @@ def optimize_hedge(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: in
             converged = True
             break
         u = u_new
+    u = u if u_ok is None else u_ok  # at convergence u_ok is u; otherwise the last finite point
     theta = np.asarray(jnp.asarray(lo, _F32) + scale * u, np.float64)
     value, se, grad = _growth_and_grad(jnp.asarray(theta, _F32), seed, process, overlay, n_blocks, block_size,
                                        n_steps, dt)
