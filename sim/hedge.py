@@ -294,6 +294,7 @@ class HedgeObs(NamedTuple):
     vol_level: jax.Array  # float32[n], the ATM implied vol level now
     process_state: Any  # the return model's state (the true regime, for an oracle)
     step: jax.Array  # int32, 1-based step index
+    dt: float  # step length in years (static)
 
 
 @_pytree
@@ -303,7 +304,7 @@ class Hold:
     def validate(self) -> None:
         pass
 
-    def init(self, n: int, n_tranches: int):
+    def init(self, n: int, n_tranches: int, process=None):
         return ()
 
     def decide(self, state, obs: HedgeObs):
@@ -321,7 +322,7 @@ class ProfitTake:
         check_range("monetize.multiple", self.multiple, 1.0, lo_closed=False)
         check_range("monetize.fraction", self.fraction, 0.0, 1.0, lo_closed=False)
 
-    def init(self, n: int, n_tranches: int):
+    def init(self, n: int, n_tranches: int, process=None):
         return ()
 
     def decide(self, state, obs: HedgeObs):
@@ -340,7 +341,7 @@ class PriceLevel:
         check_range("monetize.drop", self.drop, 0.0, 1.0, lo_closed=False, hi_closed=False)
         check_range("monetize.fraction", self.fraction, 0.0, 1.0, lo_closed=False)
 
-    def init(self, n: int, n_tranches: int):
+    def init(self, n: int, n_tranches: int, process=None):
         return ()
 
     def decide(self, state, obs: HedgeObs):
@@ -365,7 +366,7 @@ class RegimeOracle:
     def validate(self) -> None:
         check_range("monetize.fraction", self.fraction, 0.0, 1.0, lo_closed=False)
 
-    def init(self, n: int, n_tranches: int):
+    def init(self, n: int, n_tranches: int, process=None):
         return _RegimeMemory(jnp.zeros((n,), bool))
 
     def decide(self, state: _RegimeMemory, obs: HedgeObs):
@@ -445,8 +446,11 @@ class HedgeOverlay:
         if self.vol_model.source == "model" and not hasattr(process, "conditional_vol"):
             raise ParameterError(f"vol_model.source = 'model' needs a process with conditional_vol; "
                                  f"{type(process).__name__} has none (use 'realized')")
-        if isinstance(self.monetize, RegimeOracle) and type(process).__name__ != "RegimeSwitching":
-            raise ParameterError(f"monetize = RegimeOracle needs a RegimeSwitching process, got {type(process).__name__}")
+        base = getattr(process, "base", process)  # sim.market.Market wraps a model
+        needs_regime = isinstance(self.monetize, RegimeOracle) or getattr(self.monetize, "diagnostics", False)
+        if needs_regime and type(base).__name__ != "RegimeSwitching":
+            raise ParameterError(f"monetize = {type(self.monetize).__name__} needs a RegimeSwitching process (the true "
+                                 f"regime), got {type(process).__name__}")
 
     # -- the kernel -------------------------------------------------------------------------
 
@@ -478,7 +482,7 @@ class HedgeOverlay:
             spot=one, nav=one, hedge_value=contracts * price, realized_var=var0, level=level,
             marks=jnp.zeros((L, n), _F32), pending_cost=cost,
             premium=spend, proceeds=z, costs=cost, sales=jnp.zeros((n,), jnp.int32),
-            monetize=self.monetize.init(n, L),
+            monetize=self.monetize.init(n, L, process),
         )
 
     def prefetch(self, s: HedgeState, r, process, process_state, t, dt: float) -> HedgeState:
@@ -517,14 +521,36 @@ class HedgeOverlay:
         # Expiries pay into cash; the policy sells at the marks.
         live = held & (remaining > 0) & (s.contracts > 0)  # [L, n]
         obs = HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
-                       vol_level=level, process_state=process_state, step=t)
+                       vol_level=level, process_state=process_state, step=t, dt=dt)
         mstate, sell = self.monetize.decide(s.monetize, obs)
         sell = jnp.where(live, jnp.clip(sell, 0.0, 1.0), 0.0)
         sold = sell * value
         expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
         contracts = jnp.where(live, s.contracts * (1.0 - sell), 0.0)
-        kept = _lsum(value - sold) - expired
-        sale_cost = opt_cost * _lsum(sold)
+        strike, paid, bought_at = s.strike, s.paid, s.bought_at
+        rolled_value = rolled_spend = rolled_cost = 0.0
+        restrike = getattr(self.monetize, "restrike", None)
+        if restrike is not None:
+            # Roll down: sell what is left of the tranche too and reinvest a share of it in
+            # puts struck at k_roll x spot, same expiry (seed 000 §3.2 step 2).
+            reinvest, k_roll = restrike(mstate, obs)
+            reinvest = jnp.where(live, jnp.clip(reinvest, 0.0, 1.0), 0.0)
+            rolls = reinvest > 0
+            rest = jnp.where(rolls, value - sold, 0.0)
+            sold = sold + rest
+            vm, rate = self.vol_model, _f(self.risk_free)
+            price = spot * put_price(k_roll, tau, vm.vol(k_roll, tau, level), rate)
+            spend = reinvest * rest
+            new_contracts = spend / ((1.0 + opt_cost) * jnp.where(rolls, price, 1.0))
+            contracts = jnp.where(rolls, new_contracts, contracts)
+            strike = jnp.where(rolls, k_roll * spot, strike)
+            paid = jnp.where(rolls, price, paid)
+            bought_at = jnp.where(rolls, spot, bought_at)
+            rolled_spend = _lsum(spend)
+            rolled_cost = rolled_spend * opt_cost / (1.0 + opt_cost)
+            rolled_value = rolled_spend - rolled_cost
+        kept = _lsum(value - sold) - expired + rolled_value
+        sale_cost = opt_cost * _lsum(sold) + rolled_cost
 
         # The roll: the slot that comes round buys (computed only on roll steps).
         roll = (t % prog.roll_steps) == 0
@@ -544,14 +570,14 @@ class HedgeOverlay:
             return args, z, z, z
 
         (contracts, strike, paid, bought_at, remaining), bought_value, spend, buy_cost = jax.lax.cond(
-            roll, buy, no_buy, (contracts, s.strike, s.paid, s.bought_at, remaining))
+            roll, buy, no_buy, (contracts, strike, paid, bought_at, remaining))
         nav = nav_before_buy - buy_cost
         x = nav / _positive(s.nav) - 1.0  # a wiped-out path stays at -1 (the engine freezes it)
         state = HedgeState(
             contracts=contracts, strike=strike, paid=paid, bought_at=bought_at, remaining=remaining, spot=spot, nav=nav,
             hedge_value=kept + bought_value, realized_var=s.realized_var, level=level, marks=marks,
             pending_cost=jnp.zeros_like(s.pending_cost),
-            premium=s.premium + spend / _positive(nav_before_buy),
+            premium=s.premium + spend / _positive(nav_before_buy) + rolled_spend / _positive(nav_market),
             proceeds=s.proceeds + (_lsum(sold) + expired) / _positive(nav_market),
             costs=s.costs + (sale_cost + buy_cost) / _positive(nav_market),
             sales=s.sales + _lsum((sell > 0).astype(jnp.int32)),
@@ -560,8 +586,11 @@ class HedgeOverlay:
         return state, x
 
     def outputs(self, s: HedgeState) -> dict:
-        return dict(premium=s.premium, proceeds=s.proceeds, costs=s.costs, sales=s.sales,
-                    hedge_value=s.hedge_value / _positive(s.nav))
+        out = dict(premium=s.premium, proceeds=s.proceeds, costs=s.costs, sales=s.sales,
+                   hedge_value=s.hedge_value / _positive(s.nav))
+        if hasattr(self.monetize, "outputs"):
+            out.update(self.monetize.outputs(s.monetize))
+        return out
 
 
 # --------------------------------------------------------------------------- growth-optimal hedge

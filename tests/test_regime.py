@@ -1,0 +1,186 @@
+"""sim.regime: the seed's detector reproduced exactly, the protocol's state machine on
+hand-built paths, the constituents' correlation, and the roll-down accounting."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from sim import data
+from sim.market import Market, factor_correlation
+from sim.processes import RegimeSwitching
+from sim.regime import (ARMED, CRASH, EXIT, LABEL_NAMES, PARTIAL, Detector, Protocol, Signals, corwin_schultz_spread,
+                        ewm_init, ewm_update, run_detector, span_alpha)
+from sim.validation import ParameterError
+from tests.crash_reference import CrashPhysicsDetector, reference_labels
+
+
+def _jax_labels(price: pd.Series, vvix: pd.Series, window=5):
+    with jax.enable_x64(True):
+        out = run_detector(Detector(span=window), Protocol(), x=price.to_numpy(), vix=np.full(len(price), 0.2),
+                           r=np.zeros(len(price)), dt=1 / 252, vvix=vvix.to_numpy())
+    return out, [LABEL_NAMES[i] for i in out["label"]]
+
+
+def test_ewm_equals_pandas_bit_for_bit():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(500).cumsum()
+    x[[0, 1, 7, 100, 101, 102, 300]] = np.nan  # leading and inner gaps
+    x[200:210] = 3.0  # a constant stretch (pandas skips the update when mean == x)
+    for span in (2, 5, 20):
+        expected = pd.Series(x).ewm(span=span).mean().to_numpy()
+        with jax.enable_x64(True):
+            def body(e, xi):
+                e = ewm_update(e, xi, span_alpha(span, jnp.float64))
+                return e, e.mean
+            got = np.asarray(jax.lax.scan(body, ewm_init((), jnp.float64), jnp.asarray(x))[1])
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("window", [5, 10])
+def test_labels_equal_the_seed_reference_on_the_vix_span(window):
+    """S&P 500 on the days the shipped VIX covers; VVIX proxy = realized vol of VIX."""
+    vix = data.load_vix()
+    spx = data.load_sp500_index().reindex(vix.index).dropna()
+    vix = vix.reindex(spx.index)
+    vvix = np.sqrt((np.log(vix).diff() ** 2).ewm(span=20).mean() * 252)
+    expected = reference_labels(spx, vvix, window)
+    out, got = _jax_labels(spx, vvix, window)
+    assert len(got) == len(expected) == len(spx) > 1200
+    mismatch = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+    assert not mismatch, f"{len(mismatch)} days differ, first {spx.index[mismatch[0]].date()}"
+    # and the kinematics themselves, bit for bit
+    vel, acc, jerk = CrashPhysicsDetector(spx, vvix, window).calculate_kinematics()
+    np.testing.assert_array_equal(out["velocity"], vel.to_numpy())
+    np.testing.assert_array_equal(out["acceleration"], acc.to_numpy())
+    np.testing.assert_array_equal(out["jerk"], jerk.to_numpy())
+    counts = pd.Series(got).value_counts()
+    assert set(counts.index) == set(LABEL_NAMES)  # all three labels occur: the test has teeth
+
+
+def test_labels_equal_the_seed_reference_1990_2022():
+    """The whole shipped index (8313 days) with a VVIX proxy from the index's own vol."""
+    spx = data.load_sp500_index()
+    vol = np.sqrt((np.log(spx).diff() ** 2).ewm(span=10).mean() * 252)
+    vvix = np.sqrt((np.log(vol).diff() ** 2).ewm(span=20).mean() * 252)
+    expected = reference_labels(spx, vvix)
+    _, got = _jax_labels(spx, vvix)
+    assert got == expected
+
+
+def _signals(n, **kw):
+    base = dict(velocity=-1.0, acceleration=-1.0, jerk=0.0, vix=0.3, vix_slope=1.0, vvix=1.0, vvix_slope=1.0,
+                liquidity_z=0.0, liquidity_slope=0.0, correlation=0.5, correlation_slope=0.0, dispersion=0.0,
+                realized_vol=0.2)
+    base.update(kw)
+    return Signals(**{k: jnp.full((n,), v, jnp.float32) for k, v in base.items()})
+
+
+CALM = dict(velocity=0.1, acceleration=0.0, vix_slope=-0.1, vvix_slope=-0.1, liquidity_slope=-0.1)
+FALLING = dict(velocity=-1.0, acceleration=-1.0, vix_slope=1.0, vvix_slope=1.0, liquidity_z=1.0, liquidity_slope=1.0)
+TURNING = dict(velocity=-0.5, acceleration=0.5, vix_slope=-1.0, vvix_slope=-1.0, liquidity_z=0.3,
+               liquidity_slope=-0.1, correlation_slope=-0.1)
+REBOUND = dict(velocity=0.5, acceleration=0.1, vix_slope=-1.0, vvix_slope=-1.0, liquidity_z=0.1,
+               liquidity_slope=-0.1, realized_vol=0.5, vix=0.3)
+
+
+def _run(protocol, path):
+    """``path``: list of (log price, signal overrides); returns the states and actions."""
+    p = protocol.init(jnp.zeros((1,)))
+    states, actions = [], []
+    for x, kw in path:
+        p = protocol.update(p, _signals(1, **kw), jnp.full((1,), x))
+        states.append(int(p.state[0]))
+        actions.append(int(p.action[0]))
+    return states, actions
+
+
+def test_protocol_full_cycle_on_a_hand_built_crash():
+    path = [(0.0, CALM), (0.05, CALM),  # new peak 0.05
+            (0.0, FALLING),  # drawdown 4.9%: not yet a crash
+            (-0.1, FALLING),  # 14%: CRASH (HODL)
+            (-0.2, FALLING), (-0.25, FALLING),  # still accelerating: hold
+            (-0.3, dict(TURNING, liquidity_z=0.8)),  # converging but liquidity still broken: hold
+            (-0.3, TURNING),  # phase transition: PARTIAL, action 1
+            (-0.28, TURNING),  # no reversal yet (rebound < 5%)
+            (-0.22, dict(REBOUND, realized_vol=0.2)),  # reversal but realized vol < implied: wait
+            (-0.2, REBOUND),  # V reversal, depth normal, RV > IV: FULL EXIT, action 2
+            (-0.1, REBOUND), (0.02, CALM)]  # drawdown back under 5%: re-armed
+    states, actions = _run(Protocol(), path)
+    assert states == [ARMED, ARMED, ARMED, CRASH, CRASH, CRASH, CRASH, PARTIAL, PARTIAL, PARTIAL, EXIT, EXIT, ARMED]
+    assert actions == [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 2, 0, 0]
+
+
+def test_protocol_crash_that_fizzles_rearms_without_selling():
+    path = [(0.0, CALM), (-0.12, FALLING), (-0.11, FALLING), (-0.02, CALM), (0.01, CALM)]
+    states, actions = _run(Protocol(), path)
+    assert states == [ARMED, CRASH, CRASH, ARMED, ARMED] and not any(actions)
+
+
+def test_protocol_signal_families_can_be_switched_off():
+    # A drawdown with no HODL signal of the families in use never enters CRASH.
+    quiet = dict(velocity=-1.0, acceleration=0.5, vix_slope=1.0, vvix_slope=1.0, liquidity_z=1.0)
+    states, _ = _run(Protocol(signals=("kinematics",)), [(0.0, CALM), (-0.2, quiet), (-0.3, quiet)])
+    assert states == [ARMED, ARMED, ARMED]
+    states, _ = _run(Protocol(signals=("vol_of_vol",)), [(0.0, CALM), (-0.2, quiet)])
+    assert states == [ARMED, CRASH]
+    # NaN inputs (no spread data) are neutral: the phase transition still fires.
+    nan_liq = dict(TURNING, liquidity_z=math.nan, liquidity_slope=math.nan)
+    states, actions = _run(Protocol(), [(0.0, CALM), (-0.2, FALLING), (-0.3, nan_liq)])
+    assert states == [ARMED, CRASH, PARTIAL] and actions[-1] == 1
+
+
+@pytest.mark.parametrize("kw", [dict(crash_drawdown=0.0), dict(rearm_drawdown=0.2), dict(partial_fraction=1.5),
+                                dict(reinvest=-0.1), dict(signals=("momentum",)), dict(signals=())])
+def test_protocol_bad_parameters(kw):
+    with pytest.raises(ParameterError, match="protocol"):
+        Protocol(**kw).validate()
+
+
+def test_corwin_schultz_hand_example():
+    high = np.array([101.0, 102.0])
+    low = np.array([99.0, 100.0])
+    b = math.log(101 / 99) ** 2 + math.log(102 / 100) ** 2
+    g = math.log(102 / 99) ** 2
+    k = 3 - 2 * math.sqrt(2)
+    a = (math.sqrt(2 * b) - math.sqrt(b)) / k - math.sqrt(g / k)
+    s = corwin_schultz_spread(high, low)
+    assert math.isnan(s[0]) and s[1] == pytest.approx(max(2 * (math.exp(a) - 1) / (1 + math.exp(a)), 0.0), abs=1e-15)
+
+
+def test_market_correlation_matches_the_factor_model():
+    """Calm regime only (no switching): realized pairwise correlation of the constituents
+    within 3 standard errors of the configured one-factor correlation."""
+    base = RegimeSwitching(rate_to_crash=0.0, mu_calm=0.0, sigma_calm=0.2, nu_calm=6.0)
+    m = Market(base=base, n_stocks=4, idio_vol=0.2)
+    dt, n, T = 1 / 252, 4096, 60
+    key = jax.random.PRNGKey(3)
+    state = m.init(key, n, dt)
+
+    def body(state, t):
+        state, r = m.step(jax.random.fold_in(key, t), state, n, dt)
+        return state, state.stocks
+
+    _, stocks = jax.lax.scan(body, state, jnp.arange(T))
+    x = np.asarray(stocks, np.float64)  # [T, n, 4]
+    iu = np.triu_indices(4, 1)
+    realized = np.corrcoef(x.reshape(-1, 4), rowvar=False)
+    # standard error from 32 independent groups of paths (fat tails inflate the iid formula)
+    groups = np.stack([np.corrcoef(g.reshape(-1, 4), rowvar=False)[iu] for g in np.split(x, 32, axis=1)])
+    se = groups.std(axis=0, ddof=1) / math.sqrt(32)
+    target = factor_correlation(np.asarray(m.betas()), 0.2, 0.2)
+    assert np.all(np.abs(realized[iu] - target[iu]) < 3 * se), (realized[iu], target[iu], se)
+    # and the correlation rises with the index vol (the crash regime): at 45% vol
+    assert factor_correlation(np.asarray(m.betas()), 0.45, 0.2)[iu].min() > target[iu].max()
+
+
+def test_market_bad_input():
+    with pytest.raises(ParameterError, match="Market.n_stocks"):
+        Market(base=RegimeSwitching(), n_stocks=1).validate(1 / 252)
+    with pytest.raises(ParameterError, match="Market.beta_hi"):
+        Market(base=RegimeSwitching(), beta_lo=1.0, beta_hi=0.5).validate(1 / 252)
+    with pytest.raises(ParameterError, match="Market.base"):
+        Market().validate(1 / 252)
