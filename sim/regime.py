@@ -41,7 +41,9 @@ The protocol (``Protocol``), a state machine per path (§3.2)::
                          price ``rebound`` above the trough), realized vol >= rv_over_iv x
                          implied: sell everything
     CRASH, PARTIAL, EXIT -> ARMED (re-arm) when the drawdown from the pre-crash peak is back
-                         under ``rearm_drawdown``
+                         under ``rearm_drawdown``; EXIT also re-arms after ``rearm_days``
+                         steps, with the peak reset to the price then (a second leg down is
+                         a new crash: 2008 after the 2007-08 one)
 
 HODL = acceleration < 0 with velocity < 0, or VVIX rising with VIX, or a liquidity fracture
 (any one). ``signals`` selects which of the four signal families the protocol uses.
@@ -259,6 +261,7 @@ class ProtocolState(NamedTuple):
     peak: jax.Array  # [n], the series' running peak while ARMED (frozen in a crash)
     trough: jax.Array  # [n], the running low since the crash was detected
     action: jax.Array  # int32[n], this step: 0 none, 1 partial monetize (+ roll down), 2 full exit
+    age: jax.Array  # int32[n], steps spent in the current state
 
 
 @_pytree
@@ -268,6 +271,7 @@ class Protocol:
     Args:
       crash_drawdown: drawdown from the peak that, with a HODL signal, enters CRASH, in (0, 1).
       rearm_drawdown: drawdown under which the protocol re-arms, in [0, crash_drawdown).
+      rearm_days: steps after a full exit after which the protocol re-arms anyway, >= 1.
       broken: log spread above normal that marks a liquidity fracture, > 0.
       normal: log spread above normal still counted as "depth normal", in [0, broken].
       rebound: rise from the trough that confirms a V reversal, >= 0.
@@ -281,6 +285,7 @@ class Protocol:
 
     crash_drawdown: float = 0.10
     rearm_drawdown: float = 0.05
+    rearm_days: int = 21
     broken: float = 0.5
     normal: float = 0.2
     rebound: float = 0.05
@@ -293,6 +298,7 @@ class Protocol:
     def validate(self) -> None:
         check_range("protocol.crash_drawdown", self.crash_drawdown, 0.0, 1.0, lo_closed=False, hi_closed=False)
         check_range("protocol.rearm_drawdown", self.rearm_drawdown, 0.0, self.crash_drawdown, hi_closed=False)
+        check_range("protocol.rearm_days", self.rearm_days, 1.0, 1e6)
         check_range("protocol.broken", self.broken, 0.0, 10.0, lo_closed=False)
         check_range("protocol.normal", self.normal, 0.0, self.broken)
         check_range("protocol.rebound", self.rebound, 0.0, 10.0)
@@ -307,7 +313,8 @@ class Protocol:
 
     def init(self, x) -> ProtocolState:
         n = jnp.shape(x)[0]
-        return ProtocolState(jnp.zeros((n,), jnp.int32), jnp.asarray(x), jnp.asarray(x), jnp.zeros((n,), jnp.int32))
+        zero = jnp.zeros((n,), jnp.int32)
+        return ProtocolState(zero, jnp.asarray(x), jnp.asarray(x), zero, zero)
 
     def conditions(self, sig: Signals):
         """(hodl, monetize, exit_ready) booleans from the signals (NaN signals are neutral)."""
@@ -342,7 +349,8 @@ class Protocol:
         drawdown = -jnp.expm1(x - peak)
         enter = armed & (drawdown >= self.crash_drawdown) & hodl
         trough = jnp.where(enter, x, jnp.minimum(p.trough, x))
-        rearm = ~armed & (drawdown < self.rearm_drawdown)
+        cooled = (p.state == EXIT) & (p.age + 1 >= self.rearm_days)
+        rearm = ~armed & ((drawdown < self.rearm_drawdown) | cooled)
         partial = (p.state == CRASH) & monetize
         reversal = x >= trough + jnp.log1p(jnp.asarray(self.rebound, x.dtype))
         full = (p.state == PARTIAL) & exit_ready & reversal
@@ -350,9 +358,10 @@ class Protocol:
         state = jnp.where(partial, PARTIAL, state)
         state = jnp.where(full, EXIT, state)
         state = jnp.where(rearm & ~partial & ~full, ARMED, state)
-        peak = jnp.where(state == ARMED, jnp.maximum(peak, x), peak)
+        peak = jnp.where(state == ARMED, jnp.where(cooled, x, jnp.maximum(peak, x)), peak)
         action = jnp.where(partial, 1, jnp.where(full, 2, 0)).astype(jnp.int32)
-        return ProtocolState(state.astype(jnp.int32), peak, trough, action)
+        age = jnp.where(state == p.state, p.age + 1, 0).astype(jnp.int32)
+        return ProtocolState(state.astype(jnp.int32), peak, trough, action, age)
 
 
 # --------------------------------------------------------------------------- in the hedge overlay

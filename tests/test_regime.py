@@ -184,3 +184,48 @@ def test_market_bad_input():
         Market(base=RegimeSwitching(), beta_lo=1.0, beta_hi=0.5).validate(1 / 252)
     with pytest.raises(ParameterError, match="Market.base"):
         Market().validate(1 / 252)
+
+
+def test_protocol_in_the_overlay_trades_at_marks_and_locks_cash():
+    """A hand-built crash replayed through the hedge overlay. With zero trading costs the
+    partial sale and roll down happen at the marks, so the NAV on the action day equals
+    the hold-to-expiry NAV and first differs the day after; in the rebound the protocol,
+    having locked cash, ends above hold."""
+    from sim import engine, hedge, processes
+    from sim.regime import CrashProtocol
+
+    crash = [-0.005, -0.01, -0.02, -0.03, -0.04, -0.04, -0.03, -0.02, -0.01, -0.005, -0.002]
+    r = np.concatenate([np.zeros(60), crash, np.full(30, 0.01)]).astype(np.float32)
+    flat = hedge.ImpliedVolModel(source="constant", vrp=0.0, skew=0.0, mean_reversion=0.0, long_run_vol=0.2)
+    prog = hedge.HedgeProgram.from_years(budget=0.2, strike=0.95, tenor_years=1.0, roll_years=100 / 252)
+    protocol = Protocol(signals=("kinematics",), crash_drawdown=0.08)
+    navs, extras = {}, {}
+    for name, mon in (("hold", hedge.Hold()), ("protocol", CrashProtocol(protocol=protocol))):
+        ov = hedge.HedgeOverlay(fraction=1.0, program=prog, vol_model=flat, monetize=mon)
+        res = engine.simulate(processes.Replay(r), policy=ov, n_paths=1, n_steps=len(r), block_size=1,
+                              record_paths=1)
+        navs[name] = np.exp(res.recorded[:, 0].astype(np.float64))
+        extras[name] = res.extras
+    x = np.log(np.cumprod(1 + r, dtype=np.float32))  # the overlay's spot, in float32 as there
+    ref = run_detector(Detector(), protocol, x=x, vix=np.full(len(r), 0.2), r=r, dt=1 / 252, dtype=jnp.float32)
+    acts = np.flatnonzero(ref["action"] > 0)
+    assert ref["action"][acts[0]] == 1 and 60 < acts[0] < 80  # the partial sale, after the turn
+    first_diff = np.flatnonzero(np.abs(navs["protocol"] / navs["hold"] - 1) > 1e-6)[0]
+    # ref[i] is step i + 1; recorded[j] is the NAV after step j (recorded[0] = W_0): the NAV
+    # is the same after the action step acts[0] + 1 and differs from the next step on.
+    assert first_diff == acts[0] + 2
+    assert extras["protocol"]["sales"][0] >= 1 and extras["hold"]["sales"][0] == 0
+    assert extras["protocol"]["premium"][0] > extras["hold"]["premium"][0]  # the roll-down purchase
+    assert navs["protocol"][-1] > navs["hold"][-1]
+
+
+def test_protocol_rearms_after_a_full_exit_and_sees_a_second_leg():
+    """2008 after 2007-08: a full exit far below the old peak re-arms after rearm_days with
+    the peak reset, so a second 10% leg down is a new crash."""
+    protocol = Protocol(rearm_days=3)
+    path = [(0.0, CALM), (-0.15, FALLING), (-0.2, TURNING), (-0.14, REBOUND),  # crash, partial, exit
+            (-0.13, CALM), (-0.13, CALM), (-0.12, CALM),  # three days in EXIT: re-armed, peak = -0.12
+            (-0.2, FALLING), (-0.26, FALLING)]  # 7.7% below the new peak: not yet; 13%: CRASH again
+    states, actions = _run(protocol, path)
+    assert states == [ARMED, CRASH, PARTIAL, EXIT, EXIT, EXIT, ARMED, ARMED, CRASH]
+    assert actions == [0, 0, 1, 2, 0, 0, 0, 0, 0]
