@@ -20,11 +20,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-## Benchmarks (each prints one JSON line): the engine, the ruin-surface grid, the hedge overlay.
+## Benchmarks (each prints one JSON line): the engine, the ruin-surface grid, the hedge overlay, the crash protocol.
 bench: $(STAMP)
 	$(PY) bench/engine.py $(ARGS)
 	$(PY) bench/ruin_surface.py $(ARGS)
 	$(PY) bench/hedge.py $(ARGS)
+	$(PY) bench/crash_protocol.py $(ARGS)
 
 ## Re-extract the shipped data files from the skfolio and arch wheels (needs PyPI).
 data: $(STAMP)

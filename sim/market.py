@@ -4,12 +4,21 @@
 ``r`` is the base model's (the index, the asset the hedge is written on), and its state also
 holds what a crash detector can observe each step besides the index price (seed 000 §3.1):
 
-* ``stocks``: float32[n, N] simple returns of N constituents, from a one-factor model on the
-  index return,
+* the step's returns of N constituents, from a one-factor model on the index return,
 
-      r_i = beta_i r + idio_vol_i sqrt(dt) eps_i,   eps_i unit-variance Student-t(idio_nu),
+      r_i = beta_i r + idio_vol sqrt(dt) eps_i,
 
-  so their pairwise correlation ``beta_i beta_j s^2 / sqrt((beta_i^2 s^2 + e_i^2)(beta_j^2
+  as ``stock_sum`` = sum_i r_i and ``stock_sumsq`` = sum_i r_i^2 (float32[n], what the crash
+  detector's correlation and dispersion signals need), and with ``constituents="paths"``
+  also every name's return ``stocks`` (float32[n, N]). With ``"paths"`` the ``eps_i`` are
+  unit-variance Student-t(``idio_nu``), N draws per path and step. With ``"sums"`` (the
+  default) they are standard normal and only the two sums are drawn, exactly and at O(1)
+  cost whatever N: in an orthonormal basis of span(1, beta) plus its complement,
+  ``sum eps = sqrt(N) a``, ``sum beta_i eps_i = mean(beta) sqrt(N) a + |beta - mean(beta)| b``
+  and ``sum eps^2 = a^2 + b^2 + chi2(N - 2)`` with ``a, b`` standard normal and the
+  chi-square drawn as ``-2 sum log U`` (plus a squared normal for odd N - 2). The -100%
+  floor of single names is not applied in ``"sums"`` mode (it binds with probability ~0 at
+  daily steps). Either way their pairwise correlation ``beta_i beta_j s^2 / sqrt((beta_i^2 s^2 + e_i^2)(beta_j^2
   s^2 + e_j^2))`` (``s`` the index vol in force, ``e`` the idiosyncratic vols) rises toward
   1 when the index vol jumps in a crash regime: the "collective mode" of §3.1 signal 4.
   Betas are spread evenly over ``[beta_lo, beta_hi]``.
@@ -42,6 +51,8 @@ from sim.validation import ParameterError, check_int, check_range
 
 __all__ = ["Market", "MarketState", "factor_correlation"]
 
+_CONSTITUENTS = ("sums", "paths")
+
 _F32 = jnp.float32
 
 
@@ -51,7 +62,10 @@ def _f(x):
 
 class MarketState(NamedTuple):
     base: Any  # the base model's state
-    stocks: jax.Array  # float32[n, N], the constituents' simple returns of the last step
+    stock_sum: jax.Array  # float32[n], sum of the constituents' simple returns of the last step
+    stock_sumsq: jax.Array  # float32[n], sum of their squares
+    stocks: Any  # float32[n, N] the returns themselves (``constituents="paths"``), else None
+    n_stocks: jax.Array  # float32[], N
     log_spread: jax.Array  # float32[n], log bid-ask spread after the last step
     noise: jax.Array  # float32[n], the spread's AR(1) deviation
 
@@ -67,7 +81,9 @@ class Market:
 
     Args:
       base: the index return model (``RegimeSwitching``, ``Merton``, ``GarchT``, ...).
-      n_stocks: number of constituents N >= 2 (static; 0 is not allowed: use the base).
+      n_stocks: number of constituents N >= 2 (static).
+      constituents: "sums" (Gaussian idiosyncratic shocks, only the two sums drawn) or
+        "paths" (Student-t shocks, every name's return), static.
       beta_lo, beta_hi: range of the constituents' betas to the index, 0 < lo <= hi.
       idio_vol: annualized idiosyncratic vol of every constituent, > 0.
       idio_nu: Student-t degrees of freedom of the idiosyncratic shocks, > 2.
@@ -81,6 +97,7 @@ class Market:
 
     base: Any = None
     n_stocks: int = dataclasses.field(default=10, metadata=dict(static=True))
+    constituents: str = dataclasses.field(default="sums", metadata=dict(static=True))
     beta_lo: float = 0.6
     beta_hi: float = 1.4
     idio_vol: float = 0.25
@@ -99,6 +116,8 @@ class Market:
             raise ParameterError("Market.base must not itself be a Market")
         self.base.validate(dt)
         check_int("Market.n_stocks", self.n_stocks, 2, 10_000)
+        if self.constituents not in _CONSTITUENTS:
+            raise ParameterError(f"Market.constituents = {self.constituents!r}; allowed: {list(_CONSTITUENTS)}")
         check_range("Market.beta_lo", self.beta_lo, 0.0, 10.0, lo_closed=False)
         check_range("Market.beta_hi", self.beta_hi, self.beta_lo, 10.0)
         check_range("Market.idio_vol", self.idio_vol, 0.0, 10.0, lo_closed=False)
@@ -128,7 +147,9 @@ class Market:
         k_base, k_noise = jax.random.split(key)
         base = self.base.init(k_base, n, dt)
         noise = _f(self.noise) * samplers.normal(k_noise, n)
-        return MarketState(base, jnp.zeros((n, self.n_stocks), _F32), self._log_spread(base, noise, dt), noise)
+        z = jnp.zeros((n,), _F32)
+        stocks = jnp.zeros((n, self.n_stocks), _F32) if self.constituents == "paths" else None
+        return MarketState(base, z, z, stocks, _f(self.n_stocks), self._log_spread(base, noise, dt), noise)
 
     def _log_spread(self, base_state, noise, dt):
         vol = jnp.maximum(self.base.conditional_vol(base_state, dt), 1e-6)
@@ -142,10 +163,37 @@ class Market:
         noise = phi * state.noise + _f(self.noise) * jnp.sqrt(1.0 - phi * phi) * samplers.normal(k_noise, n)
         log_spread = self._log_spread(state.base, noise, dt)
         base, r = self.base.step(k_base, state.base, n, dt)
-        nu = _f(self.idio_nu)
-        eps = samplers.student_t(k_idio, n * self.n_stocks, nu).reshape(n, self.n_stocks) * jnp.sqrt((nu - 2.0) / nu)
-        stocks = jnp.maximum(r[:, None] * self.betas() + per_step_vol(_f(self.idio_vol), dt) * eps, -1.0)
-        return MarketState(base, stocks, log_spread, noise), r
+        e = per_step_vol(_f(self.idio_vol), dt)
+        beta = self.betas()
+        if self.constituents == "paths":
+            nu = _f(self.idio_nu)
+            eps = samplers.student_t(k_idio, n * self.n_stocks, nu).reshape(n, self.n_stocks) * jnp.sqrt((nu - 2.0) / nu)
+            stocks = jnp.maximum(r[:, None] * beta + e * eps, -1.0)
+            s1, s2 = jnp.sum(stocks, axis=1), jnp.sum(stocks * stocks, axis=1)
+        else:
+            stocks = None
+            N = self.n_stocks
+            k_a, k_b, k_chi = jax.random.split(k_idio, 3)
+            a, b = samplers.normal(k_a, n), samplers.normal(k_b, n)
+            chi = jnp.zeros((n,), _F32)  # chi2(N - 2): -2 log U is chi2(2); a squared normal chi2(1)
+            m = (N - 2) // 2
+            for j in range(m // 2):  # two uniforms per hash
+                u1, u2 = samplers.uniform_pair(jax.random.fold_in(k_chi, j), n)
+                chi = chi - 2.0 * jnp.log(u1 * u2)
+            if m % 2:
+                chi = chi - 2.0 * jnp.log(samplers.uniform(jax.random.fold_in(k_chi, m), n))
+            if (N - 2) % 2:
+                z = samplers.normal(jax.random.fold_in(k_chi, m + 1), n)
+                chi = chi + z * z
+            sqrt_n = jnp.sqrt(_f(N))
+            b_mean = jnp.mean(beta)
+            b_spread = jnp.sqrt(jnp.sum((beta - b_mean) ** 2))
+            sum_eps = sqrt_n * a
+            sum_beta_eps = b_mean * sqrt_n * a + b_spread * b
+            sum_eps2 = a * a + b * b + chi
+            s1 = r * jnp.sum(beta) + e * sum_eps
+            s2 = r * r * jnp.sum(beta * beta) + 2.0 * r * e * sum_beta_eps + e * e * sum_eps2
+        return MarketState(base, s1, s2, stocks, _f(self.n_stocks), log_spread, noise), r
 
     def conditional_vol(self, state: MarketState, dt: float):
         return self.base.conditional_vol(state.base, dt)

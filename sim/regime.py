@@ -19,9 +19,10 @@ the seed's labels come out identical on real data:
    high-low proxy on real data), smoothed (span ``span``) against its slow EWM (span
    ``liquidity_span``): ``liquidity_z`` > ``broken`` is a fracture, a negative slope a refill;
 4. correlation: the average pairwise correlation of the constituents from EWM second
-   moments (span ``corr_span``), ``(N^2 var(mean r) - sum var_i) / ((sum sd_i)^2 - sum
-   var_i)`` (seed 003's implied-correlation formula with equal weights), its slope, and the
-   cross-sectional dispersion (std across constituents) of the step's returns.
+   moments (span ``corr_span``), ``(E[(sum_i r_i)^2] - E[sum_i r_i^2]) / ((N - 1)
+   E[sum_i r_i^2])`` (seed 003's implied-correlation formula with equal weights and equal
+   vols: it needs only the two cross-sectional sums, so it costs O(1) per path whatever N),
+   its slope, and the cross-sectional dispersion (std across constituents) of the step.
 
 A missing input (NaN: no spread data, no constituents) leaves its signal NaN, and the
 protocol treats a NaN signal as neutral: it neither blocks a sale nor holds one back.
@@ -148,8 +149,8 @@ class DetectorState(NamedTuple):
     liq_slow: Ewm
     prev_liq: jax.Array
     liq_slope: Ewm
-    stock_var: Ewm  # [n, N]
-    port_var: Ewm
+    sum_sq: Ewm  # of (sum_i r_i)^2
+    sq_sum: Ewm  # of sum_i r_i^2
     prev_corr: jax.Array
     corr_slope: Ewm
     realized_var: Ewm
@@ -180,19 +181,21 @@ class Detector:
         check_range("detector.corr_span", self.corr_span, 1.0, 1e5)
         check_range("detector.rv_span", self.rv_span, 1.0, 1e5)
 
-    def init(self, n: int, n_stocks: int = 0, dtype=jnp.float32) -> DetectorState:
+    def init(self, n: int, dtype=jnp.float32) -> DetectorState:
         e = lambda *shape: ewm_init(shape or (n,), dtype)  # noqa: E731
         nan = jnp.full((n,), jnp.nan, dtype)
         return DetectorState(
             prev_x=nan, vel=e(), prev_vel=nan, acc=e(), prev_acc=nan, jerk=e(), prev_vix=nan, vix_slope=e(),
             vix_var=e(), prev_vvix=nan, vvix_slope=e(), liq=e(), liq_slow=e(), prev_liq=nan, liq_slope=e(),
-            stock_var=e(n, max(n_stocks, 1)), port_var=e(), prev_corr=nan, corr_slope=e(), realized_var=e(),
+            sum_sq=e(), sq_sum=e(), prev_corr=nan, corr_slope=e(), realized_var=e(),
         )
 
-    def update(self, s: DetectorState, *, x, vix, r, dt: float, vvix=None, log_spread=None, stocks=None):
+    def update(self, s: DetectorState, *, x, vix, r, dt: float, vvix=None, log_spread=None, stock_sum=None,
+               stock_sumsq=None, n_stocks=None):
         """One step. ``x`` the series for the kinematics ([n]), ``vix`` the implied vol level,
         ``r`` the step's simple return; optional ``vvix`` (an observed vol-of-vol, else the
-        proxy), ``log_spread`` ([n], NaN where unknown), ``stocks`` ([n, N] returns)."""
+        proxy), ``log_spread`` ([n], NaN where unknown), and the constituents' step returns
+        as ``stock_sum`` = sum_i r_i, ``stock_sumsq`` = sum_i r_i^2 over ``n_stocks`` names."""
         dtype = s.prev_x.dtype
         a = span_alpha(self.span, dtype)
         x = jnp.asarray(x, dtype)
@@ -215,19 +218,19 @@ class Detector:
         liq_slope = ewm_update(s.liq_slope, liq_now - s.prev_liq, a)
 
         ac = span_alpha(self.corr_span, dtype)
-        if stocks is None:
-            stocks = jnp.full(s.stock_var.mean.shape, jnp.nan, dtype)
-        stocks = jnp.asarray(stocks, dtype)
-        n_stocks = stocks.shape[-1]
-        stock_var = ewm_update(s.stock_var, stocks * stocks, ac)
-        mean_r = jnp.mean(stocks, axis=-1)
-        port_var = ewm_update(s.port_var, mean_r * mean_r, ac)
-        sum_var = jnp.sum(stock_var.mean, axis=-1)
-        sum_sd = jnp.sum(jnp.sqrt(stock_var.mean), axis=-1)
-        denom = sum_sd * sum_sd - sum_var
-        corr = (n_stocks * n_stocks * port_var.mean - sum_var) / jnp.where(denom > 0, denom, jnp.nan)
+        if stock_sum is None:
+            stock_sum = stock_sumsq = jnp.full_like(x, jnp.nan)
+            n_stocks = 2
+        m1, m2 = jnp.asarray(stock_sum, dtype), jnp.asarray(stock_sumsq, dtype)
+        n_st = jnp.asarray(n_stocks, dtype)
+        sum_sq = ewm_update(s.sum_sq, m1 * m1, ac)
+        sq_sum = ewm_update(s.sq_sum, m2, ac)
+        # E[(sum r)^2] = sum var_i + sum_{i != j} cov_ij: the average correlation with the
+        # vols taken equal (seed 003's implied-correlation formula, equal weights and vols).
+        corr = (sum_sq.mean - sq_sum.mean) / ((n_st - 1.0) * jnp.where(sq_sum.mean > 0, sq_sum.mean, jnp.nan))
         corr_slope = ewm_update(s.corr_slope, corr - s.prev_corr, a)
-        dispersion = jnp.std(stocks, axis=-1)
+        mean_r = m1 / n_st
+        dispersion = jnp.sqrt(jnp.maximum(m2 / n_st - mean_r * mean_r, 0.0))
 
         r = jnp.asarray(r, dtype)
         realized_var = ewm_update(s.realized_var, r * r / dt, span_alpha(self.rv_span, dtype))
@@ -235,7 +238,7 @@ class Detector:
         state = DetectorState(
             prev_x=x, vel=vel, prev_vel=vel.mean, acc=acc, prev_acc=acc.mean, jerk=jerk, prev_vix=vix,
             vix_slope=vix_slope, vix_var=vix_var, prev_vvix=vvix_now, vvix_slope=vvix_slope, liq=liq,
-            liq_slow=liq_slow, prev_liq=liq_now, liq_slope=liq_slope, stock_var=stock_var, port_var=port_var,
+            liq_slow=liq_slow, prev_liq=liq_now, liq_slope=liq_slope, sum_sq=sum_sq, sq_sum=sq_sum,
             prev_corr=corr, corr_slope=corr_slope, realized_var=realized_var)
         signals = Signals(
             velocity=vel.mean, acceleration=acc.mean, jerk=jerk.mean, vix=vix, vix_slope=vix_slope.mean,
@@ -421,7 +424,6 @@ class CrashProtocol:
         check_int("monetize.max_lag", self.max_lag, 1)
 
     def init(self, n: int, n_tranches: int, process=None):
-        n_stocks = getattr(process, "n_stocks", 0)
         diag = ()
         if self.diagnostics:
             S = len(DIAGNOSED)
@@ -431,14 +433,16 @@ class CrashProtocol:
                                first=jnp.full((S, n), -1, jnp.int32), episodes=jnp.zeros((n,), jnp.float32),
                                detected=zs, lag_onset=zs, lag_end=zs, lag_end_sq=zs, lag_onset_sq=zs,
                                calm_steps=jnp.zeros((n,), jnp.float32), false_alarms=zs)
-        return CrashState(self.detector.init(n, n_stocks), self.protocol.init(jnp.zeros((n,), jnp.float32)), diag)
+        return CrashState(self.detector.init(n), self.protocol.init(jnp.zeros((n,), jnp.float32)), diag)
 
     def decide(self, state: CrashState, obs):
         ps = obs.process_state
         x = jnp.log(jnp.maximum(obs.spot, 1e-30))
         dstate, sig = self.detector.update(state.detector, x=x, vix=obs.vol_level, r=obs.r, dt=obs.dt,
                                            log_spread=getattr(ps, "log_spread", None),
-                                           stocks=getattr(ps, "stocks", None))
+                                           stock_sum=getattr(ps, "stock_sum", None),
+                                           stock_sumsq=getattr(ps, "stock_sumsq", None),
+                                           n_stocks=getattr(ps, "n_stocks", None))
         pstate = self.protocol.update(state.protocol, sig, x)
         diag = state.diagnostics
         if self.diagnostics:
@@ -524,9 +528,13 @@ def run_detector(detector: Detector, protocol: Protocol, *, x, vix, r, dt: float
     (inside ``jax.enable_x64(True)``) to reproduce pandas to the bit.
     """
     T = np.shape(x)[0]
-    cols = dict(x=x, vix=vix, r=r, vvix=vvix, log_spread=log_spread, stocks=stocks)
+    cols = dict(x=x, vix=vix, r=r, vvix=vvix, log_spread=log_spread)
+    if stocks is not None:  # [T, N] returns; a NaN leaves the name out of that day
+        st = np.asarray(stocks, np.float64)
+        count = np.isfinite(st).sum(axis=1).astype(np.float64)
+        cols.update(stock_sum=np.where(count > 1, np.nansum(st, axis=1), np.nan),
+                    stock_sumsq=np.where(count > 1, np.nansum(st * st, axis=1), np.nan), n_stocks=count)
     given = {k: jnp.asarray(np.asarray(v, np.float64), dtype) for k, v in cols.items() if v is not None}
-    n_stocks = np.shape(stocks)[-1] if stocks is not None else 0
 
     def body(carry, inp):
         dstate, pstate = carry
@@ -541,7 +549,7 @@ def run_detector(detector: Detector, protocol: Protocol, *, x, vix, r, dt: float
     @jax.jit
     def scan(given):
         x0 = given["x"][:1]
-        init = (detector.init(1, n_stocks, dtype), protocol.init(x0))
+        init = (detector.init(1, dtype), protocol.init(x0))
         return jax.lax.scan(body, init, given)[1]
 
     if T == 0:

@@ -155,7 +155,7 @@ def test_market_correlation_matches_the_factor_model():
     """Calm regime only (no switching): realized pairwise correlation of the constituents
     within 3 standard errors of the configured one-factor correlation."""
     base = RegimeSwitching(rate_to_crash=0.0, mu_calm=0.0, sigma_calm=0.2, nu_calm=6.0)
-    m = Market(base=base, n_stocks=4, idio_vol=0.2)
+    m = Market(base=base, n_stocks=4, idio_vol=0.2, constituents="paths")
     dt, n, T = 1 / 252, 4096, 60
     key = jax.random.PRNGKey(3)
     state = m.init(key, n, dt)
@@ -177,6 +177,37 @@ def test_market_correlation_matches_the_factor_model():
     assert factor_correlation(np.asarray(m.betas()), 0.45, 0.2)[iu].min() > target[iu].max()
 
 
+@pytest.mark.parametrize("n_stocks", [2, 7, 10, 13])
+def test_market_sums_mode_draws_the_exact_sums(n_stocks):
+    """With the index flat, sum eps^2 must be chi2(N) and sum eps N(0, N) (scipy KS tests),
+    and with the index moving, the equal-vol average correlation of the factor model."""
+    from scipy import stats as st
+
+    dt, n = 1 / 252, 20000
+    e = 0.2 * math.sqrt(dt)
+    flat = Market(base=RegimeSwitching(rate_to_crash=0.0, mu_calm=0.0, sigma_calm=0.0), n_stocks=n_stocks,
+                  idio_vol=0.2)
+    key = jax.random.PRNGKey(5)
+    s = flat.step(key, flat.init(key, n, dt), n, dt)[0]
+    s1, s2 = np.asarray(s.stock_sum, np.float64) / e, np.asarray(s.stock_sumsq, np.float64) / e**2
+    assert st.kstest(s2, st.chi2(n_stocks).cdf).pvalue > 1e-3
+    assert st.kstest(s1 / math.sqrt(n_stocks), st.norm.cdf).pvalue > 1e-3
+    # Index moving (Gaussian, 20%): E[(sum r)^2] - E[sum r^2] over (N - 1) E[sum r^2].
+    m = Market(base=RegimeSwitching(rate_to_crash=0.0, mu_calm=0.0, sigma_calm=0.2, nu_calm=1e6), n_stocks=n_stocks,
+               idio_vol=0.2)
+    draws = [m.step(jax.random.fold_in(key, t), m.init(key, n, dt), n, dt)[0] for t in range(8)]
+    m1 = np.concatenate([np.asarray(d.stock_sum, np.float64) for d in draws])
+    m2 = np.concatenate([np.asarray(d.stock_sumsq, np.float64) for d in draws])
+    b = np.asarray(m.betas(), np.float64)
+    cov = np.outer(b, b) * 0.04 * dt + np.eye(n_stocks) * e**2
+    target = (cov.sum() - np.trace(cov)) / ((n_stocks - 1) * np.trace(cov))
+    groups = [(g1**2).mean() - g2.mean() for g1, g2 in zip(np.split(m1, 16), np.split(m2, 16))]
+    est = ((m1**2).mean() - m2.mean()) / ((n_stocks - 1) * m2.mean())
+    se = np.std(groups, ddof=1) / math.sqrt(16) / ((n_stocks - 1) * m2.mean())
+    assert abs(est - target) < 3 * se, (est, target, se)
+    assert np.mean(m2) == pytest.approx(np.trace(cov), rel=0.02)
+
+
 def test_market_bad_input():
     with pytest.raises(ParameterError, match="Market.n_stocks"):
         Market(base=RegimeSwitching(), n_stocks=1).validate(1 / 252)
@@ -184,6 +215,8 @@ def test_market_bad_input():
         Market(base=RegimeSwitching(), beta_lo=1.0, beta_hi=0.5).validate(1 / 252)
     with pytest.raises(ParameterError, match="Market.base"):
         Market().validate(1 / 252)
+    with pytest.raises(ParameterError, match="Market.constituents"):
+        Market(base=RegimeSwitching(), constituents="all").validate(1 / 252)
 
 
 def test_protocol_in_the_overlay_trades_at_marks_and_locks_cash():
