@@ -117,8 +117,11 @@ def real_inputs(cfg) -> tuple[pd.DataFrame, np.ndarray]:
 
     ``vix``: VIX / 100 where the shipped VIX has the day, else the implied-vol model's level
     (EWM realized vol with the configured half-life + vrp), ``vix_source`` says which.
-    ``log_spread``: log Corwin-Schultz spread where the shipped OHLCV has the day and the
-    estimate is positive, else NaN (the detector skips it).
+    ``log_spread``: log of the trailing 21-day mean Corwin-Schultz spread where the shipped
+    OHLCV has the day, else NaN (the detector skips it). Its limits: the S&P 500 is an index,
+    not a traded book, so its high-low range measures intraday volatility as much as any
+    spread; the OHLCV's volume (shares of the index's members) rises in crashes, the opposite
+    of depth, so it is kept in ``real_signals.csv`` for inspection but not used as a signal.
     """
     start, end = pd.Timestamp(cfg.real.start), pd.Timestamp(cfg.real.end)
     spx = load_sp500_index().loc[start:end]
@@ -135,8 +138,10 @@ def real_inputs(cfg) -> tuple[pd.DataFrame, np.ndarray]:
     frame["vix"] = vix.fillna(realized + float(vm.vrp))
     ohlcv = load_sp500_ohlcv()
     cs = pd.Series(regime.corwin_schultz_spread(ohlcv["High"], ohlcv["Low"]), index=ohlcv.index)
-    cs = cs.where(cs > 0).reindex(frame.index)
-    frame["log_spread"] = np.log(cs)
+    # The authors' practice: negative two-day estimates set to 0 (done in the estimator), then
+    # averaged; here over the trailing 21 days, so the series stays causal and mostly > 0.
+    cs = cs.rolling(21, min_periods=10).mean()
+    frame["log_spread"] = np.log(cs.where(cs > 0)).reindex(frame.index)
     frame["volume"] = ohlcv["Volume"].reindex(frame.index)
     stocks = load_sp500_constituents().reindex(frame.index).pct_change().to_numpy(np.float64)
     stocks[0] = np.nan
@@ -260,6 +265,9 @@ def _zoom_plot(frame: pd.DataFrame, a, b, title: str):
 def _dist(x: np.ndarray, rng, n_boot: int) -> dict:
     x = x[np.isfinite(x)]
     qs = (5, 50, 95)
+    if x.size < 2:  # nothing finite to describe (say, every path wiped out)
+        nan = float("nan")
+        return {"mean": nan, "mean_se": nan, **{f"p{q}{s}": nan for q in qs for s in ("", "_se")}, "finite": x.size}
     out = {"mean": float(x.mean()), "mean_se": float(x.std(ddof=1) / math.sqrt(x.size))}
     pct = np.percentile(x, qs)
     if n_boot > 1:
@@ -270,6 +278,7 @@ def _dist(x: np.ndarray, rng, n_boot: int) -> dict:
     for q, v, s in zip(qs, pct, se):
         out[f"p{q}"] = float(v)
         out[f"p{q}_se"] = float(s)
+    out["finite"] = x.size
     return out
 
 
@@ -296,6 +305,9 @@ def mc_policy_rows(model: str, results: dict, years: float, rng, n_boot: int) ->
                          ("growth", growth)):
             row.update({f"{label}_{k}": v for k, v in _dist(x, rng, n_boot).items()})
         row["net_pnl_vs_hold"], row["net_pnl_vs_hold_se"] = _paired(net, base_net)
+        if "protocol" in results:
+            row["protocol_net_pnl_gain"], row["protocol_net_pnl_gain_se"] = _paired(
+                _net_pnl(results["protocol"], years), net)
         row["growth_vs_hold"], row["growth_vs_hold_se"] = _paired(growth, base.stats.log_wealth / years)
         row["sales_per_year"] = float(np.mean(ex["sales"]) / years)
         row["wiped_out"] = float(np.mean(~np.isfinite(growth)))
@@ -353,7 +365,13 @@ def run_mc(cfg, detector, protocol, spy: float):
         results = {}
         for name, mon in _policies(cfg, process, detector, protocol).items():
             t0 = time.perf_counter()
-            results[name] = engine.simulate(process, policy=dataclasses.replace(overlay, monetize=mon), **kw)
+            results[name] = res = engine.simulate(process, policy=dataclasses.replace(overlay, monetize=mon), **kw)
+            distinct = np.unique(res.stats.log_wealth).size
+            if distinct < n_paths // 2:
+                # Seen once and not reproduced since: a run whose paths all came out identical.
+                # Never write such a table silently.
+                raise RuntimeError(f"{model} / {name}: only {distinct} distinct final wealths on {n_paths} paths; "
+                                   "the simulation is degenerate, rerun")
             log.info("%s / %s: %d paths x %d steps in %.1fs", model, name, n_paths, n_steps, time.perf_counter() - t0)
         pol_rows += mc_policy_rows(model, results, years, rng, n_boot)
         if "protocol" in results and "episodes" in results["protocol"].extras:
@@ -362,23 +380,17 @@ def run_mc(cfg, detector, protocol, spy: float):
 
 
 def verdicts(policies: pd.DataFrame) -> list[str]:
-    """Plain sentences: does the protocol beat each simple policy, per model (net hedge P&L,
-    paired, 2 standard errors)?"""
+    """Plain sentences: does the protocol beat each simple policy, per model? On net hedge
+    P&L, paired on the same paths, at 2 standard errors."""
     out = []
     for model, g in policies.groupby("model", sort=False):
-        g = g.set_index("policy")
-        if "protocol" not in g.index:
+        if "protocol_net_pnl_gain" not in g:
             continue
-        prot = g.loc["protocol"]
-        for other in g.index:
-            if other == "protocol":
-                continue
-            d = prot["net_pnl_vs_hold"] - g.loc[other, "net_pnl_vs_hold"]
-            # SE of a difference of two paired differences: bounded by the sum of the SEs
-            se = prot["net_pnl_vs_hold_se"] + g.loc[other, "net_pnl_vs_hold_se"]
+        for _, row in g[g.policy != "protocol"].iterrows():
+            d, se = row["protocol_net_pnl_gain"], row["protocol_net_pnl_gain_se"]
             verdict = "beats" if d > 2 * se else ("loses to" if d < -2 * se else "does not differ from")
-            out.append(f"{model}: the protocol {verdict} {other} on net hedge P&L "
-                       f"({100 * d:+.3f}% of NAV per year, +-{100 * se:.3f})")
+            out.append(f"{model}: the protocol {verdict} {row['policy']} on net hedge P&L "
+                       f"({100 * d:+.3f}% of NAV per year, SE {100 * se:.3f})")
     return out
 
 
@@ -392,10 +404,10 @@ def run(cfg: DictConfig, out_dir) -> dict:
     detector, protocol = build_detector(cfg), build_protocol(cfg)
     _program(cfg)
     _vol_model(cfg, 0.2)
-    for name in cfg.monetize.policies:
-        if name not in _POLICIES and name != "protocol":
-            raise ParameterError(f"monetize.policies: unknown policy {name!r}; allowed: "
-                                 f"{sorted([*_POLICIES, 'protocol'])}")
+    for node in cfg.models.values():  # every model, market and policy parameter, before any work
+        _policies(cfg, build_market(cfg, build_process(node, steps_per_year=spy)), detector, protocol)
+    check_int("simulation.n_paths", cfg.simulation.n_paths, 2)
+    check_int("simulation.bootstrap", cfg.simulation.bootstrap, 0)
     out = OutputWriter(out_dir)
 
     frame = run_real(cfg, detector, protocol)
@@ -405,7 +417,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     crash = regime.CrashProtocol(detector=detector, protocol=protocol)
     calm = calm_table(frame, list(cfg.real.calm_years), protocol, crash)
     out.table("real_calm.csv", calm)
-    cols = ["price", "vix", "vix_source", "log_spread", *regime.Signals._fields, "label", "state", "action"]
+    cols = ["price", "vix", "vix_source", "log_spread", "volume", *regime.Signals._fields, "label", "state", "action"]
     out.table("real_signals.csv", frame[cols].reset_index(names="date"))
     for name, (a, b) in OmegaConf.to_container(cfg.real.zooms, resolve=True).items():
         out.figure(f"real_{name}.png", _zoom_plot(frame, a, b, f"S&P 500 {name}: signals and protocol states"))

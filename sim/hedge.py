@@ -463,8 +463,10 @@ class HedgeOverlay:
         k = prog.new_strike(tau, level, vm, rate)
         price = spot * put_price(k, tau, vm.vol(k, tau, level), rate)
         cost = _f(prog.option_cost)
-        spend = _f(prog.budget) * _f(prog.roll_steps * dt) * nav
-        return spend / ((1.0 + cost) * price), k * spot, price, spend, spend * cost / (1.0 + cost)
+        ok = (price > 0) & (nav > 0)  # nothing to buy on a path whose underlying or NAV is gone
+        spend = jnp.where(ok, _f(prog.budget) * _f(prog.roll_steps * dt) * nav, 0.0)
+        contracts = spend / ((1.0 + cost) * jnp.where(ok, price, 1.0))
+        return contracts, k * spot, price, spend, spend * cost / (1.0 + cost)
 
     def init(self, n: int, dt: float, process=None, process_state=None) -> HedgeState:
         L = self.program.n_tranches
@@ -534,12 +536,12 @@ class HedgeOverlay:
             # Roll down: sell what is left of the tranche too and reinvest a share of it in
             # puts struck at k_roll x spot, same expiry (seed 000 §3.2 step 2).
             reinvest, k_roll = restrike(mstate, obs)
-            reinvest = jnp.where(live, jnp.clip(reinvest, 0.0, 1.0), 0.0)
+            vm, rate = self.vol_model, _f(self.risk_free)
+            price = spot * put_price(k_roll, tau, vm.vol(k_roll, tau, level), rate)
+            reinvest = jnp.where(live & (price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
             rolls = reinvest > 0
             rest = jnp.where(rolls, value - sold, 0.0)
             sold = sold + rest
-            vm, rate = self.vol_model, _f(self.risk_free)
-            price = spot * put_price(k_roll, tau, vm.vol(k_roll, tau, level), rate)
             spend = reinvest * rest
             new_contracts = spend / ((1.0 + opt_cost) * jnp.where(rolls, price, 1.0))
             contracts = jnp.where(rolls, new_contracts, contracts)

@@ -1,0 +1,42 @@
+"""The crash_protocol experiment end to end, small: the regime model, three policies."""
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from tests.conftest import ROOT, run_multirun
+
+TINY = ["~process@models.merton", "~process@models.garch_t", "monetize.policies=[hold,protocol,regime_oracle]",
+        "simulation.n_paths=256", "simulation.years=2", "simulation.block_size=256", "simulation.bootstrap=20"]
+
+
+def test_crash_protocol_runs_end_to_end(tmp_path):
+    summary = run_multirun("experiments.crash_protocol", TINY, tmp_path,
+                           ["real_stages.csv", "real_calm.csv", "real_signals.csv", "real_2008.png", "real_2020.png",
+                            "mc_policies.csv", "mc_signals.csv", "mc_policies.png", "summary.json"])[0]
+    out = tmp_path / "0"
+    stages = pd.read_csv(out / "real_stages.csv")
+    crash08 = stages[stages.window == "2008"]
+    assert crash08.trough_date.iloc[0] == "2009-03-09"  # the S&P 500's closing low
+    assert (crash08.event == "entered CRASH (HODL)").any()
+    signals = pd.read_csv(out / "real_signals.csv")
+    assert len(signals) == 8313 and set(signals.label) == {0, 1, 2}
+    pol = pd.read_csv(out / "mc_policies.csv")
+    assert list(pol.policy) == ["hold", "protocol", "regime_oracle"]
+    assert (pol.loc[pol.policy == "hold", "net_pnl_vs_hold"] == 0).all()
+    sig = pd.read_csv(out / "mc_signals.csv")
+    assert sig.episodes.iloc[0] > 0 and sig.false_alarm_rate.between(0, 1).all()
+    assert summary["real"]["days_with_vix"] > 1000 and summary["real"]["days_with_spread"] > 4000
+    assert summary["mc"]["verdicts"]
+
+
+def test_crash_protocol_rejects_bad_config_before_work(tmp_path):
+    for override, message in [("protocol.partial_fraction=1.5", "protocol.partial_fraction"),
+                              ("detector.bogus=1", "detector"),
+                              ("monetize.policies=[hold,guess]", "unknown policy"),
+                              ("market.n_stocks=1", "Market.n_stocks")]:
+        cmd = [sys.executable, "-m", "experiments.crash_protocol", override, f"hydra.run.dir={tmp_path}"]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0 and message in out.stderr, (override, out.stderr[-1500:])
+        assert not (tmp_path / "mc_policies.csv").exists()
