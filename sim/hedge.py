@@ -150,15 +150,17 @@ class ImpliedVolModel:
             return jnp.where(jnp.isfinite(observed), observed, realized)
         return observed + _f(self.vrp)
 
-    def vol(self, moneyness, tau, level):
-        """``sigma(k, tau)`` for a level ``[n]`` (broadcast against ``k``, ``tau``)."""
+    def vol(self, moneyness, tau, level, log_moneyness=None):
+        """``sigma(k, tau)`` for a level ``[n]`` (broadcast against ``k``, ``tau``);
+        ``log_moneyness``, if given, is ``log k`` (shared with ``put_price``)."""
         theta = _f(self.long_run_vol) ** 2
         kt = _f(self.mean_reversion) * tau
         small = kt < 1e-6
         weight = jnp.where(small, 1.0 - 0.5 * kt, -jnp.expm1(-kt) / jnp.where(small, 1.0, kt))
         atm_var = theta + (level * level - theta) * weight
         atm = jnp.sqrt(jnp.maximum(atm_var, 0.0))
-        smile = _f(self.skew) * (-jnp.log(moneyness)) / jnp.sqrt(jnp.maximum(tau, 1.0 / 252.0))
+        log_k = jnp.log(moneyness) if log_moneyness is None else log_moneyness
+        smile = _f(self.skew) * (-log_k) / jnp.sqrt(jnp.maximum(tau, 1.0 / 252.0))
         return jnp.clip(atm + smile, _f(self.vol_floor), _f(self.vol_cap))
 
 
@@ -189,18 +191,19 @@ def _erfc(z):
     return jnp.where(z >= 0, y, 2.0 - y)
 
 
-def put_price(moneyness, tau, vol, rate):
+def put_price(moneyness, tau, vol, rate, log_moneyness=None):
     """Black-Scholes put price per unit of spot (``S = 1``, ``K = moneyness``), broadcast.
 
     The formula of ``sim.options.black_scholes`` (tested equal to it to float32 accuracy),
     written for the simulation's inner loop: ``N(-d) = erfc(d / sqrt 2) / 2`` with a
     one-exp ``erfc`` accurate in relative terms in the lower tail, where deep
-    out-of-the-money puts live.
+    out-of-the-money puts live. ``log_moneyness``, if given, is ``log(moneyness)``.
     """
     live = (tau > 0) & (vol > 0)
     sd = jnp.where(live, vol * jnp.sqrt(jnp.where(live, tau, 1.0)), 1.0)
     disc_k = moneyness * jnp.exp(-rate * tau)
-    d1 = -jnp.log(disc_k) / sd + 0.5 * sd
+    log_disc_k = jnp.log(disc_k) if log_moneyness is None else log_moneyness - rate * tau
+    d1 = -log_disc_k / sd + 0.5 * sd
     cdf_neg = lambda d: 0.5 * _erfc(d * _INV_SQRT2)  # noqa: E731  N(-d)
     price = disc_k * cdf_neg(d1 - sd) - cdf_neg(d1)
     return jnp.where(live, jnp.maximum(price, 0.0), jnp.maximum(disc_k - 1.0, 0.0))
@@ -498,9 +501,11 @@ class HedgeOverlay:
         spot = s.spot * (1.0 + r)
         tau = jnp.maximum(s.remaining - 1, 0).astype(_F32) * dt
         up = spot > 0
-        moneyness = s.strike / jnp.where(up, spot, 1.0)
+        moneyness = s.strike * (1.0 / jnp.where(up, spot, 1.0))
+        log_m = jnp.log(moneyness)  # once, for the smile and for d1
         rate = _f(self.risk_free)
-        marks = jnp.where(up, spot * put_price(moneyness, tau, vm.vol(moneyness, tau, level), rate), s.strike)
+        price = put_price(moneyness, tau, vm.vol(moneyness, tau, level, log_m), rate, log_m)
+        marks = jnp.where(up, spot * price, s.strike)
         return s._replace(realized_var=var, level=level, marks=marks)
 
     def step(self, s: HedgeState, r, process, process_state, t, dt: float):
@@ -575,13 +580,14 @@ class HedgeOverlay:
             roll, buy, no_buy, (contracts, strike, paid, bought_at, remaining))
         nav = nav_before_buy - buy_cost
         x = nav / _positive(s.nav) - 1.0  # a wiped-out path stays at -1 (the engine freezes it)
+        inv_nav = 1.0 / _positive(nav_market)
         state = HedgeState(
             contracts=contracts, strike=strike, paid=paid, bought_at=bought_at, remaining=remaining, spot=spot, nav=nav,
             hedge_value=kept + bought_value, realized_var=s.realized_var, level=level, marks=marks,
             pending_cost=jnp.zeros_like(s.pending_cost),
-            premium=s.premium + spend / _positive(nav_before_buy) + rolled_spend / _positive(nav_market),
-            proceeds=s.proceeds + (_lsum(sold) + expired) / _positive(nav_market),
-            costs=s.costs + (sale_cost + buy_cost) / _positive(nav_market),
+            premium=s.premium + spend / _positive(nav_before_buy) + rolled_spend * inv_nav,
+            proceeds=s.proceeds + (_lsum(sold) + expired) * inv_nav,
+            costs=s.costs + (sale_cost + buy_cost) * inv_nav,
             sales=s.sales + _lsum((sell > 0).astype(jnp.int32)),
             monetize=mstate,
         )
