@@ -308,6 +308,10 @@ def mc_policy_rows(model: str, results: dict, years: float, rng, n_boot: int) ->
         if "protocol" in results:
             row["protocol_net_pnl_gain"], row["protocol_net_pnl_gain_se"] = _paired(
                 _net_pnl(results["protocol"], years), net)
+            with np.errstate(invalid="ignore"):
+                d = _net_pnl(results["protocol"], years) - net
+            row["protocol_net_pnl_gain_median"] = float(np.median(d[np.isfinite(d)]))
+            row["protocol_wins_share"] = float(np.mean(d[np.isfinite(d)] > 0))
         row["growth_vs_hold"], row["growth_vs_hold_se"] = _paired(growth, base.stats.log_wealth / years)
         row["sales_per_year"] = float(np.mean(ex["sales"]) / years)
         row["wiped_out"] = float(np.mean(~np.isfinite(growth)))
