@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--chunk-paths", type=int, default=None, help="paths per compiled call (default: the engine's)")
     args = ap.parse_args()
 
     import jax
@@ -41,7 +42,7 @@ def main() -> None:
     market = Market(base=base, n_stocks=10)
     program = hedge.HedgeProgram.from_years(budget=0.02, strike=0.85, tenor_years=0.25, roll_years=1 / 12)
     protocol = hedge.HedgeOverlay(program=program, monetize=regime.CrashProtocol(diagnostics=True))
-    kw = dict(n_paths=n_paths, n_steps=n_steps, block_size=block, progress=lambda info: None)
+    kw = dict(n_paths=n_paths, n_steps=n_steps, block_size=block, chunk_paths=args.chunk_paths, progress=lambda info: None)
 
     def timed(process, policy, seed):
         t0 = time.perf_counter()
