@@ -1,0 +1,104 @@
+"""sim.dispersion: implied correlation two ways, a hand example, and an attribution that
+closes at the Taylor rate (while the seed's uncorrected formula does not)."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from sim import dispersion as dsp
+from sim.validation import ParameterError
+
+
+def test_implied_correlation_formulas_agree_and_hand_example():
+    # Hand computation: x = p sigma = (0.1, 0.09, 0.08); sum x^2 = 0.0245; (sum x)^2 = 0.0729;
+    # rho = (0.2^2 - 0.0245) / (0.0729 - 0.0245) = 0.0155 / 0.0484 = 155 / 484.
+    p, vols = [0.5, 0.3, 0.2], [0.2, 0.3, 0.4]
+    assert dsp.implied_correlation_sums(0.2, p, vols) == pytest.approx(155 / 484, abs=1e-15)
+    assert dsp.implied_correlation_pairs(0.2, p, vols) == pytest.approx(155 / 484, abs=1e-15)
+    rng = np.random.default_rng(1)
+    for n in (2, 5, 20, 100):
+        p = rng.dirichlet(np.ones(n))
+        vols = rng.uniform(0.1, 0.6, n)
+        rho = rng.uniform(-0.2, 0.9)
+        corr = np.full((n, n), rho)
+        np.fill_diagonal(corr, 1.0)
+        if np.linalg.eigvalsh(corr).min() < 0:
+            continue
+        index_vol = math.sqrt(dsp.index_variance(p, vols, corr))
+        a, b = dsp.implied_correlation_pairs(index_vol, p, vols), dsp.implied_correlation_sums(index_vol, p, vols)
+        assert abs(a - b) < 1e-12 and abs(a - rho) < 1e-12
+
+
+def _rate(dts, values):
+    return np.polyfit(np.log(dts), np.log(np.abs(values)), 1)[0]
+
+
+DTS = np.array([1 / 252, 1 / 504, 1 / 1008, 1 / 2016, 1 / 4032])
+
+
+@pytest.mark.parametrize("call", [False, True])
+def test_single_option_attribution_closes_at_rate_three_halves(call):
+    """At a fixed move of n = 1.7 standard deviations, the residual of eq. 16 is the Taylor
+    remainder: it shrinks like dt^(3/2); theta-gamma like dt."""
+    with jax.enable_x64(True):
+        rows = [dsp.option_attribution(spot=100.0, spot_next=100.0 * (1 + 1.7 * 0.25 * math.sqrt(dt)), strike=95.0,
+                                       expiry=0.5, vol=0.25, dt=dt, call=call) for dt in DTS]
+    res = np.array([r["residual"] for r in rows])
+    tg = np.array([r["theta_gamma"] for r in rows])
+    assert 1.4 < _rate(DTS, res) < 1.6
+    assert 0.95 < _rate(DTS, tg) < 1.05
+    assert np.all(np.abs(res) < 0.05 * np.abs(tg))
+
+
+def _index_case(dt, n_moves):
+    shares = np.array([3.0, 1.0, 2.0, 5.0, 0.5])
+    prices = np.array([50.0, 120.0, 80.0, 20.0, 300.0])
+    vols = np.array([0.2, 0.3, 0.25, 0.4, 0.35])
+    nxt = prices * (1 + n_moves * vols * math.sqrt(dt))
+    return dsp.index_option_attribution(shares=shares, prices=prices, prices_next=nxt, vols=vols, rho=0.45,
+                                        strike=float(shares @ prices) * 0.97, expiry=0.25, dt=dt)
+
+
+def test_index_attribution_closes_and_the_seed_formula_does_not():
+    n_moves = np.array([1.2, -0.4, 0.8, 2.0, -1.1])
+    with jax.enable_x64(True):
+        rows = [_index_case(dt, n_moves) for dt in DTS]
+    r0 = rows[0]
+    # n_I is exactly the weighted combination of the constituents' moves
+    assert r0["n_index"] == pytest.approx(float((r0["weights"] * np.array([0.2, 0.3, 0.25, 0.4, 0.35]) * n_moves).sum())
+                                          / r0["index_vol"], rel=1e-12)
+    res = np.array([r["residual"] for r in rows])
+    seed = np.array([r["seed_residual"] for r in rows])
+    assert 1.4 < _rate(DTS, res) < 1.6  # the corrected attribution: Taylor remainder only
+    assert 0.95 < _rate(DTS, seed) < 1.05  # the seed's: an O(dt) error that does not vanish relative to theta
+    for r in rows:
+        assert r["seed_gap"] == pytest.approx(r["dropped_term"], rel=1e-10)  # the gap is the dropped cross term
+        theta_scale = abs(r["constituents"].sum() + r["correlation"])
+        assert abs(r["seed_gap"]) > 0.1 * theta_scale  # and it is not small
+
+
+def test_realized_correlation_recovers_a_known_matrix():
+    rng = np.random.default_rng(7)
+    n, rho = 6, 0.35
+    corr = np.full((n, n), rho)
+    np.fill_diagonal(corr, 1.0)
+    z = rng.standard_normal((200_000, n)) @ np.linalg.cholesky(corr).T
+    r = z * rng.uniform(0.01, 0.03, n)
+    out = dsp.realized_correlation(r)
+    assert abs(out["pairwise"] - rho) < 0.01 and abs(out["implied_style"] - rho) < 0.01
+
+
+def test_bad_input():
+    with pytest.raises(ParameterError, match="index"):
+        dsp.cap_weights([1.0, -2.0], [10.0, 10.0])
+    with pytest.raises(ParameterError, match="mismatched lengths"):
+        dsp.cap_weights([1.0, 2.0, 3.0], [10.0, 10.0])
+    bad = np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])
+    with pytest.raises(ParameterError, match="positive semi-definite"):
+        dsp.index_variance([0.3, 0.3, 0.4], [0.2, 0.2, 0.2], bad)
+    with pytest.raises(ParameterError, match="mismatched lengths"):
+        dsp.index_variance([0.5, 0.5], [0.2, 0.2, 0.2], np.eye(3))
+    with pytest.raises(ParameterError, match="NaN"):
+        dsp.implied_correlation_sums(0.2, [0.5, np.nan], [0.2, 0.2])
