@@ -49,7 +49,7 @@ from sim.processes import _pytree
 from sim.units import per_step_vol
 from sim.validation import ParameterError, check_int, check_range
 
-__all__ = ["Market", "MarketState", "factor_correlation"]
+__all__ = ["Market", "MarketState", "factor_correlation", "correlated_normals"]
 
 _CONSTITUENTS = ("sums", "paths")
 
@@ -208,3 +208,20 @@ def factor_correlation(betas, index_vol, idio_vol) -> np.ndarray:
     cov = np.outer(b, b) * index_vol**2 + np.eye(b.size) * np.asarray(idio_vol, np.float64) ** 2
     sd = np.sqrt(np.diag(cov))
     return cov / np.outer(sd, sd)
+
+
+def correlated_normals(key, n: int, corr) -> jax.Array:
+    """``float32[n, N]`` standard normal rows with correlation matrix ``corr`` ([N, N], PSD).
+
+    Rows are ``z L^T`` with ``L`` the lower Cholesky factor of ``corr`` (``corr = L L^T``), so
+    ``cov(row) = L cov(z) L^T = corr``. Multiplying by ``L`` on the other side (``z L``, a
+    bug seen in a peer library) gives covariance ``L^T L``, a different matrix whenever the
+    correlations are not all equal; ``tests/test_regime.py`` checks against it. A PSD matrix
+    with zero eigenvalues is factored with a 1e-12 diagonal jitter.
+    """
+    from sim.dispersion import check_correlation
+
+    c = check_correlation(corr)
+    L = np.linalg.cholesky(c + 1e-12 * np.eye(c.shape[0]))
+    z = samplers.normal(key, n * c.shape[0]).reshape(n, c.shape[0])
+    return z @ jnp.asarray(L.T, _F32)

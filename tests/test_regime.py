@@ -208,6 +208,42 @@ def test_market_sums_mode_draws_the_exact_sums(n_stocks):
     assert np.mean(m2) == pytest.approx(np.trace(cov), rel=0.02)
 
 
+def test_market_correlation_n20_within_three_standard_errors():
+    """N = 20 constituents (Student-t idiosyncratic shocks, calm regime): the average
+    realized pairwise correlation is within 3 SE of the configured factor-model average."""
+    base = RegimeSwitching(rate_to_crash=0.0, mu_calm=0.0, sigma_calm=0.18, nu_calm=6.0)
+    m = Market(base=base, n_stocks=20, idio_vol=0.25, constituents="paths")
+    dt, n, T = 1 / 252, 2048, 40
+    key = jax.random.PRNGKey(11)
+
+    def body(state, t):
+        state, _ = m.step(jax.random.fold_in(key, t), state, n, dt)
+        return state, state.stocks
+
+    x = np.asarray(jax.lax.scan(body, m.init(key, n, dt), jnp.arange(T))[1], np.float64)
+    iu = np.triu_indices(20, 1)
+    avg = lambda a: np.corrcoef(a.reshape(-1, 20), rowvar=False)[iu].mean()  # noqa: E731
+    groups = np.array([avg(g) for g in np.split(x, 32, axis=1)])
+    target = factor_correlation(np.asarray(m.betas()), 0.18, 0.25)[iu].mean()
+    se = groups.std(ddof=1) / math.sqrt(32)
+    assert abs(avg(x) - target) < 3 * se, (avg(x), target, se)
+
+
+def test_correlated_normals_multiply_the_cholesky_factor_on_the_right_side():
+    from sim.market import correlated_normals
+
+    corr = np.array([[1.0, 0.8, 0.1], [0.8, 1.0, 0.5], [0.1, 0.5, 1.0]])
+    z = np.asarray(correlated_normals(jax.random.PRNGKey(2), 400_000, corr), np.float64)
+    realized = np.corrcoef(z, rowvar=False)
+    np.testing.assert_allclose(realized, corr, atol=0.006)  # SE of a correlation here: < 0.0016
+    L = np.linalg.cholesky(corr)
+    wrong = L.T @ L  # what z @ L (the wrong side) would produce
+    wrong = wrong / np.sqrt(np.outer(np.diag(wrong), np.diag(wrong)))
+    assert np.abs(wrong - corr).max() > 0.1  # the bug is detectable by this test
+    with pytest.raises(ParameterError, match="positive semi-definite"):
+        correlated_normals(jax.random.PRNGKey(2), 10, [[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])
+
+
 def test_market_bad_input():
     with pytest.raises(ParameterError, match="Market.n_stocks"):
         Market(base=RegimeSwitching(), n_stocks=1).validate(1 / 252)
