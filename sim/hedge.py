@@ -405,7 +405,11 @@ class HedgeState(NamedTuple):
     proceeds: jax.Array  # float32[n], sum over sales and expiries of proceeds / NAV
     costs: jax.Array  # float32[n], sum of trading costs / NAV
     sales: jax.Array  # int32[n], number of monetization sales (tranche-steps)
-    monetize: Any  # the monetization policy's state
+    monetize: Any  # the monetization policy's state, after its decision for the next step
+    sell: jax.Array  # float32[L, n], share of each tranche to sell in the next step (prefetched)
+    reinvest: Any  # float32[L, n] share of the rest reinvested in a roll down (policies with restrike), else ()
+    roll_price: Any  # float32[L, n] price of a rolled-down put in the next step, else ()
+    k_roll: Any  # float32[], strike / spot of rolled-down puts, else ()
 
 
 @_pytree
@@ -487,13 +491,21 @@ class HedgeOverlay:
             spot=one, nav=one, hedge_value=contracts * price, realized_var=var0, level=level,
             marks=jnp.zeros((L, n), _F32), pending_cost=cost,
             premium=spend, proceeds=z, costs=cost, sales=jnp.zeros((n,), jnp.int32),
-            monetize=self.monetize.init(n, L, process),
+            monetize=self.monetize.init(n, L, process), sell=jnp.zeros((L, n), _F32),
+            **self._no_roll(L, n),
         )
+
+    def _no_roll(self, L, n):
+        if getattr(self.monetize, "restrike", None) is None:
+            return dict(reinvest=(), roll_price=(), k_roll=())
+        return dict(reinvest=jnp.zeros((L, n), _F32), roll_price=jnp.ones((L, n), _F32), k_roll=jnp.ones((), _F32))
 
     def prefetch(self, s: HedgeState, r, process, process_state, t, dt: float) -> HedgeState:
         """The market move of step ``t`` (return ``r``, drawn a step ahead by the engine):
-        realized variance, vol level and every put's new mark, kept in the carry so that XLA
-        computes them once rather than inside each consumer of ``step``."""
+        realized variance, vol level, every put's new mark, and the monetization policy's
+        decision on them, kept in the carry so that XLA computes them once rather than inside
+        each consumer of ``step`` (the decision sees exactly what it would see in ``step``:
+        the state after step ``t - 1``'s trades and the move of step ``t``)."""
         vm = self.vol_model
         w = vm.ewma_weight()
         var = (1.0 - w) * s.realized_var + w * r * r / dt
@@ -506,7 +518,21 @@ class HedgeOverlay:
         rate = _f(self.risk_free)
         price = put_price(moneyness, tau, vm.vol(moneyness, tau, level, log_m), rate, log_m)
         marks = jnp.where(up, spot * price, s.strike)
-        return s._replace(realized_var=var, level=level, marks=marks)
+        held = s.remaining >= 1
+        live = held & (s.remaining - 1 > 0) & (s.contracts > 0)
+        obs = HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
+                       vol_level=level, process_state=process_state, step=t, dt=dt)
+        mstate, sell = self.monetize.decide(s.monetize, obs)
+        sell = jnp.where(live, jnp.clip(sell, 0.0, 1.0), 0.0)
+        roll = {}
+        restrike = getattr(self.monetize, "restrike", None)
+        if restrike is not None:
+            reinvest, k_roll = restrike(mstate, obs)
+            k_roll = jnp.asarray(k_roll, _F32)
+            roll_price = spot * put_price(k_roll, tau, vm.vol(k_roll, tau, level), rate)
+            reinvest = jnp.where(live & (roll_price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
+            roll = dict(reinvest=reinvest, roll_price=roll_price, k_roll=k_roll)
+        return s._replace(realized_var=var, level=level, marks=marks, monetize=mstate, sell=sell, **roll)
 
     def step(self, s: HedgeState, r, process, process_state, t, dt: float):
         prog = self.program
@@ -520,30 +546,22 @@ class HedgeOverlay:
         spot = s.spot * g
         held = s.remaining >= 1  # [L, 1]: the slot's puts were alive before this step
         remaining = s.remaining - 1
-        tau = jnp.maximum(remaining, 0).astype(_F32) * dt
         value = jnp.where(held, s.contracts * marks, 0.0)  # [L, n], per W_0
         cash = s.nav * (1.0 - f) - s.hedge_value
         nav_market = s.nav * f * g + cash * (1.0 + rf) + _lsum(value)
 
-        # Expiries pay into cash; the policy sells at the marks.
+        # Expiries pay into cash; the policy sells at the marks (its decision prefetched).
         live = held & (remaining > 0) & (s.contracts > 0)  # [L, n]
-        obs = HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
-                       vol_level=level, process_state=process_state, step=t, dt=dt)
-        mstate, sell = self.monetize.decide(s.monetize, obs)
-        sell = jnp.where(live, jnp.clip(sell, 0.0, 1.0), 0.0)
+        mstate, sell = s.monetize, s.sell
         sold = sell * value
         expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
         contracts = jnp.where(live, s.contracts * (1.0 - sell), 0.0)
         strike, paid, bought_at = s.strike, s.paid, s.bought_at
         rolled_value = rolled_spend = rolled_cost = 0.0
-        restrike = getattr(self.monetize, "restrike", None)
-        if restrike is not None:
+        if getattr(self.monetize, "restrike", None) is not None:
             # Roll down: sell what is left of the tranche too and reinvest a share of it in
             # puts struck at k_roll x spot, same expiry (seed 000 §3.2 step 2).
-            reinvest, k_roll = restrike(mstate, obs)
-            vm, rate = self.vol_model, _f(self.risk_free)
-            price = spot * put_price(k_roll, tau, vm.vol(k_roll, tau, level), rate)
-            reinvest = jnp.where(live & (price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
+            reinvest, k_roll, price = s.reinvest, s.k_roll, s.roll_price
             rolls = reinvest > 0
             rest = jnp.where(rolls, value - sold, 0.0)
             sold = sold + rest
@@ -589,7 +607,7 @@ class HedgeOverlay:
             proceeds=s.proceeds + (_lsum(sold) + expired) * inv_nav,
             costs=s.costs + (sale_cost + buy_cost) * inv_nav,
             sales=s.sales + _lsum((sell > 0).astype(jnp.int32)),
-            monetize=mstate,
+            monetize=mstate, sell=s.sell, reinvest=s.reinvest, roll_price=s.roll_price, k_roll=s.k_roll,
         )
         return state, x
 
