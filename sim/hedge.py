@@ -405,7 +405,8 @@ class HedgeState(NamedTuple):
     proceeds: jax.Array  # float32[n], sum over sales and expiries of proceeds / NAV
     costs: jax.Array  # float32[n], sum of trading costs / NAV
     sales: jax.Array  # int32[n], number of monetization sales (tranche-steps)
-    monetize: Any  # the monetization policy's state, after its decision for the next step
+    monetize: Any  # the monetization policy's state as of the last step taken
+    pending: Any  # its state after the (prefetched) decision for the next step
     sell: jax.Array  # float32[L, n], share of each tranche to sell in the next step (prefetched)
     reinvest: Any  # float32[L, n] share of the rest reinvested in a roll down (policies with restrike), else ()
     roll_price: Any  # float32[L, n] price of a rolled-down put in the next step, else ()
@@ -491,7 +492,8 @@ class HedgeOverlay:
             spot=one, nav=one, hedge_value=contracts * price, realized_var=var0, level=level,
             marks=jnp.zeros((L, n), _F32), pending_cost=cost,
             premium=spend, proceeds=z, costs=cost, sales=jnp.zeros((n,), jnp.int32),
-            monetize=self.monetize.init(n, L, process), sell=jnp.zeros((L, n), _F32),
+            monetize=self.monetize.init(n, L, process), pending=self.monetize.init(n, L, process),
+            sell=jnp.zeros((L, n), _F32),
             **self._no_roll(L, n),
         )
 
@@ -532,7 +534,9 @@ class HedgeOverlay:
             roll_price = spot * put_price(k_roll, tau, vm.vol(k_roll, tau, level), rate)
             reinvest = jnp.where(live & (roll_price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
             roll = dict(reinvest=reinvest, roll_price=roll_price, k_roll=k_roll)
-        return s._replace(realized_var=var, level=level, marks=marks, monetize=mstate, sell=sell, **roll)
+        # The decision goes to ``pending``: the step commits it. The engine's last prefetch
+        # (for a step that never comes) so leaves the outputs untouched.
+        return s._replace(realized_var=var, level=level, marks=marks, pending=mstate, sell=sell, **roll)
 
     def step(self, s: HedgeState, r, process, process_state, t, dt: float):
         prog = self.program
@@ -552,7 +556,7 @@ class HedgeOverlay:
 
         # Expiries pay into cash; the policy sells at the marks (its decision prefetched).
         live = held & (remaining > 0) & (s.contracts > 0)  # [L, n]
-        mstate, sell = s.monetize, s.sell
+        mstate, sell = s.pending, s.sell
         sold = sell * value
         expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
         contracts = jnp.where(live, s.contracts * (1.0 - sell), 0.0)
@@ -607,7 +611,7 @@ class HedgeOverlay:
             proceeds=s.proceeds + (_lsum(sold) + expired) * inv_nav,
             costs=s.costs + (sale_cost + buy_cost) * inv_nav,
             sales=s.sales + _lsum((sell > 0).astype(jnp.int32)),
-            monetize=mstate, sell=s.sell, reinvest=s.reinvest, roll_price=s.roll_price, k_roll=s.k_roll,
+            monetize=mstate, pending=mstate, sell=s.sell, reinvest=s.reinvest, roll_price=s.roll_price, k_roll=s.k_roll,
         )
         return state, x
 
