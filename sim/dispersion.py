@@ -41,7 +41,8 @@ from sim.validation import ParameterError
 
 __all__ = [
     "cap_weights", "check_correlation", "index_variance", "implied_correlation_pairs",
-    "implied_correlation_sums", "realized_correlation", "option_attribution", "index_option_attribution",
+    "implied_correlation_sums", "realized_correlation", "rolling_correlation", "option_attribution",
+    "index_option_attribution",
 ]
 
 
@@ -199,3 +200,47 @@ def index_option_attribution(*, shares, prices, prices_next, vols, rho, strike, 
             "residual": residual, "seed_correlation": seed_correlation, "seed_residual": seed_residual,
             "seed_gap": seed_residual - residual, "dropped_term": -scale * float((cross * nn).sum()),
             "index_vol": vol_i, "n_index": (i1 - i0) / (i0 * vol_i * np.sqrt(dt)), "n": n, "weights": p}
+
+
+def rolling_correlation(prices, *, window: int = 63, shares=None):
+    """Average correlation of a basket over a trailing window, day by day.
+
+    ``prices``: a DataFrame of N constituents' prices (validated: no NaN, > 0). ``shares``:
+    share counts ``w_i`` (default: a cap-weight proxy when none are known, as for the shipped
+    stocks, which come without shares outstanding: ``w_i = 1 / S_i(first day)``, an index that
+    starts equal-weighted and then lets each weight drift with its price, as market-cap
+    weights do). Weights ``p_i = w_i S_i / I`` are taken at the start of each window.
+
+    Returns a DataFrame indexed by the window's last day with ``implied_style`` (the seed's
+    formula applied to realized vols and the realized vol of the weighted index return),
+    ``pairwise`` (the mean of the N (N - 1) / 2 sample correlations), ``index_vol`` and
+    ``dispersion`` (mean cross-sectional std of daily returns), annualized with 252 days.
+    """
+    import pandas as pd
+
+    from sim.data import validate_prices
+
+    validate_prices(prices, name="prices")
+    s = prices.to_numpy(np.float64)
+    n_days, n = s.shape
+    if n < 2:
+        raise ParameterError(f"prices must have >= 2 constituents, got {n}")
+    if not 3 <= window < n_days:
+        raise ParameterError(f"window = {window}; allowed: 3 <= window < number of days ({n_days})")
+    w = 1.0 / s[0] if shares is None else _vec("shares", shares)
+    _same_length(shares=w, constituents=np.empty(n))
+    r = s[1:] / s[:-1] - 1.0
+    rows = []
+    iu = np.triu_indices(n, 1)
+    for end in range(window, r.shape[0] + 1):
+        block = r[end - window:end]
+        p = cap_weights(w, s[end - window])
+        vols = block.std(axis=0, ddof=1)
+        index_r = block @ p
+        with np.errstate(invalid="ignore", divide="ignore"):  # a name with a flat price in the window
+            c = np.corrcoef(block, rowvar=False)
+        rows.append((implied_correlation_sums(index_r.std(ddof=1), p, vols), float(np.nanmean(c[iu])),
+                     float(index_r.std(ddof=1) * np.sqrt(252.0)), float(block.std(axis=1).mean() * np.sqrt(252.0))))
+    out = pd.DataFrame(rows, columns=["implied_style", "pairwise", "index_vol", "dispersion"],
+                       index=prices.index[window:])
+    return out

@@ -102,3 +102,17 @@ def test_bad_input():
         dsp.index_variance([0.5, 0.5], [0.2, 0.2, 0.2], np.eye(3))
     with pytest.raises(ParameterError, match="NaN"):
         dsp.implied_correlation_sums(0.2, [0.5, np.nan], [0.2, 0.2])
+
+
+def test_shipped_stocks_correlation_spikes_in_2008_and_2020():
+    from sim import data
+
+    rc = dsp.rolling_correlation(data.load_sp500_constituents(), window=63)
+    calm = rc.loc["2017", "implied_style"].mean()
+    assert 0.0 < calm < 0.3
+    for crash in (slice("2008-10", "2008-12"), slice("2020-03", "2020-04")):
+        assert rc.loc[crash, "implied_style"].mean() > 3 * calm
+        assert rc.loc[crash, "pairwise"].mean() > 0.5
+    assert rc["implied_style"].idxmax().strftime("%Y-%m") in ("2008-10", "2008-11", "2020-03", "2020-04")
+    with pytest.raises(ParameterError, match="window"):
+        dsp.rolling_correlation(data.load_sp500_constituents().iloc[:50], window=63)
