@@ -53,15 +53,16 @@ STAGE_EVENTS = {"crash_detected": "entered CRASH (HODL)", "partial": "PARTIAL MO
 
 
 def _make(cls, node, name: str, **extra):
+    """``cls(**node, **extra)``, rejecting keys of ``node`` that are not fields of ``cls``
+    (or that ``extra`` sets) with the list of allowed ones."""
     spec = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    allowed = [f.name for f in dataclasses.fields(cls)]
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in extra]
     unknown = sorted(set(spec) - set(allowed))
     if unknown:
         raise ParameterError(f"{name}: unknown key(s) {unknown}; allowed: {allowed}")
     if "signals" in spec:
         spec["signals"] = tuple(spec["signals"])
-    obj = cls(**spec, **extra)
-    return obj
+    return cls(**spec, **extra)
 
 
 def build_detector(cfg) -> regime.Detector:
@@ -77,12 +78,7 @@ def build_protocol(cfg) -> regime.Protocol:
 
 
 def build_market(cfg, base) -> Market:
-    spec = OmegaConf.to_container(cfg.market, resolve=True)
-    allowed = [f.name for f in dataclasses.fields(Market) if f.name != "base"]
-    unknown = sorted(set(spec) - set(allowed))
-    if unknown:
-        raise ParameterError(f"market: unknown key(s) {unknown}; allowed: {allowed}")
-    m = Market(base=base, **spec)
+    m = _make(Market, cfg.market, "market", base=base)
     m.validate(1.0 / float(cfg.steps_per_year))
     return m
 

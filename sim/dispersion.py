@@ -230,18 +230,32 @@ def rolling_correlation(prices, *, window: int = 63, shares=None):
     w = 1.0 / s[0] if shares is None else _vec("shares", shares)
     _same_length(shares=w, constituents=np.empty(n))
     r = s[1:] / s[:-1] - 1.0
-    rows = []
+    # Window sums from cumulative sums (no loop over days): the sample covariance C of each
+    # window, then vols = sqrt(diag C) and the weighted index's variance p' C p.
+    def window_sums(x):
+        c = np.concatenate([np.zeros((1,) + x.shape[1:]), np.cumsum(x, axis=0)])
+        return c[window:] - c[:-window]
+
+    m1 = window_sums(r)  # [W, N]
+    m2 = window_sums(r[:, :, None] * r[:, None, :])  # [W, N, N]
+    cov = (m2 - m1[:, :, None] * m1[:, None, :] / window) / (window - 1)
+    vols = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
+    p = w * s[: r.shape[0] - window + 1]
+    if np.any(p.sum(axis=1) <= 0):
+        raise ParameterError("the index sum_i w_i S_i must stay > 0 on every day; allowed: share counts giving a "
+                             "positive index")
+    p = p / p.sum(axis=1, keepdims=True)  # weights at each window's start
+    index_var = np.einsum("wi,wij,wj->w", p, cov, p)
+    x = p * vols
+    own = (x * x).sum(axis=1)
+    implied_style = (index_var - own) / (x.sum(axis=1) ** 2 - own)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a name with a flat price in the window
+        corr = cov / (vols[:, :, None] * vols[:, None, :])
     iu = np.triu_indices(n, 1)
-    for end in range(window, r.shape[0] + 1):
-        block = r[end - window:end]
-        p = cap_weights(w, s[end - window])
-        vols = block.std(axis=0, ddof=1)
-        index_r = block @ p
-        with np.errstate(invalid="ignore", divide="ignore"):  # a name with a flat price in the window
-            c = np.corrcoef(block, rowvar=False)
-        rows.append((implied_correlation_sums(index_r.std(ddof=1), p, vols), float(np.nanmean(c[iu])),
-                     float(index_r.std(ddof=1) * np.sqrt(252.0)), float(block.std(axis=1).mean() * np.sqrt(252.0))))
-    out = pd.DataFrame(rows, columns=["implied_style", "pairwise", "index_vol", "dispersion"],
+    pairwise = np.nanmean(corr[:, iu[0], iu[1]], axis=1)
+    dispersion = window_sums(r.std(axis=1)[:, None])[:, 0] / window
+    out = pd.DataFrame({"implied_style": implied_style, "pairwise": pairwise,
+                        "index_vol": np.sqrt(index_var * 252.0), "dispersion": dispersion * np.sqrt(252.0)},
                        index=prices.index[window:])
     return out
 
