@@ -34,15 +34,21 @@ realized cross term ``- sum_{i != j} p_i p_j sigma_i sigma_j n_i n_j`` (see
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sim import options
-from sim.validation import ParameterError
+from sim.processes import _pytree
+from sim.validation import ParameterError, check_range
 
 __all__ = [
     "cap_weights", "check_correlation", "index_variance", "implied_correlation_pairs",
     "implied_correlation_sums", "realized_correlation", "rolling_correlation", "option_attribution",
-    "index_option_attribution", "short_index_straddle_pnl",
+    "index_option_attribution", "DispersionTrade", "simulate_prices", "attribution_table",
 ]
 
 
@@ -260,58 +266,251 @@ def rolling_correlation(prices, *, window: int = 63, shares=None):
     return out
 
 
-def short_index_straddle_pnl(*, shares, prices, vols, rho_real: float, rho_implied: float, expiry: float,
-                             n_steps: int, n_paths: int, seed: int = 0) -> dict:
-    """The correlation leg of a dispersion trade, simulated: short one at-the-money index
-    straddle priced at the index vol implied by ``rho_implied``, delta-hedged each step, while
-    the constituents follow correlated geometric Brownian motions (vols ``vols``, pairwise
-    correlation ``rho_real``, index ``sum_i w_i S_i``). Call inside ``jax.enable_x64(True)``.
+# --------------------------------------------------------------------------- the trade
 
-    Returns per path ``pnl`` and ``multiplier`` = ``sum_t (-Theta_I dt / sigma_I^2) sum_{i != j}
-    p_i p_j sigma_i sigma_j`` along the path (``p`` the weights at each step): the theory of
-    the module docstring gives ``E[pnl] = (rho_implied - rho_real) E[multiplier]`` up to the
-    discretization error of daily hedging. The implied correlation is held fixed; the implied
-    index vol follows the drifting weights, and each step's P&L is the hedged move at that
-    step's vol (the re-mark between steps as the weights drift is not counted: a model P&L,
-    not a trader's). Constituent straddles at implied = realized vols add noise, not mean,
-    so they are left out here.
+_SIZINGS = ("vega", "theta", "gamma")
+_DIRECTIONS = ("short_index", "long_index")
+
+
+def _entry(basket, trade, prices0):
+    """Entry of the trade at ``prices0`` ``[N]``: implied vols, the index vol implied by
+    ``rho_implied`` at the entry weights, at-the-money strikes, straddle counts."""
+    dtype = prices0.dtype
+    vols = (basket._vols() * trade.vol_scale).astype(dtype)
+    w = basket._shares()[1].astype(dtype)
+    level = jnp.sum(w * prices0)
+    x = w * prices0 / level * vols
+    own = jnp.sum(x * x)
+    index_vol = jnp.sqrt(own + jnp.asarray(trade.rho_implied, dtype) * (jnp.sum(x) ** 2 - own))
+    tenor = jnp.asarray(trade.tenor, dtype)
+    gi = options.straddle(spot=level, strike=level, expiry=tenor, vol=index_vol)
+    gs = options.straddle(spot=prices0, strike=prices0, expiry=tenor, vol=vols)
+    if trade.sizing == "vega":
+        kappa = gi["vega"] / jnp.sum(w * gs["vega"])
+    elif trade.sizing == "theta":
+        kappa = gi["theta"] / jnp.sum(w * gs["theta"])
+    else:  # dollar gamma
+        kappa = gi["gamma"] * level**2 / jnp.sum(w * gs["gamma"] * prices0**2)
+    return dict(vols=vols, shares=w, index_vol=index_vol, index_strike=level, strikes=prices0, alpha=kappa * w,
+                kappa=kappa, level=level)
+
+
+def _step_terms(e, s0, s1, tau0, dt, sign):
+    """One step of the delta-hedged book from prices ``s0`` to ``s1`` (``[..., N]``) with
+    ``tau0`` to expiry at the start; every P&L per unit of the entry index level. ``sign``
+    +1 for short index / long constituents."""
+    w, vols, vol_i = e["shares"], e["vols"], e["index_vol"]
+    i0, i1 = jnp.sum(w * s0, axis=-1), jnp.sum(w * s1, axis=-1)
+    tau1 = jnp.maximum(tau0 - dt, 0.0)
+    gi = options.straddle(spot=i0, strike=e["index_strike"], expiry=tau0, vol=vol_i)
+    vi1 = options.straddle(spot=i1, strike=e["index_strike"], expiry=tau1, vol=vol_i)["price"]
+    index_full = vi1 - gi["price"] - gi["delta"] * (i1 - i0)
+    gs = options.straddle(spot=s0, strike=e["strikes"], expiry=tau0[..., None], vol=vols)
+    vs1 = options.straddle(spot=s1, strike=e["strikes"], expiry=tau1[..., None], vol=vols)["price"]
+    legs_full = e["alpha"] * (vs1 - gs["price"] - gs["delta"] * (s1 - s0))  # [..., N]
+    n = (s1 - s0) / (s0 * vols * jnp.sqrt(dt))
+    x = w * s0 / i0[..., None] * vols
+    xx = jnp.sum(x * x, axis=-1)
+    cross = jnp.sum(x, axis=-1) ** 2 - xx  # sum_{i != j} p_i p_j sigma_i sigma_j
+    cross_nn = jnp.sum(x * n, axis=-1) ** 2 - jnp.sum(x * x * n * n, axis=-1)
+    rho_bar = (vol_i * vol_i - xx) / cross  # implied average correlation at today's weights
+    scale = gi["theta"] * dt / (vol_i * vol_i)
+    legs_tg = e["alpha"] * gs["theta"] * dt * (1.0 - n * n)
+    u = sign / e["level"]
+    return dict(
+        pnl=u * (jnp.sum(legs_full, axis=-1) - index_full),
+        index_pnl=-u * index_full, legs_pnl=u * jnp.sum(legs_full, axis=-1),
+        index_own=-u * scale[..., None] * x * x * (1.0 - n * n),  # [..., N]
+        correlation=-u * scale * (rho_bar * cross - cross_nn),
+        seed_correlation=-u * scale * rho_bar * cross,
+        legs_theta_gamma=u * legs_tg,  # [..., N]
+        multiplier=-u * scale * cross, rho_implied=rho_bar, cross_nn_over_cross=cross_nn / cross,
+        index=i1)
+
+
+class TradeState(NamedTuple):
+    prices: jax.Array  # float32[n, N] at the start of the next step
+    entry: dict  # see _entry (shared by every path)
+    sums: dict  # running per-path sums, each float32[n]
+
+
+_SUMS = ("pnl", "index_pnl", "legs_pnl", "index_own", "correlation", "legs_theta_gamma", "multiplier",
+         "rho_implied_num", "rho_realized_num")
+
+
+@_pytree
+class DispersionTrade:
+    """A dispersion trade on a ``sim.market.Basket``, as an engine policy: at step 0 sell one
+    at-the-money index straddle (``direction="short_index"``; ``"long_index"`` is the reverse
+    trade) and buy ``alpha_i = kappa w_i`` at-the-money straddles on each constituent, all of
+    tenor ``tenor``, and delta-hedge every option each step to expiry.
+
+    Marks: constituents at implied vols ``vol_scale x`` the basket's calm vols; the index at
+    the vol implied by ``rho_implied`` and the entry weights, held fixed (as the weights drift,
+    the implied average correlation at today's weights, ``rho_bar_t``, moves with them).
+    ``kappa`` makes the book vega-, theta- or dollar-gamma-neutral at entry (``sizing``).
+
+    Every P&L is per unit of the entry index level. The engine's wealth is the account's
+    equity over its capital: ``W_t = 1 + PnL_t / capital`` (so the engine's max drawdown,
+    ruin and growth statistics are the trade's).
+
+    ``outputs``: per path ``pnl`` = ``index_own + correlation + legs_theta_gamma +
+    residual`` (the attribution of the module docstring summed over steps), ``index_pnl``,
+    ``legs_pnl``, ``multiplier`` M = sum_t (-Theta_I dt / sigma_I^2) sum_{i != j} p_i p_j
+    sigma_i sigma_j (signed by direction), and the M-weighted ``rho_implied`` and
+    ``rho_realized`` (``sum_{i != j} p_i p_j sigma_i sigma_j n_i n_j / sum_{i != j} ...``), so
+    that ``correlation = M (rho_implied - rho_realized)`` on every path.
     """
-    import jax
 
-    from sim.market import correlated_normals
+    rho_implied: float = 0.5
+    tenor: float = 0.25
+    vol_scale: float = 1.0
+    capital: float = 0.1
+    sizing: str = dataclasses.field(default="vega", metadata=dict(static=True))
+    direction: str = dataclasses.field(default="short_index", metadata=dict(static=True))
+    risk_free: float = 0.0
+    floor: float = 0.0
 
-    w, s0, v = _vec("shares", shares), _vec("prices", prices), _vec("vols", vols)
-    _same_length(shares=w, prices=s0, vols=v)
-    n = w.size
-    corr = np.full((n, n), float(rho_real))
-    np.fill_diagonal(corr, 1.0)
-    check_correlation(corr)
-    dt = expiry / n_steps
-    s = np.tile(s0, (n_paths, 1))
-    index = s @ w
-    strike = float(s0 @ w)
-    pnl = np.zeros(n_paths)
-    mult = np.zeros(n_paths)
-    key = jax.random.PRNGKey(seed)
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.direction == "short_index" else -1.0
 
-    def book(i_level, tau, vol):
-        c = options.greeks(spot=i_level, strike=strike, expiry=tau, vol=vol, call=True)
-        p = options.greeks(spot=i_level, strike=strike, expiry=tau, vol=vol, call=False)
-        return {k: np.asarray(c[k], np.float64) + np.asarray(p[k], np.float64) for k in ("price", "delta", "theta")}
+    def validate(self, dt: float, n_steps: int) -> None:
+        if self.sizing not in _SIZINGS:
+            raise ParameterError(f"DispersionTrade.sizing = {self.sizing!r}; allowed: {list(_SIZINGS)}")
+        if self.direction not in _DIRECTIONS:
+            raise ParameterError(f"DispersionTrade.direction = {self.direction!r}; allowed: {list(_DIRECTIONS)}")
+        check_range("DispersionTrade.rho_implied", self.rho_implied, -1.0, 1.0)
+        check_range("DispersionTrade.tenor", self.tenor, 0.0, 30.0, lo_closed=False)
+        check_range("DispersionTrade.vol_scale", self.vol_scale, 0.0, 100.0, lo_closed=False)
+        check_range("DispersionTrade.capital", self.capital, 0.0, lo_closed=False)
+        check_range("DispersionTrade.risk_free", self.risk_free, 0.0, 0.0)
+        check_range("DispersionTrade.floor", self.floor, 0.0, 1.0, hi_closed=False)
+        if n_steps * dt > float(self.tenor) * (1 + 1e-9):
+            raise ParameterError(f"the horizon ({n_steps} steps = {n_steps * dt:.4g} years) is longer than the "
+                                 f"straddles' tenor = {self.tenor}; allowed: n_steps <= tenor x steps_per_year "
+                                 "(the trade is not rolled)")
 
-    for t in range(n_steps):
-        p = w * s / index[:, None]
-        x = p * v
-        cross = x.sum(axis=1) ** 2 - (x * x).sum(axis=1)
-        var_i = (x * x).sum(axis=1) + rho_implied * cross
-        vol_i = np.sqrt(var_i)
-        tau = expiry - t * dt
-        g = book(index, tau, vol_i)
-        z = np.asarray(correlated_normals(jax.random.fold_in(key, t), n_paths, corr), np.float64)
-        s = s * np.exp(-0.5 * v * v * dt + v * np.sqrt(dt) * z)
-        new_index = s @ w
-        after = book(new_index, tau - dt, vol_i)["price"]  # at this step's implied vol
-        pnl -= (after - g["price"]) - g["delta"] * (new_index - index)
-        mult += -g["theta"] * dt / var_i * cross
-        index = new_index
-    return {"pnl": pnl, "multiplier": mult}
+    def check_process(self, process) -> None:
+        from sim.market import Basket
+
+        if not isinstance(process, Basket):
+            raise ParameterError(f"DispersionTrade needs a sim.market.Basket (constituent paths), got "
+                                 f"{type(process).__name__}")
+        w, s0 = process.host_shares(), process.host_prices0()
+        x = w * s0 / (w @ s0) * np.asarray(process.vols, np.float64) * float(self.vol_scale)
+        own = float(x @ x)
+        var = own + float(self.rho_implied) * (x.sum() ** 2 - own)
+        if not var > 0:
+            low = -own / (x.sum() ** 2 - own)
+            raise ParameterError(f"DispersionTrade.rho_implied = {self.rho_implied} gives a non-positive index "
+                                 f"variance; allowed: rho_implied in ({low:.4g}, 1]")
+
+    def init(self, n: int, dt: float, process, process_state) -> TradeState:
+        prices = process_state.prices
+        entry = _entry(process, self, prices[0])
+        z = jnp.zeros((n,), jnp.float32)
+        return TradeState(prices, entry, {k: z for k in _SUMS})
+
+    def step(self, state: TradeState, r, process, process_state, t, dt: float):
+        e = state.entry
+        s1 = process_state.prices
+        tau0 = jnp.asarray(self.tenor, jnp.float32) - (t - 1).astype(jnp.float32) * dt
+        tau0 = jnp.broadcast_to(tau0, s1.shape[:1])
+        terms = _step_terms(e, state.prices, s1, tau0, dt, self.sign)
+        add = dict(pnl=terms["pnl"], index_pnl=terms["index_pnl"], legs_pnl=terms["legs_pnl"],
+                   index_own=jnp.sum(terms["index_own"], axis=-1), correlation=terms["correlation"],
+                   legs_theta_gamma=jnp.sum(terms["legs_theta_gamma"], axis=-1), multiplier=terms["multiplier"],
+                   rho_implied_num=terms["multiplier"] * terms["rho_implied"],
+                   rho_realized_num=terms["multiplier"] * terms["cross_nn_over_cross"])
+        sums = {k: state.sums[k] + add[k] for k in _SUMS}
+        equity = jnp.asarray(self.capital, jnp.float32) + state.sums["pnl"]
+        x = jnp.where(equity > 0, terms["pnl"] / jnp.where(equity > 0, equity, 1.0), -1.0)
+        return TradeState(s1, e, sums), x
+
+    def outputs(self, state: TradeState) -> dict:
+        s = state.sums
+        out = {k: s[k] for k in ("pnl", "index_pnl", "legs_pnl", "index_own", "correlation", "legs_theta_gamma",
+                                 "multiplier")}
+        out["residual"] = s["pnl"] - s["index_own"] - s["correlation"] - s["legs_theta_gamma"]
+        m = jnp.where(s["multiplier"] != 0, s["multiplier"], 1.0)
+        out["rho_implied"] = s["rho_implied_num"] / m
+        out["rho_realized"] = s["rho_realized_num"] / m
+        return out
+
+
+def simulate_prices(basket, *, seed: int, n_paths: int, n_steps: int, steps_per_year: float = 252.0,
+                    block_size: int | None = None) -> dict:
+    """The constituents' price paths of the first ``n_paths`` lanes, ``prices`` ``[n_paths,
+    n_steps + 1, N]`` (row 0 the initial prices) and ``regime`` ``[n_paths, n_steps]`` (the
+    regime each step was drawn in): the very draws ``engine.simulate`` uses for the same
+    ``(seed, block_size)``. Materializes paths x steps x N: for diagnostics of a few paths."""
+    from sim import engine
+
+    block_size = engine.DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    if not 1 <= n_paths <= block_size:
+        raise ParameterError(f"n_paths = {n_paths}; allowed: 1 <= n_paths <= block_size = {block_size}")
+    basket.validate(1.0 / steps_per_year)
+    dt = 1.0 / float(steps_per_year)
+    k_init, k_steps = engine.block_keys(jax.random.key(seed), np.uint32(0))
+
+    @jax.jit
+    def run(basket):
+        def one(state, t):
+            new, _ = basket.step(jax.random.fold_in(k_steps, t), state, block_size, dt)
+            return new, (new.prices[:n_paths], state.regime[:n_paths])
+
+        s0 = basket.init(k_init, block_size, dt)
+        _, (prices, regime) = jax.lax.scan(one, s0, jnp.arange(n_steps, dtype=jnp.int32))
+        return jnp.concatenate([s0.prices[None, :n_paths], prices]), regime
+
+    prices, regime = run(basket)
+    return {"prices": np.moveaxis(np.asarray(prices), 0, 1), "regime": np.asarray(regime).T}
+
+
+def attribution_table(basket, trade, prices, *, steps_per_year: float = 252.0, names=None):
+    """Per-step attribution of ``trade`` on one path of constituent ``prices`` ``[T + 1, N]``,
+    in float64: a DataFrame with one row per step and, per unit of the entry index level,
+
+    ``pnl`` (the book's revaluation P&L, delta-hedged) = ``index_own`` (the index option's
+    per-constituent gamma/theta terms, summed) + ``correlation`` (its correlation term,
+    implied minus realized) + ``legs_theta_gamma`` (the constituent straddles' eq. 16 terms)
+    + ``residual``; ``index_pnl``, ``legs_pnl``; ``seed_correlation`` and ``seed_residual``
+    (the seed's eq. 19 with ``rho`` alone, uncorrected); ``rho_implied`` (``rho_bar_t`` at
+    today's weights), ``rho_realized`` (the step's ``sum_{i != j} x_i x_j n_i n_j / sum_{i
+    != j} x_i x_j``), ``multiplier``; and per constituent ``net_<name>``: its index term plus
+    its own straddles' term, the combined book of the seed's last equation (corrected):
+    ``pnl = sum_i net_i + correlation + residual``.
+    """
+    import pandas as pd
+
+    prices = np.asarray(prices, np.float64)
+    if prices.ndim != 2 or prices.shape[1] != basket.n_stocks or prices.shape[0] < 2:
+        raise ParameterError(f"prices must be [T + 1 >= 2, N = {basket.n_stocks}], got shape {prices.shape}")
+    if not np.all(np.isfinite(prices)) or np.any(prices <= 0):
+        raise ParameterError("prices must be finite and > 0")
+    n_steps = prices.shape[0] - 1
+    dt = 1.0 / float(steps_per_year)
+    trade.validate(dt, n_steps)
+    trade.check_process(basket)
+    names = [f"s{i}" for i in range(basket.n_stocks)] if names is None else list(names)
+    with jax.enable_x64(True):
+        p = jnp.asarray(prices)
+        e = _entry(basket, trade, p[0])
+        tau0 = float(trade.tenor) - np.arange(n_steps) * dt
+        t = {k: np.asarray(v, np.float64) for k, v in _step_terms(e, p[:-1], p[1:], jnp.asarray(tau0), dt,
+                                                                  trade.sign).items()}
+    out = pd.DataFrame({"step": np.arange(1, n_steps + 1), "index": t["index"], "pnl": t["pnl"],
+                        "index_pnl": t["index_pnl"], "legs_pnl": t["legs_pnl"],
+                        "index_own": t["index_own"].sum(axis=1), "correlation": t["correlation"],
+                        "legs_theta_gamma": t["legs_theta_gamma"].sum(axis=1)})
+    out["residual"] = out["pnl"] - out["index_own"] - out["correlation"] - out["legs_theta_gamma"]
+    out["seed_correlation"] = t["seed_correlation"]
+    out["seed_residual"] = out["pnl"] - out["index_own"] - out["seed_correlation"] - out["legs_theta_gamma"]
+    out["rho_implied"] = t["rho_implied"]
+    out["rho_realized"] = t["cross_nn_over_cross"]
+    out["multiplier"] = t["multiplier"]
+    net = t["index_own"] + t["legs_theta_gamma"]
+    for i, name in enumerate(names):
+        out[f"net_{name}"] = net[:, i]
+    return out.set_index("step")

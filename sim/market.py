@@ -46,10 +46,10 @@ import numpy as np
 
 from sim import samplers
 from sim.processes import _pytree
-from sim.units import per_step_vol
+from sim.units import per_step_mean, per_step_prob, per_step_vol
 from sim.validation import ParameterError, check_int, check_range
 
-__all__ = ["Market", "MarketState", "factor_correlation", "correlated_normals"]
+__all__ = ["Market", "MarketState", "Basket", "BasketState", "factor_correlation", "correlated_normals"]
 
 _CONSTITUENTS = ("sums", "paths")
 
@@ -225,3 +225,210 @@ def correlated_normals(key, n: int, corr) -> jax.Array:
     L = np.linalg.cholesky(c + 1e-12 * np.eye(c.shape[0]))
     z = samplers.normal(key, n * c.shape[0]).reshape(n, c.shape[0])
     return z @ jnp.asarray(L.T, _F32)
+
+
+# --------------------------------------------------------------------------- constituent paths
+
+_STARTS = ("stationary", "calm", "crash")
+
+
+class BasketState(NamedTuple):
+    prices: jax.Array  # float32[n, N], the constituents' prices after the last step
+    stocks: jax.Array  # float32[n, N], their simple returns over the last step
+    regime: jax.Array  # int32[n], 0 calm, 1 crash: the regime of the next step
+
+
+@_pytree
+class Basket:
+    """N constituent price paths and the index built from them: a return model whose return
+    is the index's, ``I = sum_i w_i S_i`` (``w_i`` share counts), so that the market-cap
+    weights ``p_i = w_i S_i / I`` drift along each path and ``dI / I = sum_i p_i r_i`` with
+    ``p`` at the start of the step (seed 003).
+
+    Each name's log return over a step is ``(mu - m^2 sigma_i^2 / 2) dt + m sigma_i sqrt(dt)
+    z_i`` (``m`` = 1 calm, ``crash_vol`` in the crash regime) with unit-variance shocks from a
+    factor model,
+
+        calm:   z_i = sum_k B_ik f_k + sqrt(1 - sum_k B_ik^2) e_i
+        crash:  z_i = sqrt(1 - lam) z_i(calm) + sqrt(lam) g,      lam = crash_blend,
+
+    ``f_k``, ``e_i``, ``g`` independent unit-variance Student-t(``nu``) draws (Gaussian for
+    ``nu = inf``). So the calm correlation is ``C = B B^T`` off the diagonal (``rho`` alone:
+    one factor with every loading ``sqrt(rho)``) and in the crash regime ``C + lam (1 - C)``:
+    toward 1 as ``crash_blend`` -> 1, the collective mode. The correlation is exact whatever
+    ``nu`` (shocks enter linearly); the tails are fat. The regime follows the two-state Markov
+    chain of ``RegimeSwitching`` (``rate_to_crash``, ``rate_to_calm`` per year, switch after
+    each step), starting from its stationary law or in a given regime (``start``).
+
+    Args:
+      vols: ``[N]`` annualized calm vols, > 0.
+      rho: calm pairwise correlation in [0, 1) (one factor); or ``loadings`` ``[N, K]`` with
+        every row's squared norm <= 1 (then ``rho`` must be None).
+      shares: ``[N]`` share counts (default equal initial cap weights: ``1 / (N S_i(0))``,
+        so the index starts at 1); ``prices0``: ``[N]`` initial prices (default 1).
+      mu: annual drift of every name. nu: Student-t degrees of freedom, > 2 or inf.
+      crash_blend: lam in [0, 1]; crash_vol: the vol multiplier in the crash regime, > 0.
+      rate_to_crash, rate_to_calm: switching intensities per year, >= 0.
+      start: "stationary" | "calm" | "crash" (static).
+
+    Memory is O(paths x N); nothing grows with the number of steps.
+    """
+
+    vols: Any = (0.2, 0.25, 0.3, 0.35, 0.4)
+    rho: Any = 0.3
+    loadings: Any = None
+    shares: Any = None
+    prices0: Any = None
+    mu: float = 0.0
+    nu: float = 5.0
+    crash_blend: float = 0.8
+    crash_vol: float = 2.0
+    rate_to_crash: float = 0.1
+    rate_to_calm: float = 2.0
+    start: str = dataclasses.field(default="stationary", metadata=dict(static=True))
+
+    # ---- host side
+    @property
+    def n_stocks(self) -> int:
+        return int(np.size(self.vols))
+
+    def _np(self, name):
+        return np.atleast_1d(np.asarray(getattr(self, name), np.float64))
+
+    def host_prices0(self) -> np.ndarray:
+        return np.ones(self.n_stocks) if self.prices0 is None else self._np("prices0")
+
+    def host_shares(self) -> np.ndarray:
+        s0 = self.host_prices0()
+        return 1.0 / (self.n_stocks * s0) if self.shares is None else self._np("shares")
+
+    def host_loadings(self) -> np.ndarray:
+        if self.loadings is None:
+            return np.full((self.n_stocks, 1), np.sqrt(float(self.rho)))
+        return np.asarray(self.loadings, np.float64).reshape(self.n_stocks, -1)
+
+    def correlation(self, crash: bool = False) -> np.ndarray:
+        """The pairwise correlation matrix of the shocks in the calm or the crash regime."""
+        b = self.host_loadings()
+        c = b @ b.T
+        np.fill_diagonal(c, 1.0)
+        if crash:
+            c = c + float(self.crash_blend) * (1.0 - c)
+        return c
+
+    def validate(self, dt: float) -> None:
+        from sim.dispersion import _same_length, _vec, cap_weights
+
+        vols = _vec("Basket.vols", self.vols)
+        check_int("Basket.vols (number of constituents)", vols.size, 2, 10_000)
+        check_range("Basket.vols", vols, 0.0, 10.0, lo_closed=False)
+        if self.prices0 is not None:
+            p0 = _vec("Basket.prices0", self.prices0)
+            _same_length(vols=vols, prices0=p0)
+            check_range("Basket.prices0", p0, 0.0, lo_closed=False)
+        if self.shares is not None:
+            w = _vec("Basket.shares", self.shares)
+            _same_length(vols=vols, shares=w)
+            cap_weights(w, self.host_prices0())  # the index must start > 0
+            check_range("Basket.shares", w, 0.0)  # long-only share counts keep I > 0 on every path
+        if (self.rho is None) == (self.loadings is None):
+            raise ParameterError("Basket: give exactly one of rho (one factor) and loadings [N, K]")
+        if self.loadings is None:
+            check_range("Basket.rho", self.rho, 0.0, 1.0, hi_closed=False)
+        else:
+            b = np.asarray(self.loadings, np.float64)
+            if b.ndim != 2 or b.shape[0] != vols.size or b.shape[1] < 1:
+                raise ParameterError(f"Basket.loadings must be [N, K] with N = {vols.size} (mismatched lengths), "
+                                     f"got shape {b.shape}")
+            check_range("Basket.loadings", b, -1.0, 1.0)
+            norms = (b * b).sum(axis=1)
+            if np.any(norms > 1.0 + 1e-12):
+                raise ParameterError(f"Basket.loadings: row {int(np.argmax(norms))} has squared norm "
+                                     f"{norms.max():.4g}; allowed: <= 1 (unit-variance shocks)")
+        check_range("Basket.mu", self.mu, -10.0, 10.0)
+        if not np.isposinf(self.nu):
+            check_range("Basket.nu", self.nu, 2.0, lo_closed=False)
+        check_range("Basket.crash_blend", self.crash_blend, 0.0, 1.0)
+        check_range("Basket.crash_vol", self.crash_vol, 0.0, 100.0, lo_closed=False)
+        check_range("Basket.rate_to_crash", self.rate_to_crash, 0.0)
+        check_range("Basket.rate_to_calm", self.rate_to_calm, 0.0)
+        if self.start not in _STARTS:
+            raise ParameterError(f"Basket.start = {self.start!r}; allowed: {list(_STARTS)}")
+        if self.start == "stationary" and float(self.rate_to_crash) + float(self.rate_to_calm) <= 0:
+            raise ParameterError("Basket.rate_to_crash + rate_to_calm must be > 0 for start = 'stationary'")
+
+    # ---- device side (fields may be tracers here: jnp only)
+    def _vols(self):
+        return jnp.reshape(_f(self.vols), (-1,))
+
+    def _loadings(self):
+        n = self._vols().shape[0]
+        if self.loadings is None:
+            return jnp.full((n, 1), jnp.sqrt(_f(self.rho)))
+        return jnp.reshape(_f(self.loadings), (n, -1))
+
+    def _shares(self):
+        n = self._vols().shape[0]
+        p0 = jnp.ones((n,), _F32) if self.prices0 is None else jnp.reshape(_f(self.prices0), (-1,))
+        return p0, (1.0 / (n * p0) if self.shares is None else jnp.reshape(_f(self.shares), (-1,)))
+
+    def _shocks(self, key, n, m):
+        nu = _f(self.nu)
+        finite = jnp.isfinite(nu)
+        nu_safe = jnp.where(finite, nu, 3.0)
+        t = samplers.student_t(key, n * m, nu_safe) * jnp.sqrt((nu_safe - 2.0) / nu_safe)
+        return jnp.where(finite, t, samplers.normal(key, n * m)).reshape(n, m)
+
+    def init(self, key, n: int, dt: float) -> BasketState:
+        p0 = jnp.broadcast_to(self._shares()[0], (n, self._vols().shape[0]))
+        if self.start == "stationary":
+            pc = _f(self.rate_to_crash) / (_f(self.rate_to_crash) + _f(self.rate_to_calm))
+            regime = (samplers.uniform(key, n) <= pc).astype(jnp.int32)
+        else:
+            regime = jnp.full((n,), int(self.start == "crash"), jnp.int32)
+        return BasketState(p0, jnp.zeros_like(p0), regime)
+
+    def index_level(self, prices):
+        """``I = sum_i w_i S_i`` of ``prices`` ``[..., N]``."""
+        return jnp.sum(self._shares()[1] * prices, axis=-1)
+
+    def weights(self, prices):
+        """Market-cap weights ``p_i = w_i S_i / I`` of ``prices`` ``[..., N]``."""
+        cap = self._shares()[1] * prices
+        return cap / jnp.sum(cap, axis=-1, keepdims=True)
+
+    def step(self, key, state: BasketState, n: int, dt: float):
+        b = self._loadings()  # [N, K]
+        N, K = b.shape
+        k_z, k_switch = jax.random.split(key)
+        z = self._shocks(k_z, n, K + N + 1)
+        f, e, g = z[:, :K], z[:, K:K + N], z[:, K + N]
+        calm = f @ b.T + e * jnp.sqrt(jnp.maximum(1.0 - jnp.sum(b * b, axis=1), 0.0))
+        crash = state.regime == 1
+        lam = jnp.where(crash, _f(self.crash_blend), 0.0)[:, None]
+        z = jnp.sqrt(1.0 - lam) * calm + jnp.sqrt(lam) * g[:, None]
+        vol = self._vols() * jnp.where(crash, _f(self.crash_vol), 1.0)[:, None]
+        x = per_step_mean(_f(self.mu), dt) - 0.5 * vol * vol * dt + per_step_vol(vol, dt) * z
+        stocks = jnp.expm1(x)
+        r = jnp.sum(self.weights(state.prices) * stocks, axis=1)  # dI / I with p at the start
+        p_switch = jnp.where(crash, per_step_prob(_f(self.rate_to_calm), dt), per_step_prob(_f(self.rate_to_crash), dt))
+        switch = samplers.uniform(k_switch, n) <= p_switch
+        regime = jnp.where(switch, 1 - state.regime, state.regime)
+        return BasketState(state.prices * (1.0 + stocks), stocks, regime), r
+
+    def conditional_vol(self, state: BasketState, dt: float):
+        """The index vol for the next step: ``sqrt(x' C_regime x)``, ``x = p sigma m``."""
+        crash = state.regime == 1
+        x = self.weights(state.prices) * self._vols() * jnp.where(crash, _f(self.crash_vol), 1.0)[:, None]
+        b = self._loadings()
+        bx = x @ b  # x' C x with C = B B^T off the diagonal, 1 on it
+        calm_var = jnp.sum(bx * bx, axis=1) + jnp.sum(x * x * (1.0 - jnp.sum(b * b, axis=1)), axis=1)
+        lam = jnp.where(crash, _f(self.crash_blend), 0.0)
+        return jnp.sqrt((1.0 - lam) * calm_var + lam * jnp.sum(x, axis=1) ** 2)
+
+    def annual_moments(self):
+        """Mean and variance of the index's annual simple return at the initial weights, calm
+        regime, first order in ``dt``."""
+        p = self.host_shares() * self.host_prices0()
+        x = p / p.sum() * self._np("vols")
+        return float(self.mu), float(x @ self.correlation(False) @ x)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import ndtr
 
-__all__ = ["black_scholes", "greeks", "implied_vol", "intrinsic"]
+__all__ = ["black_scholes", "greeks", "straddle", "implied_vol", "intrinsic"]
 
 _SQRT_2PI = 2.5066282746310002
 
@@ -91,6 +91,21 @@ def greeks(*, spot, strike, expiry, vol, rate=0.0, dividend=0.0, call=False) -> 
     theta_put = decay + p["rate"] * k * mnd2 - p["dividend"] * s * mnd1
     theta = jnp.where(call, theta_call, theta_put)
     return dict(price=price, delta=delta, gamma=gamma, vega=vega, theta=theta)
+
+
+def straddle(*, spot, strike, expiry, vol, rate=0.0, dividend=0.0) -> dict:
+    """``price, delta, gamma, vega, theta`` of a call plus a put at the same strike (one pass
+    through the normal CDF; equal to the sum of ``greeks`` for both)."""
+    p = _parts(spot, strike, expiry, vol, rate, dividend)
+    s, k = p["spot"] * p["disc_q"], p["strike"] * p["disc_r"]
+    nd1, nd2 = ndtr(p["d1"]), ndtr(p["d2"])
+    mnd1, mnd2 = ndtr(-p["d1"]), ndtr(-p["d2"])
+    pdf1 = jnp.where(p["live"], _pdf(jnp.where(p["live"], p["d1"], 0.0)), 0.0)
+    sqrt_tau = jnp.sqrt(p["tau"])
+    decay = -s * pdf1 * p["vol"] / jnp.where(sqrt_tau > 0, sqrt_tau, 1.0)
+    return dict(price=s * (nd1 - mnd1) - k * (nd2 - mnd2), delta=p["disc_q"] * (nd1 - mnd1),
+                gamma=2.0 * p["disc_q"] * pdf1 / (p["spot"] * p["sd_safe"]), vega=2.0 * s * pdf1 * sqrt_tau,
+                theta=decay + p["rate"] * k * (mnd2 - nd2) + p["dividend"] * s * (nd1 - mnd1))
 
 
 def implied_vol(*, price, spot, strike, expiry, rate=0.0, dividend=0.0, call=False, vol_lo=1e-8, vol_hi=20.0,

@@ -118,3 +118,13 @@ def test_implied_vol_out_of_bounds():
         assert np.isnan(np.asarray(iv)).all()
         # At intrinsic: 0.
         assert float(options.implied_vol(price=20.0, spot=120.0, strike=100.0, expiry=0.0, call=True)) == 0.0
+
+
+def test_straddle_is_call_plus_put():
+    with jax.enable_x64(True):
+        args = dict(spot=S, strike=STRIKES, expiry=np.vstack([TENORS, [[0.0]]]), vol=0.3, rate=R, dividend=Q)
+        st = options.straddle(**args)
+        c, p = options.greeks(**args, call=True), options.greeks(**args, call=False)
+        for k in ("price", "delta", "gamma", "vega", "theta"):
+            np.testing.assert_allclose(np.asarray(st[k]), np.asarray(c[k] + p[k]), rtol=0, atol=1e-10, err_msg=k)
+        assert np.all(np.isfinite(np.asarray(st["theta"])))
