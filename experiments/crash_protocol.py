@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, run_info  # noqa: E402
+from experiments.harness import OutputWriter, build_process, run_info, hydra_main  # noqa: E402
 from experiments.hedge_overlay import _POLICIES, _program, _vol_model  # noqa: E402
 from sim import engine, hedge, regime  # noqa: E402
 from sim.data import load_sp500_constituents, load_sp500_index, load_sp500_ohlcv, load_vix  # noqa: E402
@@ -462,9 +462,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="crash_protocol")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    run(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_main(run, cfg)
 
 
 if __name__ == "__main__":

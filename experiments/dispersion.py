@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, run_info  # noqa: E402
+from experiments.harness import OutputWriter, run_info, hydra_main  # noqa: E402
 from sim import dispersion as dsp  # noqa: E402
 from sim import engine  # noqa: E402
 from sim.data import load_sp500_constituents  # noqa: E402
@@ -352,9 +352,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="dispersion")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    run(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_main(run, cfg)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,20 @@
   directory atomically: each file is written to a temporary name and renamed, so a crash
   never leaves half a file behind.
 * ``run_info`` records the package versions, JAX backend and device count.
+* ``hydra_main`` is every experiment's entry point: it makes a run resumable (a job whose
+  directory already holds a completion record for the same config is skipped, so an
+  interrupted multirun restarted into the same sweep directory recomputes only the missing
+  points), joins a multi-process JAX run when the config asks for one (``distributed``), and
+  lets only process 0 write.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
+import logging
 import math
 import os
 import pathlib
@@ -28,7 +35,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from sim.validation import ParameterError
 
-__all__ = ["build_process", "OutputWriter", "run_info", "to_jsonable"]
+__all__ = ["build_process", "OutputWriter", "run_info", "to_jsonable", "hydra_main", "run_resumable",
+           "config_digest", "DONE"]
+
+log = logging.getLogger(__name__)
+
+DONE = ".done.json"  # written last and atomically: the run's completion record
 
 
 def _import(target: str):
@@ -120,3 +132,87 @@ class OutputWriter:
         path = self._atomic(name, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
         plt.close(fig)
         return path
+
+
+# --------------------------------------------------------------------------- resumable runs
+
+
+def config_digest(cfg) -> str:
+    """SHA-256 of the resolved config (without Hydra's own node): what decides the results."""
+    text = OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _outputs(directory: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and not p.name.endswith(".log"))
+
+
+def _atomic_text(path: pathlib.Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def run_resumable(run_fn, cfg, out_dir, *, experiment: str):
+    """``run_fn(cfg, out_dir)`` unless ``out_dir`` already holds a completion record for the same
+    config with every file it lists (then the run is skipped and its summary returned).
+
+    Every output is written atomically by ``OutputWriter``; the record (``DONE``) is written
+    last, so a run killed at any point has no record and is recomputed in full.
+    """
+    directory = pathlib.Path(out_dir)
+    digest = config_digest(cfg)
+    record = directory / DONE
+    if record.exists():
+        try:
+            done = json.loads(record.read_text())
+        except (OSError, ValueError):
+            done = {}
+        if done.get("config_sha256") == digest and all((directory / f).exists() for f in done.get("files", [])):
+            log.info("%s: already done for this config (%s...), skipping", directory, digest[:12])
+            summary = directory / "summary.json"
+            return json.loads(summary.read_text()) if summary.exists() else None
+        log.warning("%s: a completion record for another config or with missing files: recomputing", directory)
+        record.unlink()
+    summary = run_fn(cfg, out_dir)
+    if jax.process_index() == 0:
+        _atomic_text(record, json.dumps({"experiment": experiment, "config_sha256": digest,
+                                         "files": _outputs(directory)}, indent=2) + "\n")
+    return summary
+
+
+def _join_distributed(cfg) -> None:
+    """``distributed`` in the config (``+distributed.coordinator=host:port
+    +distributed.num_processes=N +distributed.process_id=i``, or ``+distributed.auto=true`` under
+    SLURM and other clusters JAX detects) makes this process one of a multi-process JAX run;
+    ``engine.simulate`` then splits the paths between processes."""
+    spec = cfg.get("distributed") if hasattr(cfg, "get") else None
+    if not spec or jax.process_count() > 1:
+        return
+    spec = OmegaConf.to_container(spec, resolve=True)
+    allowed = {"auto", "coordinator", "num_processes", "process_id", "bind"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ParameterError(f"distributed: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    from sim.parallel import init_distributed
+
+    if spec.get("auto"):
+        init_distributed()
+    else:
+        init_distributed(spec.get("coordinator"), spec.get("num_processes"), spec.get("process_id"),
+                         bind=spec.get("bind"))
+
+
+def hydra_main(run_fn, cfg) -> None:
+    """The body of every experiment's ``@hydra.main``: join a distributed run if configured,
+    skip a finished run of the same config, let only process 0 keep its outputs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    _join_distributed(cfg)
+    out_dir = hc.runtime.output_dir
+    if jax.process_index() != 0:  # every process computes; process 0 writes
+        out_dir = tempfile.mkdtemp(prefix=f"{hc.job.name}-process{jax.process_index()}-")
+    run_resumable(run_fn, cfg, out_dir, experiment=hc.job.name)

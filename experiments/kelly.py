@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, run_info  # noqa: E402
+from experiments.harness import OutputWriter, build_process, run_info, hydra_main  # noqa: E402
 from sim import engine, kelly  # noqa: E402
 from sim.data import load_sp500_index, simple_returns  # noqa: E402
 from sim.processes import BlockBootstrap, Gaussian, ParameterUncertainty, StudentT  # noqa: E402
@@ -251,9 +251,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="kelly")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    run(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_main(run, cfg)
 
 
 if __name__ == "__main__":

@@ -303,7 +303,9 @@ def simulate(
         the device count); bounds device memory; results do not depend on it.
       snapshot_every: keep every path's log-wealth every this many steps (0: never).
       record_paths: keep the full log-wealth path of the first this many paths.
-      devices: devices to shard blocks over (default ``jax.devices()``).
+      devices: devices to shard blocks over (default ``jax.devices()``; in a multi-process run,
+        ``jax.local_devices()``: each process simulates every ``process_count``-th chunk and
+        the per-path results are gathered to all processes, see ``sim.parallel``).
       progress: called after each chunk with a dict (chunk, n_chunks, paths_done, n_paths,
         elapsed_s, eta_s); by default progress is logged when there are several chunks.
 
@@ -311,7 +313,13 @@ def simulate(
       ``SimResult`` with per-path statistics on the host.
     """
     _validate(process, policy, n_paths, n_steps, steps_per_year, block_size, chunk_paths, snapshot_every, record_paths)
-    devices = list(devices) if devices is not None else jax.devices()
+    n_proc, pid = jax.process_count(), jax.process_index()
+    if devices is None:
+        devices = jax.local_devices() if n_proc > 1 else jax.devices()
+    devices = list(devices)
+    if any(d.process_index != pid for d in devices):
+        raise ParameterError("devices must be this process's own (jax.local_devices()); with several processes "
+                             "each simulates its share of the chunks (sim.parallel)")
     n_dev = len(devices)
     n_blocks = -(-n_paths // block_size)
     want = chunk_paths if chunk_paths is not None else max(_TARGET_CHUNK_PATHS, block_size)
@@ -343,11 +351,13 @@ def simulate(
         return _run_chunk(key, jax.device_put(blocks, block_sharding), process, policy, **static)
 
     t0 = time.perf_counter()
-    pending = launch(0)
-    for c in range(n_chunks):
+    mine = list(range(pid, n_chunks, n_proc))  # with several processes, every n_proc-th chunk
+    owned = np.zeros(n_paths, bool)
+    pending = launch(mine[0]) if mine else None
+    for i, c in enumerate(mine):
         out = pending
-        if c + 1 < n_chunks:
-            pending = launch(c + 1)  # dispatch the next chunk before copying this one back
+        if i + 1 < len(mine):
+            pending = launch(mine[i + 1])  # dispatch the next chunk before copying this one back
         lo = c * chunk_blocks * block_size
         hi = min(lo + chunk_blocks * block_size, n_paths)
         chunk_stats = jax.tree.map(lambda a: np.asarray(a).reshape(-1)[: hi - lo], out.stats)
@@ -355,6 +365,7 @@ def simulate(
         if host_stats is None:
             host_stats = stats_lib.PathStats(*(np.empty(n_paths, a.dtype) for a in chunk_stats))
             extras = {k: np.empty(n_paths, a.dtype) for k, a in chunk_extras.items()}
+        owned[lo:hi] = True
         for dst, src in zip(host_stats, chunk_stats):
             dst[lo:hi] = src
         for k, src in chunk_extras.items():
@@ -364,21 +375,38 @@ def simulate(
         if c == 0 and record_paths:
             recorded[1:] = np.asarray(out.recorded)[:, : min(record_paths, n_paths)].reshape(n_steps, -1)
         elapsed = time.perf_counter() - t0
+        done = int(owned.sum())
         info = dict(
-            chunk=c + 1,
-            n_chunks=n_chunks,
-            paths_done=hi,
+            chunk=i + 1,
+            n_chunks=len(mine),
+            paths_done=done,
             n_paths=n_paths,
             elapsed_s=elapsed,
-            eta_s=elapsed / hi * (n_paths - hi),
+            eta_s=elapsed / (i + 1) * (len(mine) - i - 1),
+            process=pid,
         )
         if progress is not None:
             progress(info)
         elif n_chunks > 1:
             log.info(
-                "chunk %d/%d: %d/%d paths, %.1fs elapsed, ETA %.1fs, %.3g path-steps/s",
-                c + 1, n_chunks, hi, n_paths, elapsed, info["eta_s"], hi * n_steps / elapsed,
+                "%schunk %d/%d: %d paths done, %.1fs elapsed, ETA %.1fs, %.3g path-steps/s",
+                f"process {pid} of {n_proc}: " if n_proc > 1 else "", i + 1, len(mine), done, elapsed,
+                info["eta_s"], done * n_steps / elapsed,
             )
+    if n_proc > 1:
+        from sim import parallel
+
+        if host_stats is None:  # this process had no chunk: empty arrays of the right kinds
+            shapes = jax.eval_shape(functools.partial(_run_chunk, **static), key, np.zeros(chunk_blocks, np.uint32),
+                                    process, policy)
+            host_stats = stats_lib.PathStats(*(np.zeros(n_paths, a.dtype) for a in shapes.stats))
+            extras = {k: np.zeros(n_paths, a.dtype) for k, a in shapes.extras.items()}
+        host_stats = stats_lib.PathStats(*(parallel.gather_paths(a, owned) for a in host_stats))
+        extras = {k: parallel.gather_paths(a, owned) for k, a in extras.items()}
+        if n_snap:
+            snapshots = parallel.gather_paths(snapshots, owned, axis=1)
+        if record_paths:  # chunk 0's, i.e. process 0's
+            recorded = parallel.gather_paths(recorded, np.full(record_paths, pid == 0), axis=1)
     return SimResult(
         stats=host_stats,
         n_steps=n_steps,

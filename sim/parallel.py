@@ -1,0 +1,59 @@
+"""Several processes (hosts) in one simulation: ``jax.distributed`` set-up and gathering.
+
+``engine.simulate`` needs nothing from the caller beyond ``init_distributed`` in every process:
+when ``jax.process_count() > 1`` each process simulates the chunks of blocks ``c`` with ``c %
+process_count == process_index`` on its own devices (sharded over them by the engine's mesh),
+and the per-path results are gathered to every process (``gather_paths``). Block ``b``'s draws
+depend only on ``(seed, block_size, b)``, so the results equal a single-process run's, bit for
+bit, whatever the number of processes or devices.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from sim.validation import ParameterError, check_int
+
+__all__ = ["init_distributed", "gather_paths"]
+
+
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+                     *, bind: str | None = None) -> None:
+    """Join a multi-process JAX run (call once per process, before any other JAX work).
+
+    With no arguments, JAX detects the cluster (SLURM, Open MPI, Kubernetes...). Otherwise
+    ``coordinator`` is ``host:port`` of process 0's coordinator service, which binds to
+    ``bind`` (default: the coordinator address itself, so ``127.0.0.1:port`` listens on
+    loopback only; JAX's own default would be every interface).
+    """
+    if coordinator is None:
+        jax.distributed.initialize()
+        return
+    host, _, port = str(coordinator).rpartition(":")
+    if not host or not port.isdigit():
+        raise ParameterError(f"distributed.coordinator = {coordinator!r}; allowed: 'host:port'")
+    n = check_int("distributed.num_processes", num_processes, 1)
+    check_int("distributed.process_id", process_id, 0, n - 1)
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=n, process_id=process_id,
+                               coordinator_bind_address=bind or coordinator)
+
+
+def gather_paths(local: np.ndarray, owned: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Combine per-process arrays along the paths ``axis``: entry ``i`` from the process with
+    ``owned[i]`` True (``owned``: this process's boolean mask over the paths)."""
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return local
+    arrays = np.asarray(multihost_utils.process_allgather(np.asarray(local)))  # [P, ...]
+    masks = np.asarray(multihost_utils.process_allgather(np.asarray(owned)))  # [P, n]
+    if not np.all(masks.sum(axis=0) == 1):
+        raise RuntimeError("gather_paths: every path must be owned by exactly one process")
+    return _select(arrays, np.argmax(masks, axis=0), axis)
+
+
+def _select(arrays: np.ndarray, owner: np.ndarray, axis: int) -> np.ndarray:
+    moved = np.moveaxis(arrays, axis + 1, 1)  # [P, n, ...]
+    out = moved[owner, np.arange(owner.size)]  # [n, ...]
+    return np.moveaxis(out, 0, axis)

@@ -1,0 +1,158 @@
+"""Scaling out for real on a CPU-only machine: two processes under jax.distributed (loopback
+only), and the engine's results equal to a single process's."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from tests.conftest import ROOT
+
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(pids) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) of the TCP sockets ``pids`` listen on."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in pathlib.Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:
+                out.append(f[1].split(":")[0])
+    return out
+
+
+def test_two_process_jax_distributed_run_equals_one_process(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.distributed_worker", f"127.0.0.1:{port}", "2", str(i),
+                               str(tmp_path / "out")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    seen = []
+    deadline = time.time() + 240
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+        seen += _listening([p.pid for p in procs])
+        time.sleep(0.2)
+    logs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    assert seen, "no listening socket observed (the coordinator should listen while the run lasts)"
+    assert set(seen) <= LOOPBACK, f"a server listened beyond loopback: {set(seen) - LOOPBACK}"
+    from tests.distributed_worker import run
+
+    single = run()  # this process: one process, its own devices
+    for pid in range(2):
+        got = np.load(tmp_path / f"out.{pid}.npz")
+        for k, v in single.items():
+            np.testing.assert_array_equal(got[k], v, err_msg=f"process {pid}: {k}")
+
+
+# --------------------------------------------------------------------------- sweeps and reproduction
+
+TINY = ["coin.n_rounds=20", "market.n_paths=2000", "market.years=1", "engine.block_size=1024"]
+POINTS = "coin.n_players=2000,2100,2200,2300"
+OUT = ["coin_fan.csv", "market_fan.csv", "growth_histogram.csv"]
+
+
+def _multirun(sweep_dir, *extra, **popen):
+    cmd = [sys.executable, "-m", "experiments.time_vs_ensemble", "-m", *extra, *TINY, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _finish(proc, timeout=300) -> str:
+    out = proc.communicate(timeout=timeout)[0]
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _done(sweep_dir) -> list[pathlib.Path]:
+    return sorted(pathlib.Path(sweep_dir).glob("*/.done.json"))
+
+
+def test_killed_multirun_resumes_without_recomputing_finished_points(tmp_path):
+    import signal
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    _finish(_multirun(whole, POINTS))
+    proc = _multirun(broken, POINTS, start_new_session=True)
+    deadline = time.time() + 240
+    while len(_done(broken)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # a real signal, mid-sweep: no clean-up runs
+    proc.communicate()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in _done(broken)}
+    assert 2 <= len(finished) < 4, finished
+    summaries = {n: (broken / n / "summary.json").stat().st_mtime_ns for n in finished}
+    log = _finish(_multirun(broken, POINTS))
+    assert log.count("already done for this config") == len(finished), log[-3000:]
+    for n, mtime in finished.items():  # not recomputed: records and outputs untouched
+        assert (broken / n / ".done.json").stat().st_mtime_ns == mtime
+        assert (broken / n / "summary.json").stat().st_mtime_ns == summaries[n]
+    assert len(_done(broken)) == 4
+    for job in range(4):  # the final results equal an uninterrupted run's
+        for f in OUT:
+            assert (broken / str(job) / f).read_bytes() == (whole / str(job) / f).read_bytes(), (job, f)
+    assert "4/4 points done" in (broken / "progress.log").read_text()
+
+
+def test_reproduce_a_saved_run_and_catch_an_edited_number(tmp_path):
+    from experiments.reproduce import reproduce
+
+    _finish(_multirun(tmp_path, "coin.n_players=2000"))
+    run = tmp_path / "0"
+    result = reproduce(run)
+    assert result["ok"] and result["rtol"] == 0 and result["atol"] == 0, result["mismatches"]
+    assert set(result["compared"]) == {*OUT, "summary.json"}
+    table = (run / "market_fan.csv").read_text().splitlines()
+    cells = table[3].split(",")
+    cells[2] = repr(float(cells[2]) * (1 + 1e-6))  # one number, nudged in its 7th digit
+    table[3] = ",".join(cells)
+    (run / "market_fan.csv").write_text("\n".join(table) + "\n")
+    result = reproduce(run)
+    assert not result["ok"] and len(result["mismatches"]) == 1, result["mismatches"]
+    assert result["mismatches"][0].startswith("market_fan.csv: row 2, column")
+    cli = subprocess.run([sys.executable, "-m", "experiments.reproduce", str(run)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert cli.returncode == 1 and "MISMATCH" in cli.stdout
+
+
+def test_joblib_and_submitit_local_launchers_run_for_real(tmp_path):
+    procs = {"joblib": _multirun(tmp_path / "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                 "coin.n_players=2000,2100"),
+             "submitit": _multirun(tmp_path / "submitit", "hydra/launcher=submitit_local",
+                                   "hydra.launcher.timeout_min=10", "coin.n_players=2000,2100")}
+    logs = {k: _finish(p) for k, p in procs.items()}
+    assert "Joblib" in logs["joblib"] and "Submitit 'local'" in logs["submitit"]
+    for name in procs:
+        assert len(_done(tmp_path / name)) == 2, name
+        for job in range(2):  # the same numbers whichever launcher ran them
+            for f in OUT:
+                assert (tmp_path / name / str(job) / f).read_bytes() == (tmp_path / "joblib" / str(job) / f).read_bytes()
+    assert (tmp_path / "submitit" / ".submitit").is_dir()
+
+
+def test_slurm_launcher_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        cfg = compose("time_vs_ensemble", overrides=["hydra/launcher=slurm_multinode"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.nodes == 2 and launcher.gpus_per_node == 8
