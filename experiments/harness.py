@@ -85,7 +85,8 @@ def to_jsonable(obj):
 
 def run_info() -> dict:
     versions = {}
-    for pkg in ("jax", "jaxlib", "numpy", "pandas", "optax", "hydra-core", "matplotlib"):
+    for pkg in ("jax", "jaxlib", "numpy", "pandas", "optax", "hydra-core", "matplotlib", "hydra-joblib-launcher",
+                "hydra-submitit-launcher"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -95,6 +96,7 @@ def run_info() -> dict:
         "versions": versions,
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
     }
 
 

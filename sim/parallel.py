@@ -15,7 +15,7 @@ import numpy as np
 
 from sim.validation import ParameterError, check_int
 
-__all__ = ["init_distributed", "gather_paths"]
+__all__ = ["init_distributed", "gather_paths", "allgather_exact"]
 
 
 def init_distributed(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
@@ -39,15 +39,27 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
                                coordinator_bind_address=bind or coordinator)
 
 
+def allgather_exact(x) -> np.ndarray:
+    """``[process_count, *x.shape]``: every process's ``x``, bit for bit. Arrays travel as 32-bit
+    words (``process_allgather`` alone would turn float64 into float32 when x64 is off)."""
+    from jax.experimental import multihost_utils
+
+    x = np.ascontiguousarray(x)
+    if x.dtype == bool:
+        return np.asarray(multihost_utils.process_allgather(x.astype(np.int32))).astype(bool)
+    if x.dtype.itemsize % 4:
+        raise TypeError(f"allgather_exact: dtype {x.dtype} is not a whole number of 32-bit words")
+    words = np.asarray(multihost_utils.process_allgather(x.view(np.uint32)))
+    return np.ascontiguousarray(words).view(x.dtype).reshape((words.shape[0],) + x.shape)
+
+
 def gather_paths(local: np.ndarray, owned: np.ndarray, axis: int = 0) -> np.ndarray:
     """Combine per-process arrays along the paths ``axis``: entry ``i`` from the process with
     ``owned[i]`` True (``owned``: this process's boolean mask over the paths)."""
-    from jax.experimental import multihost_utils
-
     if jax.process_count() == 1:
         return local
-    arrays = np.asarray(multihost_utils.process_allgather(np.asarray(local)))  # [P, ...]
-    masks = np.asarray(multihost_utils.process_allgather(np.asarray(owned)))  # [P, n]
+    arrays = allgather_exact(np.asarray(local))  # [P, ...]
+    masks = allgather_exact(np.asarray(owned, bool))  # [P, n]
     if not np.all(masks.sum(axis=0) == 1):
         raise RuntimeError("gather_paths: every path must be owned by exactly one process")
     return _select(arrays, np.argmax(masks, axis=0), axis)

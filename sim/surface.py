@@ -188,6 +188,7 @@ def ruin_surface(
     growth_range: tuple[float, float] = (-3.0, 3.0),
     n_bins: int = 6000,
     block_size: int = engine.DEFAULT_BLOCK_SIZE,
+    devices: list | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> SurfaceResult:
     """Compute the surface over ``processes`` (a model batched along ``axis`` by
@@ -195,7 +196,10 @@ def ruin_surface(
 
     ``n_paths`` is rounded up to whole blocks of ``block_size`` (the random stream's
     definition, as in ``sim.engine``). ``floor`` in (0, 1) is the ruin level as a fraction of
-    initial wealth; ``drawdown_level`` in (0, 1).
+    initial wealth; ``drawdown_level`` in (0, 1). ``devices``: this process's devices to
+    spread the blocks over (default ``jax.local_devices()``); in a multi-process run
+    (``sim.parallel.init_distributed``) the blocks are split between processes too. The result
+    does not depend on either.
     """
     fractions = np.asarray(fractions, np.float64)
     values = np.asarray(values, np.float64)
@@ -223,21 +227,52 @@ def ruin_surface(
     ))
     key = jax.random.key(seed)
     f32 = jnp.asarray(fractions, jnp.float32)
-    totals = None
+    # Blocks round-robin over this process's devices (several in flight), and over processes
+    # in a multi-process run (block b on process b % process_count). The counts are integers
+    # (exact in float64 in any order); the float sum of the growth is folded on the host in
+    # block order, so the result is bit-identical whatever the devices and processes.
+    devices = list(jax.local_devices()) if devices is None else list(devices)
+    n_proc, pid = jax.process_count(), jax.process_index()
+    placed = [jax.device_put((key, processes, f32), d) for d in devices]
+    mine = list(range(pid, n_blocks, n_proc))
+
+    def launch(i):
+        k, p, f = placed[i % len(devices)]
+        return kernel(k, jax.device_put(jnp.uint32(mine[i]), devices[i % len(devices)]), p, f)
+
+    counts, free = None, {}
     t0 = time.perf_counter()
-    pending = kernel(key, jnp.uint32(0), processes, f32)
-    for b in range(n_blocks):
-        out = pending
-        if b + 1 < n_blocks:
-            pending = kernel(key, jnp.uint32(b + 1), processes, f32)
-        out = {k: np.asarray(v, np.float64) for k, v in out.items()}
-        totals = out if totals is None else {k: totals[k] + out[k] for k in totals}
+    in_flight = {i: launch(i) for i in range(min(len(devices), len(mine)))}
+    for i, b in enumerate(mine):
+        out = {k: np.asarray(v, np.float64) for k, v in in_flight.pop(i).items()}
+        if i + len(devices) < len(mine):
+            in_flight[i + len(devices)] = launch(i + len(devices))
+        free[b] = out.pop("free_sum")
+        counts = out if counts is None else {k: counts[k] + out[k] for k in counts}
         elapsed = time.perf_counter() - t0
-        info = dict(block=b + 1, n_blocks=n_blocks, elapsed_s=elapsed, eta_s=elapsed / (b + 1) * (n_blocks - b - 1))
+        info = dict(block=i + 1, n_blocks=len(mine), elapsed_s=elapsed, eta_s=elapsed / (i + 1) * (len(mine) - i - 1))
         if progress is not None:
             progress(info)
-        elif n_blocks > 1:
-            log.info("surface block %d/%d, %.1fs elapsed, ETA %.1fs", b + 1, n_blocks, elapsed, info["eta_s"])
+        elif len(mine) > 1:
+            log.info("%ssurface block %d/%d, %.1fs elapsed, ETA %.1fs",
+                     f"process {pid} of {n_proc}: " if n_proc > 1 else "", i + 1, len(mine), elapsed, info["eta_s"])
+    shape = fractions.shape
+    if n_proc > 1:
+        from sim.parallel import allgather_exact
+
+        if counts is None:
+            counts = {"ruined": np.zeros(shape), "drawdown": np.zeros(shape), "wiped": np.zeros(shape),
+                      "hist": np.zeros(shape + (n_bins + 2,))}
+        counts = {k: allgather_exact(v).sum(axis=0) for k, v in counts.items()}
+        per_block = np.zeros((n_blocks,) + shape)
+        for b, v in free.items():
+            per_block[b] = v
+        per_block = allgather_exact(per_block).sum(axis=0)  # one owner per block: exact
+        free = dict(enumerate(per_block))
+    free_sum = free[0]
+    for b in range(1, n_blocks):
+        free_sum = free_sum + free[b]
+    totals = {**counts, "free_sum": free_sum}
     n = n_blocks * block_size
     hist = totals["hist"]  # [P, C, n_bins + 2]: below range, bins, above range
     width = (hi - lo) / n_bins

@@ -1,4 +1,5 @@
-"""One process of a multi-process engine run (tests/test_scaling.py starts two of these)."""
+"""One process of a multi-process run of the engine and of a ruin surface (tests/test_scaling.py
+starts two of these, and compares with one process)."""
 
 import sys
 
@@ -13,9 +14,16 @@ def run():
     from sim import engine
     from sim.processes import StudentT
 
+    from sim import surface
+
     res = engine.simulate(StudentT(0.05, 0.3, 3.0), **KW)
+    nus = [3.0, 5.0]
+    grid = surface.ruin_surface(surface.batch_process(StudentT(0.08, 0.2, 4.0), "nu", nus, dt=1 / 252),
+                                np.array([[1.0, 2.0, 3.0]] * 2), axis="nu", values=nus, seed=3, n_paths=5 * 512,
+                                n_steps=60, block_size=512, floor=0.8)
     return {**{f: getattr(res.stats, f) for f in res.stats._fields}, "snapshots": res.snapshots,
-            "recorded": res.recorded}
+            "recorded": res.recorded, **{f"surface_{k}": getattr(grid, k) for k in
+                                         ("ruin_probability", "p_drawdown", "median_growth", "mean_growth")}}
 
 
 if __name__ == "__main__":

@@ -156,3 +156,20 @@ def test_slurm_launcher_configs_compose():
         cfg = compose("time_vs_ensemble", overrides=["hydra/launcher=slurm_multinode"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.nodes == 2 and launcher.gpus_per_node == 8
+
+
+def test_engine_and_surface_on_two_forced_cpu_devices_equal_one(tmp_path):
+    """The paths-axis sharding (engine: a mesh over blocks; surface: blocks round-robin over
+    devices) on 2 forced CPU devices gives this process's single-device numbers bit for bit."""
+    out = tmp_path / "two.npz"
+    script = ("import jax, numpy as np\nfrom tests.distributed_worker import run\n"
+              f"assert jax.device_count() == 2, jax.devices()\nnp.savez({str(out)!r}, **run())\n")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from tests.distributed_worker import run
+
+    two = np.load(out)
+    for k, v in run().items():
+        np.testing.assert_array_equal(two[k], v, err_msg=k)
