@@ -191,7 +191,7 @@ def _join_distributed(cfg) -> None:
     SLURM and other clusters JAX detects) makes this process one of a multi-process JAX run;
     ``engine.simulate`` then splits the paths between processes."""
     spec = cfg.get("distributed") if hasattr(cfg, "get") else None
-    if not spec or jax.process_count() > 1:
+    if not spec or jax.distributed.is_initialized():
         return
     spec = OmegaConf.to_container(spec, resolve=True)
     allowed = {"auto", "coordinator", "num_processes", "process_id", "bind"}
