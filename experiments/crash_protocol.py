@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, run_info, hydra_main  # noqa: E402
+from experiments.harness import OutputWriter, build_process, check_fields, hydra_main, run_info  # noqa: E402
 from experiments.hedge_overlay import _POLICIES, _program, _vol_model  # noqa: E402
 from sim import engine, hedge, regime  # noqa: E402
 from sim.data import load_sp500_constituents, load_sp500_index, load_sp500_ohlcv, load_vix  # noqa: E402
@@ -56,10 +56,7 @@ def _make(cls, node, name: str, **extra):
     """``cls(**node, **extra)``, rejecting keys of ``node`` that are not fields of ``cls``
     (or that ``extra`` sets) with the list of allowed ones."""
     spec = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in extra]
-    unknown = sorted(set(spec) - set(allowed))
-    if unknown:
-        raise ParameterError(f"{name}: unknown key(s) {unknown}; allowed: {allowed}")
+    check_fields(cls, spec, name, exclude=extra)
     if "signals" in spec:
         spec["signals"] = tuple(spec["signals"])
     return cls(**spec, **extra)

@@ -25,7 +25,6 @@ Outputs:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -39,7 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, run_info, hydra_main  # noqa: E402
+from experiments.harness import OutputWriter, check_fields, hydra_main, run_info  # noqa: E402
 from sim import dispersion as dsp  # noqa: E402
 from sim import engine  # noqa: E402
 from sim.data import load_sp500_constituents  # noqa: E402
@@ -55,21 +54,13 @@ TERMS = ["index_own", "correlation", "legs_theta_gamma", "residual"]
 # --------------------------------------------------------------------------- config -> objects
 
 
-def _fields(cls, spec: dict, name: str) -> dict:
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(spec) - set(allowed))
-    if unknown:
-        raise ParameterError(f"{name}: unknown key(s) {unknown}; allowed: {allowed}")
-    return spec
-
-
 def _tuple(x):
     return tuple(tuple(r) if isinstance(r, list) else r for r in x) if isinstance(x, list) else x
 
 
 def build_basket(cfg, **override) -> Basket:
-    spec = _fields(Basket, OmegaConf.to_container(cfg.basket, resolve=True), "basket")
-    _fields(Basket, override, "scenario")
+    spec = check_fields(Basket, OmegaConf.to_container(cfg.basket, resolve=True), "basket")
+    check_fields(Basket, override, "scenario")
     spec = {k: _tuple(v) for k, v in {**spec, **override}.items()}
     b = Basket(**spec)
     b.validate(1.0 / float(cfg.steps_per_year))
@@ -77,7 +68,7 @@ def build_basket(cfg, **override) -> Basket:
 
 
 def build_trade(cfg, **override) -> dsp.DispersionTrade:
-    spec = _fields(dsp.DispersionTrade, {**OmegaConf.to_container(cfg.trade, resolve=True), **override}, "trade")
+    spec = check_fields(dsp.DispersionTrade, {**OmegaConf.to_container(cfg.trade, resolve=True), **override}, "trade")
     return dsp.DispersionTrade(**spec)
 
 

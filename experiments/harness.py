@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sim.validation import ParameterError
 
-__all__ = ["build_process", "OutputWriter", "run_info", "to_jsonable", "hydra_main", "run_resumable",
+__all__ = ["build_process", "check_fields", "OutputWriter", "run_info", "to_jsonable", "hydra_main", "run_resumable",
            "config_digest", "DONE"]
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,18 @@ def build_process(node: DictConfig, *, steps_per_year: float):
     process = factory(**spec)
     process.validate(1.0 / steps_per_year)
     return process
+
+
+def check_fields(cls, spec: dict, name: str, exclude=()) -> dict:
+    """``spec`` unchanged if every key is a field of the dataclass ``cls`` (bar ``exclude``);
+    else a ``ParameterError`` naming the unknown keys and the allowed ones."""
+    import dataclasses
+
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise ParameterError(f"{name}: unknown key(s) {unknown}; allowed: {allowed}")
+    return spec
 
 
 def to_jsonable(obj):
