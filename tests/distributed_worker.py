@@ -17,12 +17,13 @@ def run():
     from sim import surface
 
     res = engine.simulate(StudentT(0.05, 0.3, 3.0), **KW)
+    one_chunk = engine.simulate(StudentT(0.05, 0.3, 3.0), seed=1, n_paths=100, n_steps=10, block_size=128)  # process 1 idle
     nus = [3.0, 5.0]
     grid = surface.ruin_surface(surface.batch_process(StudentT(0.08, 0.2, 4.0), "nu", nus, dt=1 / 252),
                                 np.array([[1.0, 2.0, 3.0]] * 2), axis="nu", values=nus, seed=3, n_paths=5 * 512,
                                 n_steps=60, block_size=512, floor=0.8)
     return {**{f: getattr(res.stats, f) for f in res.stats._fields}, "snapshots": res.snapshots,
-            "recorded": res.recorded, **{f"surface_{k}": getattr(grid, k) for k in
+            "recorded": res.recorded, "one_chunk": one_chunk.stats.log_wealth, **{f"surface_{k}": getattr(grid, k) for k in
                                          ("ruin_probability", "p_drawdown", "median_growth", "mean_growth")}}
 
 
