@@ -227,6 +227,14 @@ def hydra_main(run_fn, cfg) -> None:
     hc = HydraConfig.get()
     _join_distributed(cfg)
     out_dir = hc.runtime.output_dir
-    if jax.process_index() != 0:  # every process computes; process 0 writes
-        out_dir = tempfile.mkdtemp(prefix=f"{hc.job.name}-process{jax.process_index()}-")
-    run_resumable(run_fn, cfg, out_dir, experiment=hc.job.name)
+    if jax.process_index() == 0:
+        run_resumable(run_fn, cfg, out_dir, experiment=hc.job.name)
+        return
+    # Every process computes (the simulations gather across processes); only process 0 writes.
+    scratch = tempfile.mkdtemp(prefix=f"{hc.job.name}-process{jax.process_index()}-")
+    try:
+        run_fn(cfg, scratch)
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -68,7 +68,7 @@ def test_two_process_jax_distributed_run_equals_one_process(tmp_path):
 # --------------------------------------------------------------------------- sweeps and reproduction
 
 TINY = ["coin.n_rounds=20", "market.n_paths=2000", "market.years=1", "engine.block_size=1024"]
-POINTS = "coin.n_players=2000,2100,2200,2300"
+POINTS = "coin.n_players=2000,2100,2200"
 OUT = ["coin_fan.csv", "market_fan.csv", "growth_histogram.csv"]
 
 
@@ -99,18 +99,18 @@ def test_killed_multirun_resumes_without_recomputing_finished_points(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # a real signal, mid-sweep: no clean-up runs
     proc.communicate()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in _done(broken)}
-    assert 2 <= len(finished) < 4, finished
+    assert len(finished) == 2, finished
     summaries = {n: (broken / n / "summary.json").stat().st_mtime_ns for n in finished}
     log = _finish(_multirun(broken, POINTS))
     assert log.count("already done for this config") == len(finished), log[-3000:]
     for n, mtime in finished.items():  # not recomputed: records and outputs untouched
         assert (broken / n / ".done.json").stat().st_mtime_ns == mtime
         assert (broken / n / "summary.json").stat().st_mtime_ns == summaries[n]
-    assert len(_done(broken)) == 4
-    for job in range(4):  # the final results equal an uninterrupted run's
+    assert len(_done(broken)) == 3
+    for job in range(3):  # the final results equal an uninterrupted run's
         for f in OUT:
             assert (broken / str(job) / f).read_bytes() == (whole / str(job) / f).read_bytes(), (job, f)
-    assert "4/4 points done" in (broken / "progress.log").read_text()
+    assert "3/3 points done" in (broken / "progress.log").read_text()
 
 
 def test_reproduce_a_saved_run_and_catch_an_edited_number(tmp_path):
