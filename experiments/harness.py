@@ -112,6 +112,20 @@ def run_info() -> dict:
     }
 
 
+def atomic_write(final: pathlib.Path, write) -> pathlib.Path:
+    """``write(tmp_path)`` into a temporary file beside ``final``, then rename it to ``final``:
+    a crash never leaves half a file under the final name."""
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
 class OutputWriter:
     """Atomic writes into one run directory."""
 
@@ -121,15 +135,7 @@ class OutputWriter:
         self.written: list[str] = []
 
     def _atomic(self, name: str, write) -> pathlib.Path:
-        final = self.dir / name
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        final = atomic_write(self.dir / name, write)
         self.written.append(name)
         return final
 
@@ -162,13 +168,6 @@ def _outputs(directory: pathlib.Path) -> list[str]:
                   and not p.name.endswith(".log"))
 
 
-def _atomic_text(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def run_resumable(run_fn, cfg, out_dir, *, experiment: str):
     """``run_fn(cfg, out_dir)`` unless ``out_dir`` already holds a completion record for the same
     config with every file it lists (then the run is skipped and its summary returned).
@@ -192,8 +191,8 @@ def run_resumable(run_fn, cfg, out_dir, *, experiment: str):
         record.unlink()
     summary = run_fn(cfg, out_dir)
     if jax.process_index() == 0:
-        _atomic_text(record, json.dumps({"experiment": experiment, "config_sha256": digest,
-                                         "files": _outputs(directory)}, indent=2) + "\n")
+        text = json.dumps({"experiment": experiment, "config_sha256": digest, "files": _outputs(directory)}, indent=2)
+        atomic_write(record, lambda p: pathlib.Path(p).write_text(text + "\n"))
     return summary
 
 

@@ -176,7 +176,11 @@ def index_option_attribution(*, shares, prices, prices_next, vols, rho, strike, 
     ``delta``, ``constituents`` (``[N]``: ``(Theta_I dt / sigma_I^2) p_i^2 sigma_i^2 (1 -
     n_i^2)``), ``correlation`` (``(Theta_I dt / sigma_I^2) sum_{i != j} p_i p_j sigma_i
     sigma_j (rho - n_i n_j)``), ``residual``; and the seed's uncorrected correlation term
-    (``rho`` alone), its residual and ``seed_gap`` (= the dropped realized cross term)."""
+    (``rho`` alone), its residual and ``seed_gap`` (= the dropped realized cross term).
+
+    Written in the definition's form (double sums over pairs, O(N^2)): it is the reference
+    for the O(N) form the dispersion kernel uses (``_step_terms``; a test checks one against
+    the other)."""
     s0, s1, v = _vec("prices", prices), _vec("prices_next", prices_next), _vec("vols", vols)
     p = cap_weights(shares, s0)
     _same_length(prices=s0, prices_next=s1, vols=v)
@@ -276,8 +280,9 @@ def _entry(basket, trade, prices0):
     """Entry of the trade at ``prices0`` ``[N]``: implied vols, the index vol implied by
     ``rho_implied`` at the entry weights, at-the-money strikes, straddle counts."""
     dtype = prices0.dtype
-    vols = (basket._vols() * trade.vol_scale).astype(dtype)
-    w = basket._shares()[1].astype(dtype)
+    par = basket.params(jnp, dtype)
+    vols = par["vols"] * jnp.asarray(trade.vol_scale, dtype)
+    w = par["shares"]
     level = jnp.sum(w * prices0)
     x = w * prices0 / level * vols
     own = jnp.sum(x * x)
@@ -397,7 +402,8 @@ class DispersionTrade:
         if not isinstance(process, Basket):
             raise ParameterError(f"DispersionTrade needs a sim.market.Basket (constituent paths), got "
                                  f"{type(process).__name__}")
-        w, s0 = process.host_shares(), process.host_prices0()
+        par = process.params()
+        w, s0 = par["shares"], par["prices0"]
         x = w * s0 / (w @ s0) * np.asarray(process.vols, np.float64) * float(self.vol_scale)
         own = float(x @ x)
         var = own + float(self.rho_implied) * (x.sum() ** 2 - own)
@@ -448,24 +454,11 @@ def simulate_prices(basket, *, seed: int, n_paths: int, n_steps: int, steps_per_
     from sim import engine
 
     block_size = engine.DEFAULT_BLOCK_SIZE if block_size is None else block_size
-    if not 1 <= n_paths <= block_size:
-        raise ParameterError(f"n_paths = {n_paths}; allowed: 1 <= n_paths <= block_size = {block_size}")
-    basket.validate(1.0 / steps_per_year)
-    dt = 1.0 / float(steps_per_year)
-    k_init, k_steps = engine.block_keys(jax.random.key(seed), np.uint32(0))
-
-    @jax.jit
-    def run(basket):
-        def one(state, t):
-            new, _ = basket.step(jax.random.fold_in(k_steps, t), state, block_size, dt)
-            return new, (new.prices[:n_paths], state.regime[:n_paths])
-
-        s0 = basket.init(k_init, block_size, dt)
-        _, (prices, regime) = jax.lax.scan(one, s0, jnp.arange(n_steps, dtype=jnp.int32))
-        return jnp.concatenate([s0.prices[None, :n_paths], prices]), regime
-
-    prices, regime = run(basket)
-    return {"prices": np.moveaxis(np.asarray(prices), 0, 1), "regime": np.asarray(regime).T}
+    prices, regime = engine.sample_returns(
+        basket, seed=seed, n_paths=n_paths, n_steps=n_steps, steps_per_year=steps_per_year, block_size=block_size,
+        observe=lambda before, after, r: (after.prices, before.regime))
+    p0 = np.broadcast_to(basket.params(np, np.float32)["prices0"], (n_paths, 1, basket.n_stocks))
+    return {"prices": np.concatenate([p0, prices], axis=1), "regime": regime}
 
 
 def attribution_table(basket, trade, prices, *, steps_per_year: float = 252.0, names=None):

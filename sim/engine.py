@@ -420,27 +420,31 @@ def simulate(
 
 
 def sample_returns(process, *, seed: int, n_paths: int, n_steps: int, steps_per_year: float = 252.0,
-                   block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+                   block_size: int = DEFAULT_BLOCK_SIZE, observe: Callable | None = None):
     """The process's per-step simple returns as a ``(n_paths, n_steps)`` matrix
     (``(n_paths, n_steps, d)`` for a model of ``d`` assets).
 
     The very draws ``simulate`` uses for the same ``(seed, block_size)``: for tests and for
-    small diagnostics only, since it materializes paths x steps.
+    small diagnostics only, since it materializes paths x steps. ``observe(state_before,
+    state_after, r)``, if given, picks what to record of each step instead of ``r`` (any
+    pytree of ``[block_size, ...]`` arrays; each leaf comes back as ``(n_paths, n_steps, ...)``).
     """
     _validate(process, Policy(), n_paths, n_steps, steps_per_year, block_size, None, 0, 0)
     dt = 1.0 / float(steps_per_year)
     key = jax.random.key(seed)
+    observe = (lambda before, after, r: r) if observe is None else observe
 
     @jax.jit
     def block_returns(block):
         k_init, k_steps = block_keys(key, block)
 
         def one_step(pstate, t):
-            return process.step(jax.random.fold_in(k_steps, t), pstate, block_size, dt)
+            new, r = process.step(jax.random.fold_in(k_steps, t), pstate, block_size, dt)
+            return new, observe(pstate, new, r)
 
-        _, r = lax.scan(one_step, process.init(k_init, block_size, dt), jnp.arange(n_steps, dtype=jnp.int32))
-        return jnp.moveaxis(r, 0, 1)
+        _, seen = lax.scan(one_step, process.init(k_init, block_size, dt), jnp.arange(n_steps, dtype=jnp.int32))
+        return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), seen)
 
     n_blocks = -(-n_paths // block_size)
-    out = np.concatenate([np.asarray(block_returns(np.uint32(b))) for b in range(n_blocks)], axis=0)
-    return out[:n_paths]
+    parts = [jax.tree.map(np.asarray, block_returns(np.uint32(b))) for b in range(n_blocks)]
+    return jax.tree.map(lambda *a: np.concatenate(a, axis=0)[:n_paths], *parts)

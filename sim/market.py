@@ -292,24 +292,21 @@ class Basket:
     def n_stocks(self) -> int:
         return int(np.size(self.vols))
 
-    def _np(self, name):
-        return np.atleast_1d(np.asarray(getattr(self, name), np.float64))
-
-    def host_prices0(self) -> np.ndarray:
-        return np.ones(self.n_stocks) if self.prices0 is None else self._np("prices0")
-
-    def host_shares(self) -> np.ndarray:
-        s0 = self.host_prices0()
-        return 1.0 / (self.n_stocks * s0) if self.shares is None else self._np("shares")
-
-    def host_loadings(self) -> np.ndarray:
-        if self.loadings is None:
-            return np.full((self.n_stocks, 1), np.sqrt(float(self.rho)))
-        return np.asarray(self.loadings, np.float64).reshape(self.n_stocks, -1)
+    def params(self, xp=np, dtype=np.float64) -> dict:
+        """``vols [N]``, ``prices0 [N]``, ``shares [N]``, ``loadings [N, K]`` with the defaults
+        filled in, as ``xp`` arrays: numpy float64 on the host (checks, closed forms), jnp
+        float32 in the kernel (where the fields may be tracers). One definition for both."""
+        vols = xp.reshape(xp.asarray(self.vols, dtype), (-1,))
+        n = vols.shape[0]
+        p0 = xp.ones((n,), dtype) if self.prices0 is None else xp.reshape(xp.asarray(self.prices0, dtype), (-1,))
+        shares = 1.0 / (n * p0) if self.shares is None else xp.reshape(xp.asarray(self.shares, dtype), (-1,))
+        loadings = (xp.full((n, 1), xp.sqrt(xp.asarray(self.rho, dtype))) if self.loadings is None
+                    else xp.reshape(xp.asarray(self.loadings, dtype), (n, -1)))
+        return dict(vols=vols, prices0=p0, shares=shares, loadings=loadings)
 
     def correlation(self, crash: bool = False) -> np.ndarray:
         """The pairwise correlation matrix of the shocks in the calm or the crash regime."""
-        b = self.host_loadings()
+        b = self.params()["loadings"]
         c = b @ b.T
         np.fill_diagonal(c, 1.0)
         if crash:
@@ -329,7 +326,7 @@ class Basket:
         if self.shares is not None:
             w = _vec("Basket.shares", self.shares)
             _same_length(vols=vols, shares=w)
-            cap_weights(w, self.host_prices0())  # the index must start > 0
+            cap_weights(w, self.params()["prices0"])  # the index must start > 0
             check_range("Basket.shares", w, 0.0)  # long-only share counts keep I > 0 on every path
         if (self.rho is None) == (self.loadings is None):
             raise ParameterError("Basket: give exactly one of rho (one factor) and loadings [N, K]")
@@ -358,19 +355,8 @@ class Basket:
             raise ParameterError("Basket.rate_to_crash + rate_to_calm must be > 0 for start = 'stationary'")
 
     # ---- device side (fields may be tracers here: jnp only)
-    def _vols(self):
-        return jnp.reshape(_f(self.vols), (-1,))
-
-    def _loadings(self):
-        n = self._vols().shape[0]
-        if self.loadings is None:
-            return jnp.full((n, 1), jnp.sqrt(_f(self.rho)))
-        return jnp.reshape(_f(self.loadings), (n, -1))
-
-    def _shares(self):
-        n = self._vols().shape[0]
-        p0 = jnp.ones((n,), _F32) if self.prices0 is None else jnp.reshape(_f(self.prices0), (-1,))
-        return p0, (1.0 / (n * p0) if self.shares is None else jnp.reshape(_f(self.shares), (-1,)))
+    def _kernel_params(self) -> dict:
+        return self.params(jnp, _F32)
 
     def _shocks(self, key, n, m):
         nu = _f(self.nu)
@@ -380,7 +366,8 @@ class Basket:
         return jnp.where(finite, t, samplers.normal(key, n * m)).reshape(n, m)
 
     def init(self, key, n: int, dt: float) -> BasketState:
-        p0 = jnp.broadcast_to(self._shares()[0], (n, self._vols().shape[0]))
+        p0 = self._kernel_params()["prices0"]
+        p0 = jnp.broadcast_to(p0, (n, p0.shape[0]))
         if self.start == "stationary":
             pc = _f(self.rate_to_crash) / (_f(self.rate_to_crash) + _f(self.rate_to_calm))
             regime = (samplers.uniform(key, n) <= pc).astype(jnp.int32)
@@ -390,15 +377,16 @@ class Basket:
 
     def index_level(self, prices):
         """``I = sum_i w_i S_i`` of ``prices`` ``[..., N]``."""
-        return jnp.sum(self._shares()[1] * prices, axis=-1)
+        return jnp.sum(self._kernel_params()["shares"] * prices, axis=-1)
 
     def weights(self, prices):
         """Market-cap weights ``p_i = w_i S_i / I`` of ``prices`` ``[..., N]``."""
-        cap = self._shares()[1] * prices
+        cap = self._kernel_params()["shares"] * prices
         return cap / jnp.sum(cap, axis=-1, keepdims=True)
 
     def step(self, key, state: BasketState, n: int, dt: float):
-        b = self._loadings()  # [N, K]
+        par = self._kernel_params()
+        b = par["loadings"]  # [N, K]
         N, K = b.shape
         k_z, k_switch = jax.random.split(key)
         z = self._shocks(k_z, n, K + N + 1)
@@ -407,7 +395,7 @@ class Basket:
         crash = state.regime == 1
         lam = jnp.where(crash, _f(self.crash_blend), 0.0)[:, None]
         z = jnp.sqrt(1.0 - lam) * calm + jnp.sqrt(lam) * g[:, None]
-        vol = self._vols() * jnp.where(crash, _f(self.crash_vol), 1.0)[:, None]
+        vol = par["vols"] * jnp.where(crash, _f(self.crash_vol), 1.0)[:, None]
         x = per_step_mean(_f(self.mu), dt) - 0.5 * vol * vol * dt + per_step_vol(vol, dt) * z
         stocks = jnp.expm1(x)
         r = jnp.sum(self.weights(state.prices) * stocks, axis=1)  # dI / I with p at the start
@@ -419,8 +407,9 @@ class Basket:
     def conditional_vol(self, state: BasketState, dt: float):
         """The index vol for the next step: ``sqrt(x' C_regime x)``, ``x = p sigma m``."""
         crash = state.regime == 1
-        x = self.weights(state.prices) * self._vols() * jnp.where(crash, _f(self.crash_vol), 1.0)[:, None]
-        b = self._loadings()
+        par = self._kernel_params()
+        x = self.weights(state.prices) * par["vols"] * jnp.where(crash, _f(self.crash_vol), 1.0)[:, None]
+        b = par["loadings"]
         bx = x @ b  # x' C x with C = B B^T off the diagonal, 1 on it
         calm_var = jnp.sum(bx * bx, axis=1) + jnp.sum(x * x * (1.0 - jnp.sum(b * b, axis=1)), axis=1)
         lam = jnp.where(crash, _f(self.crash_blend), 0.0)
@@ -429,6 +418,7 @@ class Basket:
     def annual_moments(self):
         """Mean and variance of the index's annual simple return at the initial weights, calm
         regime, first order in ``dt``."""
-        p = self.host_shares() * self.host_prices0()
-        x = p / p.sum() * self._np("vols")
+        par = self.params()
+        p = par["shares"] * par["prices0"]
+        x = p / p.sum() * par["vols"]
         return float(self.mu), float(x @ self.correlation(False) @ x)

@@ -245,3 +245,27 @@ def test_book_attribution_table_closes_at_the_taylor_rate():
         seed.append(tab["seed_residual"].iloc[0])
     assert 1.4 < _rate(DTS, np.array(res)) < 1.6
     assert 0.95 < _rate(DTS, np.array(seed)) < 1.05
+
+
+def test_book_kernel_terms_equal_the_double_sum_definition():
+    """The book's O(N) index terms (``attribution_table``, a straddle = call + put, short, per
+    unit of index level) equal ``index_option_attribution``'s double sums on the entry step."""
+    from sim.market import Basket
+
+    basket = Basket(**BASKET, rho=0.3)
+    trade = dsp.DispersionTrade(rho_implied=0.45, tenor=0.25)
+    s0 = np.array(BASKET["prices0"])
+    s1 = s0 * (1 + np.array([0.011, -0.004, 0.02, -0.013]))
+    level = float(np.array(BASKET["shares"]) @ s0)
+    tab = dsp.attribution_table(basket, trade, np.stack([s0, s1])).iloc[0]
+    with jax.enable_x64(True):
+        legs = [dsp.index_option_attribution(shares=BASKET["shares"], prices=s0, prices_next=s1,
+                                             vols=BASKET["vols"], rho=0.45, strike=level, expiry=0.25, dt=1 / 252,
+                                             call=call) for call in (True, False)]
+    both = {k: sum(np.sum(leg[k]) for leg in legs) for k in ("full", "delta", "constituents", "correlation",
+                                                              "seed_correlation")}
+    assert tab["index_pnl"] == pytest.approx(-(both["full"] - both["delta"]) / level, rel=1e-12)
+    assert tab["index_own"] == pytest.approx(-both["constituents"] / level, rel=1e-10)
+    assert tab["correlation"] == pytest.approx(-both["correlation"] / level, rel=1e-10)
+    assert tab["seed_correlation"] == pytest.approx(-both["seed_correlation"] / level, rel=1e-10)
+    assert tab["rho_implied"] == pytest.approx(0.45, abs=1e-12)
