@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, check_fields, hydra_main, run_info  # noqa: E402
+from experiments.harness import OutputWriter, build_process, check_fields, hydra_main  # noqa: E402
 from experiments.hedge_overlay import _POLICIES, _program, _vol_model  # noqa: E402
 from sim import engine, hedge, regime  # noqa: E402
 from sim.data import load_sp500_constituents, load_sp500_index, load_sp500_ohlcv, load_vix  # noqa: E402
@@ -450,10 +450,8 @@ def run(cfg: DictConfig, out_dir) -> dict:
                  "stages": stages.to_dict(orient="records"), "calm_years": calm.to_dict(orient="records")},
         "mc": {"policies": policies.to_dict(orient="records"), "signals": signals.to_dict(orient="records"),
                "verdicts": says},
-        "run": {**run_info(), "wall_seconds": time.perf_counter() - t_start},
     }
-    out.json("summary.json", summary)
-    log.info("wrote %s into %s in %.1fs", ", ".join(out.written), out_dir, time.perf_counter() - t_start)
+    out.finish(summary, t_start)
     return summary
 
 

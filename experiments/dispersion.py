@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, check_fields, hydra_main, run_info  # noqa: E402
+from experiments.harness import OutputWriter, check_fields, hydra_main  # noqa: E402
 from sim import dispersion as dsp  # noqa: E402
 from sim import engine  # noqa: E402
 from sim.data import load_sp500_constituents  # noqa: E402
@@ -334,10 +334,8 @@ def run(cfg: DictConfig, out_dir) -> dict:
         "trades": trades.to_dict(orient="records"),
         "attribution": attribution,
         "real": real,
-        "run": {**run_info(), "wall_seconds": time.perf_counter() - t_start},
     }
-    out.json("summary.json", summary)
-    log.info("wrote %s into %s in %.1fs", ", ".join(out.written), out_dir, time.perf_counter() - t_start)
+    out.finish(summary, t_start)
     return summary
 
 

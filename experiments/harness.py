@@ -26,6 +26,7 @@ import os
 import pathlib
 import platform
 import tempfile
+import time
 from importlib import metadata
 
 import jax
@@ -145,6 +146,15 @@ class OutputWriter:
     def json(self, name: str, payload: dict) -> pathlib.Path:
         text = json.dumps(to_jsonable(payload), indent=2, sort_keys=False)
         return self._atomic(name, lambda p: pathlib.Path(p).write_text(text + "\n"))
+
+    def finish(self, summary: dict, t_start: float) -> dict:
+        """Add the run's ``run`` block (versions, backend, devices, wall time since
+        ``t_start``, a ``time.perf_counter()``) to ``summary``, write it as ``summary.json``
+        last, log what was written; return ``summary``."""
+        summary["run"] = {**run_info(), "wall_seconds": time.perf_counter() - t_start}
+        self.json("summary.json", summary)
+        log.info("wrote %s into %s in %.1fs", ", ".join(self.written), self.dir, summary["run"]["wall_seconds"])
+        return summary
 
     def figure(self, name: str, fig) -> pathlib.Path:
         import matplotlib.pyplot as plt

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, run_info, hydra_main  # noqa: E402
+from experiments.harness import OutputWriter, build_process, hydra_main  # noqa: E402
 from sim import engine, hedge, stats  # noqa: E402
 from sim.data import load_sp500_index, load_vix, simple_returns  # noqa: E402
 from sim.processes import Replay  # noqa: E402
@@ -386,10 +386,8 @@ def run(cfg: DictConfig, out_dir) -> dict:
         "real": {**real_info, "table": real.to_dict(orient="records")},
         "models": models.to_dict(orient="records"),
         "growth_optimal": None if optimum is None else optimum.to_dict(orient="records"),
-        "run": {**run_info(), "wall_seconds": time.perf_counter() - t_start},
     }
-    out.json("summary.json", summary)
-    log.info("wrote %s into %s in %.1fs", ", ".join(out.written), out_dir, time.perf_counter() - t_start)
+    out.finish(summary, t_start)
     return summary
 
 

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, run_info, hydra_main  # noqa: E402
+from experiments.harness import OutputWriter, build_process, hydra_main  # noqa: E402
 from sim import engine, kelly  # noqa: E402
 from sim.data import load_sp500_index, simple_returns  # noqa: E402
 from sim.processes import BlockBootstrap, Gaussian, ParameterUncertainty, StudentT  # noqa: E402
@@ -239,13 +239,11 @@ def run(cfg: DictConfig, out_dir) -> dict:
                   "out_of_sample_growth_optimal_fraction": sp["optimum"].full_fraction},
         "policies": table.to_dict(orient="records"),
         "shrinkage": shrink.to_dict(orient="records"),
-        "run": {**run_info(), "wall_seconds": time.perf_counter() - t_start},
     }
-    out.json("summary.json", summary)
+    out.finish(summary, t_start)
     log.info("synthetic fractions %s; S&P 500 fractions %s; out-of-sample optimum %.3f",
              {k: round(v, 3) for k, v in synth["fractions"].items()},
              {k: round(v, 3) for k, v in sp["fractions"].items()}, sp["optimum"].full_fraction)
-    log.info("wrote %s into %s in %.1fs", ", ".join(out.written), out_dir, time.perf_counter() - t_start)
     return summary
 
 

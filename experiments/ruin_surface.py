@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, run_info, hydra_main  # noqa: E402
+from experiments.harness import OutputWriter, build_process, hydra_main  # noqa: E402
 from sim import kelly, surface  # noqa: E402
 from sim.validation import ParameterError, check_int, check_range  # noqa: E402
 
@@ -174,12 +174,10 @@ def run(cfg: DictConfig, out_dir) -> dict:
         "growth_optimal_multiple_kelly": dict(zip(map(str, values), kelly_f / reference)),
         "kernel_seconds": res.wall_seconds,
         "point_path_steps_per_second": res.fractions.size * res.n_paths * n_steps / res.wall_seconds,
-        "run": {**run_info(), "wall_seconds": time.perf_counter() - t_start},
     }
-    out.json("summary.json", summary)
+    out.finish(summary, t_start)
     log.info("growth-optimal multiple c by %s (sim.kelly): %s", s.axis,
              ", ".join(f"{v:g}: {c:.3f}" for v, c in zip(values, kelly_f / reference)))
-    log.info("wrote %s into %s in %.1fs", ", ".join(out.written), out_dir, time.perf_counter() - t_start)
     return summary
 
 

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, run_info, hydra_main  # noqa: E402
+from experiments.harness import OutputWriter, build_process, hydra_main  # noqa: E402
 from sim.engine import Policy, SimResult, simulate  # noqa: E402
 from sim.processes import Binary  # noqa: E402
 from sim.validation import check_int  # noqa: E402
@@ -198,16 +198,14 @@ def run(cfg: DictConfig, out_dir) -> dict:
         "seed": cfg.seed,
         "coin": coin_summary,
         "market": {"process": type(process).__name__, "n_steps": n_steps, **market_summary},
-        "run": {**run_info(), "wall_seconds": time.perf_counter() - t_start},
     }
-    out.json("summary.json", summary)
+    out.finish(summary, t_start)
     log.info(
         "coin: median %.4g (exact %.4g), below $1 %.4f (exact %.4f); market: time-average %.4f/yr, ensemble %.4f/yr",
         coin_summary["simulated"]["median_wealth"], exact["median_wealth"],
         coin_summary["simulated"]["fraction_below_1"], exact["fraction_below_1"],
         market_summary["time_avg_growth"], market_summary["ensemble_growth"],
     )
-    log.info("wrote %s into %s", ", ".join(out.written), out_dir)
     return summary
 
 
