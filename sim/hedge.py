@@ -403,16 +403,15 @@ class HedgeState(NamedTuple):
 
     contracts: jax.Array  # float32[L, n], puts held x S_0 / W_0
     strike: jax.Array  # float32[L, n], K / S_0
+    log_strike: jax.Array  # float32[L, n], log(K / S_0) (so that pricing takes one log per path, not per put)
     paid: jax.Array  # float32[L, n], premium per put / S_0
     bought_at: jax.Array  # float32[L, n], spot at purchase / S_0
     remaining: jax.Array  # int32[L, 1], steps to expiry of each slot's puts (<= 0: none held)
     spot: jax.Array  # float32[n], S_t / S_0
     nav: jax.Array  # float32[n], W_t / W_0
-    hedge_value: jax.Array  # float32[n], the puts' mark / W_0
+    hedge_value: jax.Array  # float32[n], the puts' mark / W_0 (at the start: their price and its cost)
     realized_var: jax.Array  # float32[n], EWMA of annualized squared returns, through the next step
-    level: jax.Array  # float32[n], ATM vol level after the next step
     marks: jax.Array  # float32[L, n], each put's mark after the next step (prefetched)
-    pending_cost: jax.Array  # float32[n], cost of the initial purchase, charged in step 1
     premium: jax.Array  # float32[n], sum over purchases of premium / NAV at the time
     proceeds: jax.Array  # float32[n], sum over sales and expiries of proceeds / NAV
     costs: jax.Array  # float32[n], sum of trading costs / NAV
@@ -499,10 +498,9 @@ class HedgeOverlay:
         col = lambda x, other: jnp.where(first, x, other)  # noqa: E731
         z = jnp.zeros((n,), _F32)
         return HedgeState(
-            contracts=col(contracts, 0.0), strike=col(strike, 1.0), paid=col(price, 1.0), bought_at=col(one, 1.0),
+            contracts=col(contracts, 0.0), strike=col(strike, 1.0), log_strike=col(jnp.log(strike), 0.0), paid=col(price, 1.0), bought_at=col(one, 1.0),
             remaining=jnp.where(first, self.program.tenor_steps, -1).astype(jnp.int32),
-            spot=one, nav=one, hedge_value=contracts * price, realized_var=var0, level=level,
-            marks=jnp.zeros((L, n), _F32), pending_cost=cost,
+            spot=one, nav=one, hedge_value=spend, realized_var=var0, marks=jnp.zeros((L, n), _F32),
             premium=spend, proceeds=z, costs=cost, sales=jnp.zeros((n,), jnp.int32),
             monetize=self.monetize.init(n, L, process), pending=self.monetize.init(n, L, process),
             sell=jnp.zeros((L, n), _F32),
@@ -527,8 +525,9 @@ class HedgeOverlay:
         spot = s.spot * (1.0 + r)
         tau = jnp.maximum(s.remaining - 1, 0).astype(_F32) * dt
         up = spot > 0
-        moneyness = s.strike * (1.0 / jnp.where(up, spot, 1.0))
-        log_m = jnp.log(moneyness)  # once, for the smile and for d1
+        safe_spot = jnp.where(up, spot, 1.0)
+        moneyness = s.strike * (1.0 / safe_spot)
+        log_m = s.log_strike - jnp.log(safe_spot)  # for the smile and for d1
         rate = _f(self.risk_free)
         price = put_price(moneyness, tau, vm.vol(moneyness, tau, level, log_m), rate, log_m)
         marks = jnp.where(up, spot * price, s.strike)
@@ -548,7 +547,7 @@ class HedgeOverlay:
             roll = dict(reinvest=reinvest, roll_price=roll_price, k_roll=k_roll)
         # The decision goes to ``pending``: the step commits it. The engine's last prefetch
         # (for a step that never comes) so leaves the outputs untouched.
-        return s._replace(realized_var=var, level=level, marks=marks, pending=mstate, sell=sell, **roll)
+        return s._replace(realized_var=var, marks=marks, pending=mstate, sell=sell, **roll)
 
     def step(self, s: HedgeState, r, process, process_state, t, dt: float):
         prog = self.program
@@ -557,8 +556,8 @@ class HedgeOverlay:
         opt_cost = _f(prog.option_cost)
         g = 1.0 + r
 
-        # The market moves (marks and vol level prefetched for this very return).
-        level, marks = s.level, s.marks
+        # The market moves (marks prefetched for this very return).
+        marks = s.marks
         spot = s.spot * g
         held = s.remaining >= 1  # [L, 1]: the slot's puts were alive before this step
         remaining = s.remaining - 1
@@ -572,7 +571,7 @@ class HedgeOverlay:
         sold = sell * value
         expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
         contracts = jnp.where(live, s.contracts * (1.0 - sell), 0.0)
-        strike, paid, bought_at = s.strike, s.paid, s.bought_at
+        strike, log_strike, paid, bought_at = s.strike, s.log_strike, s.paid, s.bought_at
         rolled_value = rolled_spend = rolled_cost = 0.0
         if getattr(self.monetize, "restrike", None) is not None:
             # Roll down: sell what is left of the tranche too and reinvest a share of it in
@@ -585,6 +584,7 @@ class HedgeOverlay:
             new_contracts = spend / ((1.0 + opt_cost) * jnp.where(rolls, price, 1.0))
             contracts = jnp.where(rolls, new_contracts, contracts)
             strike = jnp.where(rolls, k_roll * spot, strike)
+            log_strike = jnp.where(rolls, jnp.log(k_roll * spot), log_strike)
             paid = jnp.where(rolls, price, paid)
             bought_at = jnp.where(rolls, spot, bought_at)
             rolled_spend = _lsum(spend)
@@ -596,29 +596,30 @@ class HedgeOverlay:
         # The roll: the slot that comes round buys (computed only on roll steps).
         roll = (t % prog.roll_steps) == 0
         slot = ((t // prog.roll_steps) % prog.n_tranches)
-        nav_before_buy = nav_market - sale_cost - s.pending_cost
+        nav_before_buy = nav_market - sale_cost
 
         def buy(args):
-            contracts, strike, paid, bought_at, remaining = args
+            contracts, strike, log_strike, paid, bought_at, remaining = args
+            level = self.vol_model.atm_level(s.realized_var, process, process_state, dt)  # as prefetch saw it
             c, k, price, spend, cost = self._buy(level, spot, nav_before_buy, dt)
             mine = (jnp.arange(prog.n_tranches) == slot)[:, None]
-            new = (jnp.where(mine, c, contracts), jnp.where(mine, k, strike), jnp.where(mine, price, paid),
-                   jnp.where(mine, spot, bought_at), jnp.where(mine, prog.tenor_steps, remaining))
+            new = (jnp.where(mine, c, contracts), jnp.where(mine, k, strike), jnp.where(mine, jnp.log(k), log_strike),
+                   jnp.where(mine, price, paid), jnp.where(mine, spot, bought_at),
+                   jnp.where(mine, prog.tenor_steps, remaining))
             return new, c * price, spend, cost
 
         def no_buy(args):
             z = jnp.zeros_like(spot)
             return args, z, z, z
 
-        (contracts, strike, paid, bought_at, remaining), bought_value, spend, buy_cost = jax.lax.cond(
-            roll, buy, no_buy, (contracts, strike, paid, bought_at, remaining))
+        (contracts, strike, log_strike, paid, bought_at, remaining), bought_value, spend, buy_cost = jax.lax.cond(
+            roll, buy, no_buy, (contracts, strike, log_strike, paid, bought_at, remaining))
         nav = nav_before_buy - buy_cost
         x = nav / _positive(s.nav) - 1.0  # a wiped-out path stays at -1 (the engine freezes it)
         inv_nav = 1.0 / _positive(nav_market)
         state = HedgeState(
-            contracts=contracts, strike=strike, paid=paid, bought_at=bought_at, remaining=remaining, spot=spot, nav=nav,
-            hedge_value=kept + bought_value, realized_var=s.realized_var, level=level, marks=marks,
-            pending_cost=jnp.zeros_like(s.pending_cost),
+            contracts=contracts, strike=strike, log_strike=log_strike, paid=paid, bought_at=bought_at, remaining=remaining, spot=spot, nav=nav,
+            hedge_value=kept + bought_value, realized_var=s.realized_var, marks=marks,
             premium=s.premium + spend / _positive(nav_before_buy) + rolled_spend * inv_nav,
             proceeds=s.proceeds + (_lsum(sold) + expired) * inv_nav,
             costs=s.costs + (sale_cost + buy_cost) * inv_nav,
