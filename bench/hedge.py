@@ -2,6 +2,7 @@
 
     python bench/hedge.py           # 2^18 paths x 252 steps, each of three return models
     python bench/hedge.py --quick   # 2^15 paths (a smoke test)
+    python bench/hedge.py --devices 1 --chunk 262144   # one XLA device, the engine's default chunk
 
 For each model (Merton, GARCH-t, regime switching) it times ``sim.engine.simulate`` with the
 plain constant-mix ``Policy`` and with a ``sim.hedge.HedgeOverlay`` (the default program: 85%
@@ -9,6 +10,10 @@ puts, 3-month tenor rolled monthly, so three tranches priced every step, realize
 implied-vol model, profit-take monetization), interleaved, best of ``--repeats`` each after
 a warm-up that compiles, on the same draws. Prints one JSON line with path-steps/s of each and
 ``ratio_hedged_vs_plain`` per model (the acceptance figure: >= 0.25).
+
+Both kernels run in the same configuration, by default the fastest one measured for both on a
+CPU: one XLA device per core (``jax_num_cpu_devices``) and chunks of one block per device, so
+that each core steps a block whose state stays in its cache (docs/DESIGN.md, "Performance").
 """
 
 from __future__ import annotations
@@ -26,21 +31,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--devices", type=int, default=os.cpu_count() or 1,
+                    help="XLA CPU devices (default: one per core; ignored on a GPU)")
+    ap.add_argument("--chunk", type=int, default=0, help="paths per compiled call (default: one block per device)")
     args = ap.parse_args()
 
     import jax
 
+    jax.config.update("jax_num_cpu_devices", args.devices)
     from sim import engine, hedge, processes
 
     n_paths, n_steps, block = (1 << 15 if args.quick else 1 << 18), 252, 1 << 14
+    chunk = args.chunk or block * jax.device_count()
     overlay = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(budget=0.02, strike=0.85),
                                  monetize=hedge.ProfitTake(5.0))
-    out = {"n_paths": n_paths, "n_steps": n_steps, "tranches": overlay.program.n_tranches}
+    out = {"n_paths": n_paths, "n_steps": n_steps, "tranches": overlay.program.n_tranches, "chunk_paths": chunk}
 
     def timed(process, policy, seed):
         t0 = time.perf_counter()
-        engine.simulate(process, seed=seed, n_paths=n_paths, n_steps=n_steps, block_size=block, policy=policy,
-                        progress=lambda info: None)
+        engine.simulate(process, seed=seed, n_paths=n_paths, n_steps=n_steps, block_size=block, chunk_paths=chunk,
+                        policy=policy, progress=lambda info: None)
         return time.perf_counter() - t0
 
     for name, process in [("merton", processes.Merton()), ("garch_t", processes.GarchT()),
