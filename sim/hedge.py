@@ -498,7 +498,8 @@ class HedgeOverlay:
         col = lambda x, other: jnp.where(first, x, other)  # noqa: E731
         z = jnp.zeros((n,), _F32)
         return HedgeState(
-            contracts=col(contracts, 0.0), strike=col(strike, 1.0), log_strike=col(jnp.log(strike), 0.0), paid=col(price, 1.0), bought_at=col(one, 1.0),
+            contracts=col(contracts, 0.0), strike=col(strike, 1.0), log_strike=col(jnp.log(strike), 0.0),
+            paid=col(price, 1.0), bought_at=col(one, 1.0),
             remaining=jnp.where(first, self.program.tenor_steps, -1).astype(jnp.int32),
             spot=one, nav=one, hedge_value=spend, realized_var=var0, marks=jnp.zeros((L, n), _F32),
             premium=spend, proceeds=z, costs=cost, sales=jnp.zeros((n,), jnp.int32),
@@ -514,8 +515,8 @@ class HedgeOverlay:
 
     def prefetch(self, s: HedgeState, r, process, process_state, t, dt: float) -> HedgeState:
         """The market move of step ``t`` (return ``r``, drawn a step ahead by the engine):
-        realized variance, vol level, every put's new mark, and the monetization policy's
-        decision on them, kept in the carry so that XLA computes them once rather than inside
+        realized variance, every put's new mark (at the vol level of the new state) and the
+        monetization policy's decision on them, kept in the carry so that XLA computes them once rather than inside
         each consumer of ``step`` (the decision sees exactly what it would see in ``step``:
         the state after step ``t - 1``'s trades and the move of step ``t``)."""
         vm = self.vol_model
@@ -596,7 +597,7 @@ class HedgeOverlay:
         def skip(*args):  # never taken: see below
             return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(trades, *args))
 
-        # A conditional whose predicate is always true: its outputs are materialized once, so
+        # A conditional whose predicate is always true (t >= 1): its outputs are materialized once, so
         # that the per-path results below read four [n] totals instead of each re-reading the
         # [L, n] tranche arrays (XLA's CPU backend fuses cheap producers into every consumer).
         tranche = (s.strike, s.log_strike, s.paid, s.bought_at)  # changed here by roll-downs only
@@ -608,7 +609,6 @@ class HedgeOverlay:
         rolled_cost = rolled_spend * opt_cost / (1.0 + opt_cost)
         kept = total - total_sold - expired + rolled_spend - rolled_cost
         sale_cost = opt_cost * total_sold + rolled_cost
-
 
         # The roll: the slot that comes round buys (computed only on roll steps).
         roll = (t % prog.roll_steps) == 0
@@ -635,7 +635,8 @@ class HedgeOverlay:
         x = nav / _positive(s.nav) - 1.0  # a wiped-out path stays at -1 (the engine freezes it)
         inv_nav = 1.0 / _positive(nav_market)
         state = HedgeState(
-            contracts=contracts, strike=strike, log_strike=log_strike, paid=paid, bought_at=bought_at, remaining=remaining, spot=spot, nav=nav,
+            contracts=contracts, strike=strike, log_strike=log_strike, paid=paid, bought_at=bought_at,
+            remaining=remaining, spot=spot, nav=nav,
             hedge_value=kept + bought_value, realized_var=s.realized_var, marks=s.marks,
             premium=s.premium + spend / _positive(nav_before_buy) + rolled_spend * inv_nav,
             proceeds=s.proceeds + (total_sold + expired) * inv_nav,
