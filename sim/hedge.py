@@ -516,9 +516,10 @@ class HedgeOverlay:
     def prefetch(self, s: HedgeState, r, process, process_state, t, dt: float) -> HedgeState:
         """The market move of step ``t`` (return ``r``, drawn a step ahead by the engine):
         realized variance, every put's new mark (at the vol level of the new state) and the
-        monetization policy's decision on them, kept in the carry so that XLA computes them once rather than inside
-        each consumer of ``step`` (the decision sees exactly what it would see in ``step``:
-        the state after step ``t - 1``'s trades and the move of step ``t``)."""
+        monetization policy's decision on them, kept in the carry so that XLA computes them
+        once rather than inside each consumer of ``step`` (the decision sees exactly what it
+        would see in ``step``: the state after step ``t - 1``'s trades and the move of step
+        ``t``)."""
         vm = self.vol_model
         w = vm.ewma_weight()
         var = (1.0 - w) * s.realized_var + w * r * r / dt
@@ -597,9 +598,10 @@ class HedgeOverlay:
         def skip(*args):  # never taken: see below
             return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(trades, *args))
 
-        # A conditional whose predicate is always true (t >= 1): its outputs are materialized once, so
-        # that the per-path results below read four [n] totals instead of each re-reading the
-        # [L, n] tranche arrays (XLA's CPU backend fuses cheap producers into every consumer).
+        # A conditional whose predicate is always true (t >= 1): its outputs are materialized
+        # once, so that the per-path results below read [n] totals instead of each re-reading
+        # the [L, n] tranche arrays (XLA's CPU backend fuses cheap producers into every
+        # consumer). Only what it computes goes through it: a pass-through costs a copy.
         tranche = (s.strike, s.log_strike, s.paid, s.bought_at)  # changed here by roll-downs only
         total, total_sold, expired, n_sales, rolled_spend, tranches = lax.cond(
             t >= 0, trades, skip, s.contracts, s.marks, s.sell, *(tranche if restrike else ()))
