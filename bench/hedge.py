@@ -13,7 +13,8 @@ a warm-up that compiles, on the same draws. Prints one JSON line with path-steps
 
 Both kernels run in the same configuration, by default the fastest one measured for both on a
 CPU: one XLA device per core (``jax_num_cpu_devices``) and chunks of one block per device, so
-that each core steps a block whose state stays in its cache (docs/DESIGN.md, "Performance").
+that each core steps a block whose state stays in its cache (docs/DESIGN.md, "Policies and
+the hedge overlay", CPU configuration).
 """
 
 from __future__ import annotations

@@ -586,7 +586,7 @@ class HedgeOverlay:
             new_contracts = spend / ((1.0 + opt_cost) * jnp.where(rolls, price, 1.0))
             contracts = jnp.where(rolls, new_contracts, contracts)
             strike = jnp.where(rolls, k_roll * spot, strike)
-            log_strike = jnp.where(rolls, jnp.log(k_roll * spot), log_strike)
+            log_strike = jnp.where(rolls, jnp.log(k_roll) + jnp.log(spot), log_strike)  # logs per path, not per put
             paid = jnp.where(rolls, price, paid)
             bought_at = jnp.where(rolls, spot, bought_at)
             rolled_spend = _lsum(spend)
