@@ -5,7 +5,9 @@ Paths are simulated in blocks of ``block_size`` lanes. Block ``b`` draws from
 ``k_init, k_steps = split(fold_in(key, b))``; every sampler is counter based over lanes. So
 path ``i``'s numbers are a pure function of ``(seed, block_size, i)``: results are
 bit-identical whatever the chunk size (blocks per compiled call) or the number of devices the
-blocks of a chunk are sharded over, and a larger ``n_paths`` extends the sample.
+blocks of a chunk are sharded over, and a larger ``n_paths`` extends the sample. For the
+bits to match too, each device loops over its blocks and the step is compiled for one block,
+the same code whatever the chunk (``_run_chunk``).
 
 Memory grows with the number of paths, never with paths x steps: the carry holds
 ``sim.stats.PathStats`` and the process state per path. On request it also keeps
@@ -208,9 +210,18 @@ def simulate_block(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("block_size", "n_steps", "dt", "snapshot_every", "record_paths")
+    jax.jit, static_argnames=("mesh", "block_size", "n_steps", "dt", "snapshot_every", "record_paths", "vectorize")
 )
-def _run_chunk(key, blocks, process, policy, *, block_size, n_steps, dt, snapshot_every, record_paths):
+def _run_chunk(key, blocks, count, process, policy, *, mesh, block_size, n_steps, dt, snapshot_every, record_paths,
+               vectorize):
+    """Simulate the chunk's ``blocks``, sharded over ``mesh``: each device loops over its own
+    ``count`` blocks, one at a time, or (``vectorize``) steps them all at once under ``vmap``.
+
+    The loop compiles the step for one block, the same code whatever the chunk size: XLA's CPU
+    code generation contracts multiply-adds into FMAs differently for different batch shapes,
+    which made results depend on the chunk size in their last bits. ``count`` is an argument,
+    not a constant, so that XLA cannot unroll or inline a loop of one block either.
+    """
     fn = functools.partial(
         simulate_block,
         block_size=block_size,
@@ -219,8 +230,28 @@ def _run_chunk(key, blocks, process, policy, *, block_size, n_steps, dt, snapsho
         snapshot_every=snapshot_every,
         record_paths=record_paths,
     )
-    out = jax.vmap(fn, in_axes=(None, 0, None, None))(key, blocks, process, policy)
-    return out._replace(recorded=out.recorded[0])  # only the first block's recorded paths
+
+    def local(key, blocks, count, process, policy):
+        if vectorize:
+            out = jax.vmap(fn, in_axes=(None, 0, None, None))(key, blocks, process, policy)
+            return out._replace(recorded=out.recorded[:1])
+        shapes = jax.eval_shape(fn, key, blocks[0], process, policy)
+        acc = jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes._replace(recorded=()))
+        acc = acc._replace(recorded=jnp.zeros((1, *shapes.recorded.shape), shapes.recorded.dtype))
+
+        def body(i, acc):
+            out = fn(key, blocks[i], process, policy)
+            rec = jnp.where(i == 0, out.recorded[None], acc.recorded)  # only the first block's
+            out = jax.tree.map(lambda a, o: lax.dynamic_update_index_in_dim(a, o, i, 0),
+                               acc._replace(recorded=()), out._replace(recorded=()))
+            return out._replace(recorded=rec)
+
+        return lax.fori_loop(0, count, body, acc)
+
+    spec, rep = PartitionSpec("blocks"), PartitionSpec()
+    out = jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, rep, rep, rep), out_specs=spec, check_vma=False)(
+        key, blocks, count, process, policy)
+    return out._replace(recorded=out.recorded[0])  # the first device's first block's recorded paths
 
 
 @dataclasses.dataclass
@@ -339,7 +370,10 @@ def simulate(
         dt=1.0 / float(steps_per_year),
         snapshot_every=snapshot_every,
         record_paths=record_paths,
+        mesh=mesh,
+        vectorize=mesh.devices.flat[0].platform != "cpu",
     )
+    count = jax.device_put(jnp.int32(chunk_blocks // n_dev), replicated)
 
     n_snap = n_steps // snapshot_every if snapshot_every else 0
     host_stats = None
@@ -348,7 +382,7 @@ def simulate(
 
     def launch(c):
         blocks = np.arange(c * chunk_blocks, (c + 1) * chunk_blocks, dtype=np.uint32)
-        return _run_chunk(key, jax.device_put(blocks, block_sharding), process, policy, **static)
+        return _run_chunk(key, jax.device_put(blocks, block_sharding), count, process, policy, **static)
 
     t0 = time.perf_counter()
     mine = list(range(pid, n_chunks, n_proc))  # with several processes, every n_proc-th chunk
@@ -398,7 +432,7 @@ def simulate(
 
         if host_stats is None:  # this process had no chunk: empty arrays of the right kinds
             shapes = jax.eval_shape(functools.partial(_run_chunk, **static), key, np.zeros(chunk_blocks, np.uint32),
-                                    process, policy)
+                                    count, process, policy)
             host_stats = stats_lib.PathStats(*(np.zeros(n_paths, a.dtype) for a in shapes.stats))
             extras = {k: np.zeros(n_paths, a.dtype) for k, a in shapes.extras.items()}
         host_stats = stats_lib.PathStats(*(parallel.gather_paths(a, owned) for a in host_stats))

@@ -559,41 +559,59 @@ class HedgeOverlay:
         g = 1.0 + r
 
         # The market moves (marks prefetched for this very return).
-        marks = s.marks
         spot = s.spot * g
-        held = s.remaining >= 1  # [L, 1]: the slot's puts were alive before this step
         remaining = s.remaining - 1
-        value = jnp.where(held, s.contracts * marks, 0.0)  # [L, n], per W_0
         cash = s.nav * (1.0 - f) - s.hedge_value
-        nav_market = s.nav * f * g + cash * (1.0 + rf) + _lsum(value)
 
-        # Expiries pay into cash; the policy sells at the marks (its decision prefetched).
-        live = held & (remaining > 0) & (s.contracts > 0)  # [L, n]
-        mstate, sell = s.pending, s.sell
-        sold = sell * value
-        expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
-        contracts = jnp.where(live, s.contracts * (1.0 - sell), 0.0)
-        strike, log_strike, paid, bought_at = s.strike, s.log_strike, s.paid, s.bought_at
-        rolled_value = rolled_spend = rolled_cost = 0.0
-        if getattr(self.monetize, "restrike", None) is not None:
-            # Roll down: sell what is left of the tranche too and reinvest a share of it in
-            # puts struck at k_roll x spot, same expiry (seed 000 §3.2 step 2).
-            reinvest, k_roll, price = s.reinvest, s.k_roll, s.roll_price
-            rolls = reinvest > 0
-            rest = jnp.where(rolls, value - sold, 0.0)
-            sold = sold + rest
-            spend = reinvest * rest
-            new_contracts = spend / ((1.0 + opt_cost) * jnp.where(rolls, price, 1.0))
-            contracts = jnp.where(rolls, new_contracts, contracts)
-            strike = jnp.where(rolls, k_roll * spot, strike)
-            log_strike = jnp.where(rolls, jnp.log(k_roll) + jnp.log(spot), log_strike)  # logs per path, not per put
-            paid = jnp.where(rolls, price, paid)
-            bought_at = jnp.where(rolls, spot, bought_at)
-            rolled_spend = _lsum(spend)
-            rolled_cost = rolled_spend * opt_cost / (1.0 + opt_cost)
-            rolled_value = rolled_spend - rolled_cost
-        kept = _lsum(value - sold) - expired + rolled_value
-        sale_cost = opt_cost * _lsum(sold) + rolled_cost
+        restrike = getattr(self.monetize, "restrike", None) is not None
+
+        def trades(contracts, marks, sell, *tranche):
+            """Expiries pay into cash; the policy sells at the marks (its decision prefetched);
+            per-path totals of the tranches' values and trades."""
+            held = s.remaining >= 1  # [L, 1]: the slot's puts were alive before this step
+            value = jnp.where(held, contracts * marks, 0.0)  # [L, n], per W_0
+            live = held & (remaining > 0) & (contracts > 0)  # [L, n]
+            sold = sell * value
+            expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
+            n_sales = _lsum((sell > 0).astype(jnp.int32))
+            new_contracts = jnp.where(live, contracts * (1.0 - sell), 0.0)
+            rolled_spend = jnp.zeros_like(spot)
+            if restrike:
+                strike, log_strike, paid, bought_at = tranche
+                # Roll down: sell what is left of the tranche too and reinvest a share of it in
+                # puts struck at k_roll x spot, same expiry (seed 000 §3.2 step 2).
+                reinvest, k_roll, price = s.reinvest, s.k_roll, s.roll_price
+                rolls = reinvest > 0
+                rest = jnp.where(rolls, value - sold, 0.0)
+                sold = sold + rest
+                spend = reinvest * rest
+                new_contracts = jnp.where(rolls, spend / ((1.0 + opt_cost) * jnp.where(rolls, price, 1.0)),
+                                          new_contracts)
+                strike = jnp.where(rolls, k_roll * spot, strike)
+                log_strike = jnp.where(rolls, jnp.log(k_roll) + jnp.log(spot), log_strike)  # logs per path
+                paid = jnp.where(rolls, price, paid)
+                bought_at = jnp.where(rolls, spot, bought_at)
+                rolled_spend = _lsum(spend)
+                tranche = (strike, log_strike, paid, bought_at)
+            return _lsum(value), _lsum(sold), expired, n_sales, rolled_spend, (new_contracts, *tranche)
+
+        def skip(*args):  # never taken: see below
+            return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(trades, *args))
+
+        # A conditional whose predicate is always true (t >= 1): its outputs are materialized
+        # once, so that the per-path results below read [n] totals instead of each re-reading
+        # the [L, n] tranche arrays (XLA's CPU backend fuses cheap producers into every
+        # consumer); 12% faster. Only what it computes goes through it: a pass-through costs
+        # a copy.
+        tranche = (s.strike, s.log_strike, s.paid, s.bought_at)  # changed here by roll-downs only
+        total, total_sold, expired, n_sales, rolled_spend, tranches = lax.cond(
+            t >= 0, trades, skip, s.contracts, s.marks, s.sell, *(tranche if restrike else ()))
+        contracts, strike, log_strike, paid, bought_at = tranches if restrike else (tranches[0], *tranche)
+        mstate = s.pending
+        nav_market = s.nav * f * g + cash * (1.0 + rf) + total
+        rolled_cost = rolled_spend * opt_cost / (1.0 + opt_cost)
+        kept = total - total_sold - expired + rolled_spend - rolled_cost
+        sale_cost = opt_cost * total_sold + rolled_cost
 
         # The roll: the slot that comes round buys (computed only on roll steps).
         roll = (t % prog.roll_steps) == 0
@@ -622,11 +640,11 @@ class HedgeOverlay:
         state = HedgeState(
             contracts=contracts, strike=strike, log_strike=log_strike, paid=paid, bought_at=bought_at,
             remaining=remaining, spot=spot, nav=nav,
-            hedge_value=kept + bought_value, realized_var=s.realized_var, marks=marks,
+            hedge_value=kept + bought_value, realized_var=s.realized_var, marks=s.marks,
             premium=s.premium + spend / _positive(nav_before_buy) + rolled_spend * inv_nav,
-            proceeds=s.proceeds + (_lsum(sold) + expired) * inv_nav,
+            proceeds=s.proceeds + (total_sold + expired) * inv_nav,
             costs=s.costs + (sale_cost + buy_cost) * inv_nav,
-            sales=s.sales + _lsum((sell > 0).astype(jnp.int32)),
+            sales=s.sales + n_sales,
             monetize=mstate, pending=mstate, sell=s.sell, reinvest=s.reinvest, roll_price=s.roll_price, k_roll=s.k_roll,
         )
         return state, x

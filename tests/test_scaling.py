@@ -160,10 +160,11 @@ def test_slurm_launcher_configs_compose():
 
 def test_engine_and_surface_on_two_forced_cpu_devices_equal_one(tmp_path):
     """The paths-axis sharding (engine: a mesh over blocks; surface: blocks round-robin over
-    devices) on 2 forced CPU devices gives this process's single-device numbers bit for bit."""
+    devices) on 2 forced CPU devices gives this process's single-device numbers bit for bit,
+    hedge overlay (sales and roll downs of the crash protocol) included."""
     out = tmp_path / "two.npz"
     script = ("import jax, numpy as np\nfrom tests.distributed_worker import run\n"
-              f"assert jax.device_count() == 2, jax.devices()\nnp.savez({str(out)!r}, **run())\n")
+              f"assert jax.device_count() == 2, jax.devices()\nnp.savez({str(out)!r}, **run(hedged=True))\n")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -171,5 +172,7 @@ def test_engine_and_surface_on_two_forced_cpu_devices_equal_one(tmp_path):
     from tests.distributed_worker import run
 
     two = np.load(out)
-    for k, v in run().items():
+    one = run(hedged=True)
+    assert one["hedged_sales"].sum() > 0 and (one["hedged_premium"] > 0).all()
+    for k, v in one.items():
         np.testing.assert_array_equal(two[k], v, err_msg=k)
