@@ -37,7 +37,10 @@ plugs into)::
     state = policy.init(n, L)
     state, sell = policy.decide(state, obs)    # sell: float32[L, n] in [0, 1]
 
-where ``obs`` is a ``HedgeObs``. Provided: ``Hold`` (hold to expiry and roll),
+where ``obs`` is a ``HedgeObs``. A policy whose state is ``()`` and whose decision is a
+cheap function of ``obs`` may say so with a class attribute ``at_trade = True``: the overlay
+then decides inside the step's trades instead of carrying the decision (one ``[L, n]`` array
+less through memory; same results, bit for bit). Provided: ``Hold`` (hold to expiry and roll),
 ``ProfitTake`` (sell when the mark reaches a multiple of the premium paid), ``PriceLevel``
 (sell when the underlying has fallen a fixed % since purchase: the price rule seed 000 §3
 warns against) and ``RegimeOracle`` (sell when the model's true regime turns from crash to
@@ -204,7 +207,7 @@ def put_price(moneyness, tau, vol, rate, log_moneyness=None):
     e^{-d1^2 / 2}``. ``log_moneyness``, if given, is ``log(moneyness)``.
     """
     live = (tau > 0) & (vol > 0)
-    sd = jnp.where(live, vol * jnp.sqrt(jnp.where(live, tau, 1.0)), 1.0)
+    sd = jnp.where(live, vol * jnp.sqrt(jnp.maximum(tau, 0.0)), 1.0)  # sqrt of tau's shape (per tranche)
     disc_k = moneyness * jnp.exp(-rate * tau)
     log_disc_k = jnp.log(disc_k) if log_moneyness is None else log_moneyness - rate * tau
     d1 = -log_disc_k / sd + 0.5 * sd
@@ -316,6 +319,8 @@ class HedgeObs(NamedTuple):
 class Hold:
     """Hold every put to expiry (and roll on schedule)."""
 
+    at_trade = True  # stateless and cheap: decided inside the step's trades (module docstring)
+
     def validate(self) -> None:
         pass
 
@@ -329,6 +334,8 @@ class Hold:
 @_pytree
 class ProfitTake:
     """Sell ``fraction`` of a tranche when its mark reaches ``multiple`` x the price paid."""
+
+    at_trade = True  # stateless and cheap: decided inside the step's trades (module docstring)
 
     multiple: float = 5.0
     fraction: float = 1.0
@@ -348,6 +355,8 @@ class ProfitTake:
 @_pytree
 class PriceLevel:
     """Sell ``fraction`` of a tranche when the underlying is ``drop`` below its level at purchase."""
+
+    at_trade = True  # stateless and cheap: decided inside the step's trades (module docstring)
 
     drop: float = 0.2
     fraction: float = 1.0
@@ -418,7 +427,7 @@ class HedgeState(NamedTuple):
     sales: jax.Array  # int32[n], number of monetization sales (tranche-steps)
     monetize: Any  # the monetization policy's state as of the last step taken
     pending: Any  # its state after the (prefetched) decision for the next step
-    sell: jax.Array  # float32[L, n], share of each tranche to sell in the next step (prefetched)
+    sell: Any  # float32[L, n], share of each tranche to sell in the next step (prefetched), or () (at_trade)
     reinvest: Any  # float32[L, n] share of the rest reinvested in a roll down (policies with restrike), else ()
     roll_price: Any  # float32[L, n] price of a rolled-down put in the next step, else ()
     k_roll: Any  # float32[], strike / spot of rolled-down puts, else ()
@@ -459,6 +468,10 @@ class HedgeOverlay:
             raise ParameterError(f"monetize must have init/decide (see sim.hedge), got {type(self.monetize).__name__}")
         if hasattr(self.monetize, "validate"):
             self.monetize.validate()
+        if self._at_trade and (getattr(self.monetize, "restrike", None) is not None
+                               or jax.tree.leaves(self.monetize.init(1, self.program.n_tranches))):
+            raise ParameterError(f"monetize = {type(self.monetize).__name__} has at_trade = True, which needs a policy "
+                                 "with no state and no restrike (see sim.hedge)")
 
     def check_process(self, process) -> None:
         """Host-side checks that need the return model (``simulate`` calls them)."""
@@ -504,7 +517,7 @@ class HedgeOverlay:
             spot=one, nav=one, hedge_value=spend, realized_var=var0, marks=jnp.zeros((L, n), _F32),
             premium=spend, proceeds=z, costs=cost, sales=jnp.zeros((n,), jnp.int32),
             monetize=self.monetize.init(n, L, process), pending=self.monetize.init(n, L, process),
-            sell=jnp.zeros((L, n), _F32),
+            sell=() if self._at_trade else jnp.zeros((L, n), _F32),
             **self._no_roll(L, n),
         )
 
@@ -512,6 +525,14 @@ class HedgeOverlay:
         if getattr(self.monetize, "restrike", None) is None:
             return dict(reinvest=(), roll_price=(), k_roll=())
         return dict(reinvest=jnp.zeros((L, n), _F32), roll_price=jnp.ones((L, n), _F32), k_roll=jnp.ones((), _F32))
+
+    @property
+    def _at_trade(self) -> bool:
+        return bool(getattr(self.monetize, "at_trade", False))
+
+    def _decide(self, mstate, obs: HedgeObs):
+        mstate, sell = self.monetize.decide(mstate, obs)
+        return mstate, jnp.where(obs.live, jnp.clip(sell, 0.0, 1.0), 0.0)
 
     def prefetch(self, s: HedgeState, r, process, process_state, t, dt: float) -> HedgeState:
         """The market move of step ``t`` (return ``r``, drawn a step ahead by the engine):
@@ -533,12 +554,13 @@ class HedgeOverlay:
         rate = _f(self.risk_free)
         price = put_price(moneyness, tau, vm.vol(moneyness, tau, level, log_m), rate, log_m)
         marks = jnp.where(up, spot * price, s.strike)
+        if self._at_trade:  # the step decides (it sees the very same obs)
+            return s._replace(realized_var=var, marks=marks)
         held = s.remaining >= 1
         live = held & (s.remaining - 1 > 0) & (s.contracts > 0)
         obs = HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
                        vol_level=level, process_state=process_state, step=t, dt=dt)
-        mstate, sell = self.monetize.decide(s.monetize, obs)
-        sell = jnp.where(live, jnp.clip(sell, 0.0, 1.0), 0.0)
+        mstate, sell = self._decide(s.monetize, obs)
         roll = {}
         restrike = getattr(self.monetize, "restrike", None)
         if restrike is not None:
@@ -566,11 +588,18 @@ class HedgeOverlay:
         restrike = getattr(self.monetize, "restrike", None) is not None
 
         def trades(contracts, marks, sell, *tranche):
-            """Expiries pay into cash; the policy sells at the marks (its decision prefetched);
-            per-path totals of the tranches' values and trades."""
+            """Expiries pay into cash; the policy sells at the marks (its decision prefetched,
+            or made here for an ``at_trade`` policy); per-path totals of the tranches' values
+            and trades."""
             held = s.remaining >= 1  # [L, 1]: the slot's puts were alive before this step
             value = jnp.where(held, contracts * marks, 0.0)  # [L, n], per W_0
             live = held & (remaining > 0) & (contracts > 0)  # [L, n]
+            if self._at_trade:  # what prefetch would have seen: nothing it changes is read
+                tau = jnp.maximum(remaining, 0).astype(_F32) * dt
+                level = self.vol_model.atm_level(s.realized_var, process, process_state, dt)
+                obs = HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live,
+                               tau=tau, vol_level=level, process_state=process_state, step=t, dt=dt)
+                sell = self._decide(s.monetize, obs)[1]
             sold = sell * value
             expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
             n_sales = _lsum((sell > 0).astype(jnp.int32))
