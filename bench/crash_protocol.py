@@ -11,7 +11,8 @@ the plain engine (constant mix on the same model) and the overlay with hold-to-e
 ratios in the same run. Prints one JSON line: ``protocol_seconds`` (wall time of the full
 run, compilation included: the acceptance figure, < 120 s on the 2-core CPU),
 ``protocol_seconds_compiled`` (a second run with the same shapes), path-steps/s of each
-variant, and the ratios.
+variant, and the ratios. Like the experiments, it gives JAX one CPU device per core
+(``sim.parallel.use_cpu_cores``; ``--devices 1`` for JAX's default single device).
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--chunk-paths", type=int, default=None, help="paths per compiled call (default: the engine's)")
+    ap.add_argument("--devices", type=int, default=None,
+                    help="XLA CPU devices (default: one per core, as the experiments use; ignored on a GPU)")
     args = ap.parse_args()
 
     import jax
+
+    from sim.parallel import use_cpu_cores
+
+    use_cpu_cores(args.devices)
 
     from sim import engine, hedge, processes, regime
     from sim.market import Market

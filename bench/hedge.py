@@ -2,7 +2,7 @@
 
     python bench/hedge.py           # 2^18 paths x 252 steps, each of three return models
     python bench/hedge.py --quick   # 2^15 paths (a smoke test)
-    python bench/hedge.py --devices 1 --chunk 262144   # one XLA device, the engine's default chunk
+    python bench/hedge.py --devices 1   # JAX's single CPU device instead of one per core
 
 For each model (Merton, GARCH-t, regime switching) it times ``sim.engine.simulate`` with the
 plain constant-mix ``Policy`` and with a ``sim.hedge.HedgeOverlay`` (the default program: 85%
@@ -11,10 +11,10 @@ implied-vol model, profit-take monetization), interleaved, best of ``--repeats``
 a warm-up that compiles, on the same draws. Prints one JSON line with path-steps/s of each and
 ``ratio_hedged_vs_plain`` per model (the acceptance figure: >= 0.25).
 
-Both kernels run in the same configuration, by default the fastest one measured for both on a
-CPU: one XLA device per core (``jax_num_cpu_devices``) and chunks of one block per device, so
-that each core steps a block whose state stays in its cache (docs/DESIGN.md, "Policies and
-the hedge overlay", CPU configuration).
+Both kernels run in the same configuration, by default the experiments' one, also the fastest
+measured for both on a CPU: one XLA device per core (``sim.parallel.use_cpu_cores``), each
+stepping its blocks one at a time with their state in its cache, and the engine's default
+chunk (docs/DESIGN.md, "Chunks").
 """
 
 from __future__ import annotations
@@ -32,18 +32,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--devices", type=int, default=os.cpu_count() or 1,
-                    help="XLA CPU devices (default: one per core; ignored on a GPU)")
-    ap.add_argument("--chunk", type=int, default=0, help="paths per compiled call (default: one block per device)")
+    ap.add_argument("--devices", type=int, default=None, help="XLA CPU devices (default: one per core; ignored on a GPU)")
+    ap.add_argument("--chunk", type=int, default=None, help="paths per compiled call (default: the engine's)")
     args = ap.parse_args()
 
     import jax
 
-    jax.config.update("jax_num_cpu_devices", args.devices)
+    from sim.parallel import use_cpu_cores
+
+    use_cpu_cores(args.devices)
     from sim import engine, hedge, processes
 
     n_paths, n_steps, block = (1 << 15 if args.quick else 1 << 18), 252, 1 << 14
-    chunk = args.chunk or block * jax.device_count()
+    chunk = args.chunk
     overlay = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(budget=0.02, strike=0.85),
                                  monetize=hedge.ProfitTake(5.0))
     out = {"n_paths": n_paths, "n_steps": n_steps, "tranches": overlay.program.n_tranches, "chunk_paths": chunk}

@@ -11,7 +11,8 @@
   directory already holds a completion record for the same config is skipped, so an
   interrupted multirun restarted into the same sweep directory recomputes only the missing
   points), joins a multi-process JAX run when the config asks for one (``distributed``), and
-  lets only process 0 write.
+  lets only process 0 write. On a CPU it first gives JAX one device per core (``+cpu_devices=N``
+  to choose), which only changes the speed.
 """
 
 from __future__ import annotations
@@ -228,12 +229,22 @@ def _join_distributed(cfg) -> None:
                          bind=spec.get("bind"))
 
 
+def _use_cpu_cores(cfg) -> None:
+    """One JAX CPU device per core (``sim.parallel.use_cpu_cores``), or ``+cpu_devices=N``;
+    set before JAX's first operation. The numbers do not depend on it, only the speed."""
+    from sim.parallel import use_cpu_cores
+
+    n = cfg.get("cpu_devices") if hasattr(cfg, "get") else None
+    use_cpu_cores(None if n is None else n)
+
+
 def hydra_main(run_fn, cfg) -> None:
     """The body of every experiment's ``@hydra.main``: join a distributed run if configured,
     skip a finished run of the same config, let only process 0 keep its outputs."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
+    _use_cpu_cores(cfg)
     _join_distributed(cfg)
     out_dir = hc.runtime.output_dir
     if jax.process_index() == 0:

@@ -31,14 +31,11 @@ mix; ``sim.hedge.HedgeOverlay`` carries a put program)::
     state = policy.init(n, dt, process, process_state)     # per-path state (a pytree)
     state, x = policy.step(state, r, process, process_state, t, dt)  # x: float32[n] return
     policy.outputs(state)                         # dict of [n] per-path results (may be empty)
-    state = policy.prefetch(state, r_next, process, process_state, t + 1, dt)  # optional
 
-``prefetch``, where a policy has it, runs at the end of step ``t`` with the next step's return
-(already drawn: see the note on prefetching below) and puts what ``step`` will need of it
-into the state: values computed in the carry are materialized once, where XLA's CPU backend
-would recompute them in every fusion that reads them. For such a policy the engine keeps two
-steps of draws in flight, so that ``r_next`` too is read from the carry, not resampled inside
-the policy's fusions.
+XLA's CPU backend recomputes a cheap-enough producer inside every fusion that reads it, so a
+policy that computes something expensive and reads it several times (``sim.hedge``: the puts'
+marks) should materialize it once: ``sim.hedge`` passes such values through a conditional
+whose predicate is always true (its operands and outputs are buffers).
 
 ``init`` sees the model's initial state; ``step`` sees the step's return ``r``, the process
 state after drawing it (for a regime model, the regime in force now) and the 1-based step
@@ -163,32 +160,21 @@ def simulate_block(
     # The draws of step t + 1 are made in step t and carried (prefetched): a loop-carried
     # value is materialized once, whereas XLA's CPU backend, which emits single-output
     # fusions, would otherwise recompute the whole sampler (hash included) inside each of
-    # the statistics' updates that read r. Costs one unused draw per path at the end.
-    # A policy with ``prefetch`` reads the next step's return in this step too: it is drawn
-    # one step further ahead (two in flight), so that it also comes from the carry.
+    # the statistics' updates and the policy's fusions that read r. Costs one unused draw per
+    # path at the end.
     def one_step(carry, t):
-        pstate, r, st, pol, ahead = carry
+        pstate, r, st, pol = carry
         pol, x = policy.step(pol, r, process, pstate, t + 1, dt)
         st = stats_lib.update(st, x, t + 1, log_floor)
-        if prefetch:
-            pstate_next, r_next = ahead
-            pol = policy.prefetch(pol, r_next, process, pstate_next, t + 2, dt)
-            return (pstate_next, r_next, st, pol, draw(pstate_next, t + 2)), st.log_wealth[:record_paths]
         pstate, r_next = draw(pstate, t + 1)
-        return (pstate, r_next, st, pol, ()), st.log_wealth[:record_paths]
+        return (pstate, r_next, st, pol), st.log_wealth[:record_paths]
 
     def run(carry, start, length):
         return lax.scan(one_step, carry, start + jnp.arange(length, dtype=jnp.int32))
 
-    prefetch = hasattr(policy, "prefetch")
     pstate0 = process.init(k_init, block_size, dt)
     pstate1, r0 = draw(pstate0, 0)
-    pol0 = policy.init(block_size, dt, process, pstate0)
-    ahead = ()
-    if prefetch:
-        pol0 = policy.prefetch(pol0, r0, process, pstate1, 1, dt)
-        ahead = draw(pstate1, 1)
-    carry = (pstate1, r0, stats_lib.init_path_stats(block_size), pol0, ahead)
+    carry = (pstate1, r0, stats_lib.init_path_stats(block_size), policy.init(block_size, dt, process, pstate0))
     recorded = []
     n_seg = n_steps // snapshot_every if snapshot_every else 0
     if n_seg:

@@ -168,6 +168,13 @@ class ImpliedVolModel:
         return jnp.clip(atm + smile, _f(self.vol_floor), _f(self.vol_cap))
 
 
+def _never(fn):
+    """The other branch of an always-taken conditional (a materialization fence): zeros."""
+    def zeros(*args):
+        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, *args))
+    return zeros
+
+
 def _positive(x):
     """``x`` where positive, else 1: the divisor of per-NAV accounting once a path is wiped out."""
     return jnp.where(x > 0, x, 1.0)
@@ -419,18 +426,12 @@ class HedgeState(NamedTuple):
     spot: jax.Array  # float32[n], S_t / S_0
     nav: jax.Array  # float32[n], W_t / W_0
     hedge_value: jax.Array  # float32[n], the puts' mark / W_0 (at the start: their price and its cost)
-    realized_var: jax.Array  # float32[n], EWMA of annualized squared returns, through the next step
-    marks: jax.Array  # float32[L, n], each put's mark after the next step (prefetched)
+    realized_var: jax.Array  # float32[n], EWMA of annualized squared returns
     premium: jax.Array  # float32[n], sum over purchases of premium / NAV at the time
     proceeds: jax.Array  # float32[n], sum over sales and expiries of proceeds / NAV
     costs: jax.Array  # float32[n], sum of trading costs / NAV
     sales: jax.Array  # int32[n], number of monetization sales (tranche-steps)
-    monetize: Any  # the monetization policy's state as of the last step taken
-    pending: Any  # its state after the (prefetched) decision for the next step
-    sell: Any  # float32[L, n], share of each tranche to sell in the next step (prefetched), or () (at_trade)
-    reinvest: Any  # float32[L, n] share of the rest reinvested in a roll down (policies with restrike), else ()
-    roll_price: Any  # float32[L, n] price of a rolled-down put in the next step, else ()
-    k_roll: Any  # float32[], strike / spot of rolled-down puts, else ()
+    monetize: Any  # the monetization policy's state
 
 
 @_pytree
@@ -514,17 +515,10 @@ class HedgeOverlay:
             contracts=col(contracts, 0.0), strike=col(strike, 1.0), log_strike=col(jnp.log(strike), 0.0),
             paid=col(price, 1.0), bought_at=col(one, 1.0),
             remaining=jnp.where(first, self.program.tenor_steps, -1).astype(jnp.int32),
-            spot=one, nav=one, hedge_value=spend, realized_var=var0, marks=jnp.zeros((L, n), _F32),
+            spot=one, nav=one, hedge_value=spend, realized_var=var0,
             premium=spend, proceeds=z, costs=cost, sales=jnp.zeros((n,), jnp.int32),
-            monetize=self.monetize.init(n, L, process), pending=self.monetize.init(n, L, process),
-            sell=() if self._at_trade else jnp.zeros((L, n), _F32),
-            **self._no_roll(L, n),
+            monetize=self.monetize.init(n, L, process),
         )
-
-    def _no_roll(self, L, n):
-        if getattr(self.monetize, "restrike", None) is None:
-            return dict(reinvest=(), roll_price=(), k_roll=())
-        return dict(reinvest=jnp.zeros((L, n), _F32), roll_price=jnp.ones((L, n), _F32), k_roll=jnp.ones((), _F32))
 
     @property
     def _at_trade(self) -> bool:
@@ -534,82 +528,78 @@ class HedgeOverlay:
         mstate, sell = self.monetize.decide(mstate, obs)
         return mstate, jnp.where(obs.live, jnp.clip(sell, 0.0, 1.0), 0.0)
 
-    def prefetch(self, s: HedgeState, r, process, process_state, t, dt: float) -> HedgeState:
-        """The market move of step ``t`` (return ``r``, drawn a step ahead by the engine):
-        realized variance, every put's new mark (at the vol level of the new state) and the
-        monetization policy's decision on them, kept in the carry so that XLA computes them
-        once rather than inside each consumer of ``step`` (the decision sees exactly what it
-        would see in ``step``: the state after step ``t - 1``'s trades and the move of step
-        ``t``)."""
-        vm = self.vol_model
+    def step(self, s: HedgeState, r, process, process_state, t, dt: float):
+        prog, vm = self.program, self.vol_model
+        f = _f(self.fraction)
+        rate = _f(self.risk_free)
+        rf = per_step_mean(rate, dt)
+        opt_cost = _f(prog.option_cost)
+        g = 1.0 + r
+
+        # The market moves: realized variance, the vol level, and every put re-marked.
+        spot = s.spot * g
+        remaining = s.remaining - 1
+        cash = s.nav * (1.0 - f) - s.hedge_value
         w = vm.ewma_weight()
         var = (1.0 - w) * s.realized_var + w * r * r / dt
         level = vm.atm_level(var, process, process_state, dt)
-        spot = s.spot * (1.0 + r)
-        tau = jnp.maximum(s.remaining - 1, 0).astype(_F32) * dt
+        tau = jnp.maximum(remaining, 0).astype(_F32) * dt  # [L, 1]
         up = spot > 0
         safe_spot = jnp.where(up, spot, 1.0)
         moneyness = s.strike * (1.0 / safe_spot)
         log_m = s.log_strike - jnp.log(safe_spot)  # for the smile and for d1
-        rate = _f(self.risk_free)
         price = put_price(moneyness, tau, vm.vol(moneyness, tau, level, log_m), rate, log_m)
         marks = jnp.where(up, spot * price, s.strike)
-        if self._at_trade:  # the step decides (it sees the very same obs)
-            return s._replace(realized_var=var, marks=marks)
-        held = s.remaining >= 1
-        live = held & (s.remaining - 1 > 0) & (s.contracts > 0)
-        obs = HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
-                       vol_level=level, process_state=process_state, step=t, dt=dt)
-        mstate, sell = self._decide(s.monetize, obs)
-        roll = {}
+        held = s.remaining >= 1  # [L, 1]: the slot's puts were alive before this step
+
+        # XLA's CPU backend emits single-output fusions and recomputes a cheap-enough producer
+        # inside every consumer: the Black-Scholes marks, or a policy's decision, read by
+        # several per-path results would be recomputed in each (4-5x slower). A conditional
+        # on an always-true predicate (t >= 1) materializes its operands and its outputs
+        # once. So the marks go into one as an operand, and its outputs are [n] totals that
+        # the per-path results read instead of each re-reading the [L, n] arrays. Only
+        # what a conditional computes goes through it: a pass-through costs a copy.
+        def observe(contracts, marks):
+            live = held & (remaining > 0) & (contracts > 0)  # [L, n]
+            return HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
+                            vol_level=level, process_state=process_state, step=t, dt=dt)
+
         restrike = getattr(self.monetize, "restrike", None)
-        if restrike is not None:
+
+        def decide(contracts, marks):
+            """The monetization policy's decision (and roll down) on the new marks."""
+            obs = observe(contracts, marks)
+            mstate, sell = self._decide(s.monetize, obs)
+            if restrike is None:
+                return mstate, sell, ()
             reinvest, k_roll = restrike(mstate, obs)
             k_roll = jnp.asarray(k_roll, _F32)
             roll_price = spot * put_price(k_roll, tau, vm.vol(k_roll, tau, level), rate)
-            reinvest = jnp.where(live & (roll_price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
-            roll = dict(reinvest=reinvest, roll_price=roll_price, k_roll=k_roll)
-        # The decision goes to ``pending``: the step commits it. The engine's last prefetch
-        # (for a step that never comes) so leaves the outputs untouched.
-        return s._replace(realized_var=var, marks=marks, pending=mstate, sell=sell, **roll)
+            reinvest = jnp.where(obs.live & (roll_price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
+            return mstate, sell, (reinvest, k_roll, roll_price)
 
-    def step(self, s: HedgeState, r, process, process_state, t, dt: float):
-        prog = self.program
-        f = _f(self.fraction)
-        rf = per_step_mean(_f(self.risk_free), dt)
-        opt_cost = _f(prog.option_cost)
-        g = 1.0 + r
+        if self._at_trade:  # decided inside the trades, from their operands
+            mstate, sell, roll_down = s.monetize, (), ()
+        else:
+            mstate, sell, roll_down = lax.cond(t >= 0, decide, _never(decide), s.contracts, marks)
 
-        # The market moves (marks prefetched for this very return).
-        spot = s.spot * g
-        remaining = s.remaining - 1
-        cash = s.nav * (1.0 - f) - s.hedge_value
-
-        restrike = getattr(self.monetize, "restrike", None) is not None
-
-        def trades(contracts, marks, sell, *tranche):
-            """Expiries pay into cash; the policy sells at the marks (its decision prefetched,
-            or made here for an ``at_trade`` policy); per-path totals of the tranches' values
-            and trades."""
-            held = s.remaining >= 1  # [L, 1]: the slot's puts were alive before this step
+        def trades(contracts, marks, sell, roll_down, *tranche):
+            """Expiries pay into cash; the policy sells at the marks; per-path totals of the
+            tranches' values and trades."""
             value = jnp.where(held, contracts * marks, 0.0)  # [L, n], per W_0
             live = held & (remaining > 0) & (contracts > 0)  # [L, n]
-            if self._at_trade:  # what prefetch would have seen: nothing it changes is read
-                tau = jnp.maximum(remaining, 0).astype(_F32) * dt
-                level = self.vol_model.atm_level(s.realized_var, process, process_state, dt)
-                obs = HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live,
-                               tau=tau, vol_level=level, process_state=process_state, step=t, dt=dt)
-                sell = self._decide(s.monetize, obs)[1]
+            if self._at_trade:
+                sell = decide(contracts, marks)[1]
             sold = sell * value
             expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
             n_sales = _lsum((sell > 0).astype(jnp.int32))
             new_contracts = jnp.where(live, contracts * (1.0 - sell), 0.0)
             rolled_spend = jnp.zeros_like(spot)
-            if restrike:
+            if roll_down:
                 strike, log_strike, paid, bought_at = tranche
                 # Roll down: sell what is left of the tranche too and reinvest a share of it in
                 # puts struck at k_roll x spot, same expiry (seed 000 §3.2 step 2).
-                reinvest, k_roll, price = s.reinvest, s.k_roll, s.roll_price
+                reinvest, k_roll, price = roll_down
                 rolls = reinvest > 0
                 rest = jnp.where(rolls, value - sold, 0.0)
                 sold = sold + rest
@@ -624,19 +614,10 @@ class HedgeOverlay:
                 tranche = (strike, log_strike, paid, bought_at)
             return _lsum(value), _lsum(sold), expired, n_sales, rolled_spend, (new_contracts, *tranche)
 
-        def skip(*args):  # never taken: see below
-            return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(trades, *args))
-
-        # A conditional whose predicate is always true (t >= 1): its outputs are materialized
-        # once, so that the per-path results below read [n] totals instead of each re-reading
-        # the [L, n] tranche arrays (XLA's CPU backend fuses cheap producers into every
-        # consumer); 12% faster. Only what it computes goes through it: a pass-through costs
-        # a copy.
         tranche = (s.strike, s.log_strike, s.paid, s.bought_at)  # changed here by roll-downs only
         total, total_sold, expired, n_sales, rolled_spend, tranches = lax.cond(
-            t >= 0, trades, skip, s.contracts, s.marks, s.sell, *(tranche if restrike else ()))
-        contracts, strike, log_strike, paid, bought_at = tranches if restrike else (tranches[0], *tranche)
-        mstate = s.pending
+            t >= 0, trades, _never(trades), s.contracts, marks, sell, roll_down, *(tranche if roll_down else ()))
+        contracts, strike, log_strike, paid, bought_at = tranches if roll_down else (tranches[0], *tranche)
         nav_market = s.nav * f * g + cash * (1.0 + rf) + total
         rolled_cost = rolled_spend * opt_cost / (1.0 + opt_cost)
         kept = total - total_sold - expired + rolled_spend - rolled_cost
@@ -649,7 +630,6 @@ class HedgeOverlay:
 
         def buy(args):
             contracts, strike, log_strike, paid, bought_at, remaining = args
-            level = self.vol_model.atm_level(s.realized_var, process, process_state, dt)  # as prefetch saw it
             c, k, price, spend, cost = self._buy(level, spot, nav_before_buy, dt)
             mine = (jnp.arange(prog.n_tranches) == slot)[:, None]
             new = (jnp.where(mine, c, contracts), jnp.where(mine, k, strike), jnp.where(mine, jnp.log(k), log_strike),
@@ -668,13 +648,11 @@ class HedgeOverlay:
         inv_nav = 1.0 / _positive(nav_market)
         state = HedgeState(
             contracts=contracts, strike=strike, log_strike=log_strike, paid=paid, bought_at=bought_at,
-            remaining=remaining, spot=spot, nav=nav,
-            hedge_value=kept + bought_value, realized_var=s.realized_var, marks=s.marks,
+            remaining=remaining, spot=spot, nav=nav, hedge_value=kept + bought_value, realized_var=var,
             premium=s.premium + spend / _positive(nav_before_buy) + rolled_spend * inv_nav,
             proceeds=s.proceeds + (total_sold + expired) * inv_nav,
             costs=s.costs + (sale_cost + buy_cost) * inv_nav,
-            sales=s.sales + n_sales,
-            monetize=mstate, pending=mstate, sell=s.sell, reinvest=s.reinvest, roll_price=s.roll_price, k_roll=s.k_roll,
+            sales=s.sales + n_sales, monetize=mstate,
         )
         return state, x
 

@@ -229,8 +229,9 @@ class _StatefulAtTrade(hedge.RegimeOracle):
 @pytest.mark.parametrize("make", [lambda m: m.ProfitTake(1.5, 0.5), lambda m: m.PriceLevel(0.05, 0.5)],
                          ids=["profit_take", "price_level"])
 def test_at_trade_decisions_equal_carried_ones(make):
-    """An ``at_trade`` policy decides inside the step's trades; carried from prefetch (the
-    general path) the same decision gives the same paths and diagnostics, bit for bit."""
+    """An ``at_trade`` policy decides inside the step's trades; decided in its own fence and
+    passed to the trades (the path of a policy with state) the same decision gives the same
+    paths and diagnostics, bit for bit."""
     pol = make(hedge)
     carried = hedge._pytree(type("Carried", (type(pol),), {"at_trade": False}))(**dataclasses.asdict(pol))
     assert pol.at_trade and not carried.at_trade

@@ -9,7 +9,9 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
+from sim.validation import ParameterError
 from tests.conftest import ROOT
 
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
@@ -176,3 +178,19 @@ def test_engine_and_surface_on_two_forced_cpu_devices_equal_one(tmp_path):
     assert one["hedged_sales"].sum() > 0 and (one["hedged_premium"] > 0).all()
     for k, v in one.items():
         np.testing.assert_array_equal(two[k], v, err_msg=k)
+
+
+def test_use_cpu_cores_sets_devices_before_jax_starts_and_is_harmless_after():
+    from sim.parallel import use_cpu_cores
+
+    script = ("import jax\nfrom sim.parallel import use_cpu_cores\nassert use_cpu_cores(3) == 3\n"
+              "assert jax.device_count() == 3 and jax.devices()[0].platform == 'cpu', jax.devices()\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import jax
+
+    jax.devices()  # started: asking again changes nothing and says how many it has
+    assert use_cpu_cores(3) == len(jax.devices("cpu"))
+    with pytest.raises(ParameterError, match="cpu_devices"):
+        use_cpu_cores(0)
