@@ -39,8 +39,8 @@ plugs into)::
 
 where ``obs`` is a ``HedgeObs``. A policy whose state is ``()`` and whose decision is a
 cheap function of ``obs`` may say so with a class attribute ``at_trade = True``: the overlay
-then decides inside the step's trades instead of carrying the decision (one ``[L, n]`` array
-less through memory; same results, bit for bit). Provided: ``Hold`` (hold to expiry and roll),
+then decides inside the step's trades instead of beforehand, in a materialization fence of
+its own (one ``[L, n]`` array less written and read; same results, bit for bit). Provided: ``Hold`` (hold to expiry and roll),
 ``ProfitTake`` (sell when the mark reaches a multiple of the premium paid), ``PriceLevel``
 (sell when the underlying has fallen a fixed % since purchase: the price rule seed 000 §3
 warns against) and ``RegimeOracle`` (sell when the model's true regime turns from crash to
