@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 def use_cpu_cores(n: int | None = None) -> int:
     """Give JAX ``n`` CPU devices (default: one per core this process may run on), so that the
     engine steps one block per core, its state in that core's cache: on the 2-core VM the
-    plain kernels ran 1.3-1.6x and the hedged ones 1.2-1.8x faster than on JAX's single CPU
-    device (docs/DESIGN.md, "Chunks"). Results do not change (tested bit for bit).
+    engine's kernels ran 1.4-2.5x faster than on JAX's single CPU device (docs/DESIGN.md,
+    "Chunks"). Results do not change (tested bit for bit).
 
     Must run before JAX's first operation (``jax_num_cpu_devices``); later it changes nothing,
     logs why, and returns the CPU device count JAX already has. Where the default backend is a
