@@ -37,7 +37,10 @@ plugs into)::
     state = policy.init(n, L)
     state, sell = policy.decide(state, obs)    # sell: float32[L, n] in [0, 1]
 
-where ``obs`` is a ``HedgeObs``. Provided: ``Hold`` (hold to expiry and roll),
+where ``obs`` is a ``HedgeObs``. A policy whose state is ``()`` and whose decision is a
+cheap function of ``obs`` may say so with a class attribute ``at_trade = True``: the overlay
+then decides inside the step's trades instead of beforehand, in a materialization fence of
+its own (one ``[L, n]`` array less written and read; same results, bit for bit). Provided: ``Hold`` (hold to expiry and roll),
 ``ProfitTake`` (sell when the mark reaches a multiple of the premium paid), ``PriceLevel``
 (sell when the underlying has fallen a fixed % since purchase: the price rule seed 000 §3
 warns against) and ``RegimeOracle`` (sell when the model's true regime turns from crash to
@@ -323,6 +326,8 @@ class HedgeObs(NamedTuple):
 class Hold:
     """Hold every put to expiry (and roll on schedule)."""
 
+    at_trade = True  # stateless and cheap: decided inside the step's trades (module docstring)
+
     def validate(self) -> None:
         pass
 
@@ -336,6 +341,8 @@ class Hold:
 @_pytree
 class ProfitTake:
     """Sell ``fraction`` of a tranche when its mark reaches ``multiple`` x the price paid."""
+
+    at_trade = True  # stateless and cheap: decided inside the step's trades (module docstring)
 
     multiple: float = 5.0
     fraction: float = 1.0
@@ -355,6 +362,8 @@ class ProfitTake:
 @_pytree
 class PriceLevel:
     """Sell ``fraction`` of a tranche when the underlying is ``drop`` below its level at purchase."""
+
+    at_trade = True  # stateless and cheap: decided inside the step's trades (module docstring)
 
     drop: float = 0.2
     fraction: float = 1.0
@@ -460,6 +469,10 @@ class HedgeOverlay:
             raise ParameterError(f"monetize must have init/decide (see sim.hedge), got {type(self.monetize).__name__}")
         if hasattr(self.monetize, "validate"):
             self.monetize.validate()
+        if self._at_trade and (getattr(self.monetize, "restrike", None) is not None
+                               or jax.tree.leaves(self.monetize.init(1, self.program.n_tranches))):
+            raise ParameterError(f"monetize = {type(self.monetize).__name__} has at_trade = True, which needs a policy "
+                                 "with no state and no restrike (see sim.hedge)")
 
     def check_process(self, process) -> None:
         """Host-side checks that need the return model (``simulate`` calls them)."""
@@ -507,6 +520,14 @@ class HedgeOverlay:
             monetize=self.monetize.init(n, L, process),
         )
 
+    @property
+    def _at_trade(self) -> bool:
+        return bool(getattr(self.monetize, "at_trade", False))
+
+    def _decide(self, mstate, obs: HedgeObs):
+        mstate, sell = self.monetize.decide(mstate, obs)
+        return mstate, jnp.where(obs.live, jnp.clip(sell, 0.0, 1.0), 0.0)
+
     def step(self, s: HedgeState, r, process, process_state, t, dt: float):
         prog, vm = self.program, self.vol_model
         f = _f(self.fraction)
@@ -535,35 +556,40 @@ class HedgeOverlay:
         # inside every consumer: the Black-Scholes marks, or a policy's decision, read by
         # several per-path results would be recomputed in each (4-5x slower). A conditional
         # on an always-true predicate (t >= 1) materializes its operands and its outputs
-        # once. So the marks go into one, where the monetization policy decides; its outputs
-        # (the policy's state, the share to sell, the roll down) go into a second one with
-        # the marks, whose outputs are [n] totals that the per-path results read instead of
-        # each re-reading the [L, n] arrays. Only what a conditional computes goes through
-        # it: a pass-through costs a copy.
+        # once. So the marks go into one as an operand, and its outputs are [n] totals that
+        # the per-path results read instead of each re-reading the [L, n] arrays. Only
+        # what a conditional computes goes through it: a pass-through costs a copy.
+        def observe(contracts, marks):
+            live = held & (remaining > 0) & (contracts > 0)  # [L, n]
+            return HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
+                            vol_level=level, process_state=process_state, step=t, dt=dt)
+
         restrike = getattr(self.monetize, "restrike", None)
 
         def decide(contracts, marks):
             """The monetization policy's decision (and roll down) on the new marks."""
-            live = held & (remaining > 0) & (contracts > 0)  # [L, n]
-            obs = HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
-                           vol_level=level, process_state=process_state, step=t, dt=dt)
-            mstate, sell = self.monetize.decide(s.monetize, obs)
-            sell = jnp.where(live, jnp.clip(sell, 0.0, 1.0), 0.0)
+            obs = observe(contracts, marks)
+            mstate, sell = self._decide(s.monetize, obs)
             if restrike is None:
                 return mstate, sell, ()
             reinvest, k_roll = restrike(mstate, obs)
             k_roll = jnp.asarray(k_roll, _F32)
             roll_price = spot * put_price(k_roll, tau, vm.vol(k_roll, tau, level), rate)
-            reinvest = jnp.where(live & (roll_price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
+            reinvest = jnp.where(obs.live & (roll_price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
             return mstate, sell, (reinvest, k_roll, roll_price)
 
-        mstate, sell, roll_down = lax.cond(t >= 0, decide, _never(decide), s.contracts, marks)
+        if self._at_trade:  # decided inside the trades, from their operands
+            mstate, sell, roll_down = s.monetize, (), ()
+        else:
+            mstate, sell, roll_down = lax.cond(t >= 0, decide, _never(decide), s.contracts, marks)
 
         def trades(contracts, marks, sell, roll_down, *tranche):
             """Expiries pay into cash; the policy sells at the marks; per-path totals of the
             tranches' values and trades."""
             value = jnp.where(held, contracts * marks, 0.0)  # [L, n], per W_0
             live = held & (remaining > 0) & (contracts > 0)  # [L, n]
+            if self._at_trade:
+                sell = decide(contracts, marks)[1]
             sold = sell * value
             expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
             n_sales = _lsum((sell > 0).astype(jnp.int32))

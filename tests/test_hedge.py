@@ -220,3 +220,33 @@ def test_optimizer_finds_the_grid_maximum_of_the_fraction_without_hedge():
     assert opt.fraction == pytest.approx(best, abs=0.05)
     assert opt.growth >= max(values) - 1e-4
 
+
+@hedge._pytree
+class _StatefulAtTrade(hedge.RegimeOracle):
+    at_trade = True
+
+
+@pytest.mark.parametrize("make", [lambda m: m.ProfitTake(1.5, 0.5), lambda m: m.PriceLevel(0.05, 0.5)],
+                         ids=["profit_take", "price_level"])
+def test_at_trade_decisions_equal_carried_ones(make):
+    """An ``at_trade`` policy decides inside the step's trades; decided in its own fence and
+    passed to the trades (the path of a policy with state) the same decision gives the same
+    paths and diagnostics, bit for bit."""
+    pol = make(hedge)
+    carried = hedge._pytree(type("Carried", (type(pol),), {"at_trade": False}))(**dataclasses.asdict(pol))
+    assert pol.at_trade and not carried.at_trade
+    runs = []
+    for mon in (pol, carried):
+        ov = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(budget=0.03, strike=0.9), monetize=mon)
+        runs.append(engine.simulate(processes.GarchT(), seed=2, n_paths=4096, n_steps=300, block_size=1024, policy=ov))
+    assert runs[0].extras["sales"].sum() > 100
+    for a, b in zip(runs[0].stats, runs[1].stats):
+        np.testing.assert_array_equal(a, b)
+    for k in runs[0].extras:
+        np.testing.assert_array_equal(runs[0].extras[k], runs[1].extras[k])
+
+
+def test_at_trade_needs_a_stateless_policy():
+    ov = hedge.HedgeOverlay(monetize=_StatefulAtTrade())
+    with pytest.raises(ParameterError, match="at_trade"):
+        engine.simulate(processes.RegimeSwitching(), n_paths=8, n_steps=30, policy=ov)
