@@ -40,8 +40,9 @@ plugs into)::
 where ``obs`` is a ``HedgeObs``. A policy whose state is ``()`` and whose decision is a
 cheap function of ``obs`` may say so with a class attribute ``at_trade = True``: the overlay
 then decides inside the step's trades instead of beforehand, in a materialization fence of
-its own (one ``[L, n]`` array less written and read; same results, bit for bit). Provided: ``Hold`` (hold to expiry and roll),
-``ProfitTake`` (sell when the mark reaches a multiple of the premium paid), ``PriceLevel``
+its own (one ``[L, n]`` array less written and read; same results, bit for bit). Provided:
+``Hold`` (hold to expiry and roll), ``ProfitTake`` (sell when the mark reaches a multiple of
+the premium paid), ``PriceLevel``
 (sell when the underlying has fallen a fixed % since purchase: the price rule seed 000 §3
 warns against) and ``RegimeOracle`` (sell when the model's true regime turns from crash to
 calm: the benchmark no detector can beat).
@@ -556,13 +557,16 @@ class HedgeOverlay:
         # inside every consumer: the Black-Scholes marks, or a policy's decision, read by
         # several per-path results would be recomputed in each (4-5x slower). A conditional
         # on an always-true predicate (t >= 1) materializes its operands and its outputs
-        # once. So the marks go into one as an operand, and its outputs are [n] totals that
-        # the per-path results read instead of each re-reading the [L, n] arrays. Only
-        # what a conditional computes goes through it: a pass-through costs a copy.
+        # once. So the marks go into one as an operand (a policy with state decides in one
+        # of its own first), and its outputs are [n] totals that the per-path results read
+        # instead of each re-reading the [L, n] arrays. Only what a conditional computes
+        # goes through it: a pass-through costs a copy.
+        def alive(contracts):  # [L, n]: the tranche still holds puts after this step
+            return held & (remaining > 0) & (contracts > 0)
+
         def observe(contracts, marks):
-            live = held & (remaining > 0) & (contracts > 0)  # [L, n]
-            return HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=live, tau=tau,
-                            vol_level=level, process_state=process_state, step=t, dt=dt)
+            return HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=alive(contracts),
+                            tau=tau, vol_level=level, process_state=process_state, step=t, dt=dt)
 
         restrike = getattr(self.monetize, "restrike", None)
 
@@ -587,7 +591,7 @@ class HedgeOverlay:
             """Expiries pay into cash; the policy sells at the marks; per-path totals of the
             tranches' values and trades."""
             value = jnp.where(held, contracts * marks, 0.0)  # [L, n], per W_0
-            live = held & (remaining > 0) & (contracts > 0)  # [L, n]
+            live = alive(contracts)
             if self._at_trade:
                 sell = decide(contracts, marks)[1]
             sold = sell * value

@@ -228,15 +228,15 @@ class _StatefulAtTrade(hedge.RegimeOracle):
 
 @pytest.mark.parametrize("make", [lambda m: m.ProfitTake(1.5, 0.5), lambda m: m.PriceLevel(0.05, 0.5)],
                          ids=["profit_take", "price_level"])
-def test_at_trade_decisions_equal_carried_ones(make):
+def test_at_trade_decisions_equal_fenced_ones(make):
     """An ``at_trade`` policy decides inside the step's trades; decided in its own fence and
     passed to the trades (the path of a policy with state) the same decision gives the same
     paths and diagnostics, bit for bit."""
     pol = make(hedge)
-    carried = hedge._pytree(type("Carried", (type(pol),), {"at_trade": False}))(**dataclasses.asdict(pol))
-    assert pol.at_trade and not carried.at_trade
+    fenced = hedge._pytree(type("Fenced", (type(pol),), {"at_trade": False}))(**dataclasses.asdict(pol))
+    assert pol.at_trade and not fenced.at_trade
     runs = []
-    for mon in (pol, carried):
+    for mon in (pol, fenced):
         ov = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(budget=0.03, strike=0.9), monetize=mon)
         runs.append(engine.simulate(processes.GarchT(), seed=2, n_paths=4096, n_steps=300, block_size=1024, policy=ov))
     assert runs[0].extras["sales"].sum() > 100
