@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import options
-from sim.processes import _pytree
+from sim.pytree import pytree_dataclass
 from sim.validation import ParameterError, check_range
 
 __all__ = [
@@ -343,7 +343,7 @@ _SUMS = ("pnl", "index_pnl", "legs_pnl", "index_own", "correlation", "legs_theta
          "rho_implied_num", "rho_realized_num")
 
 
-@_pytree
+@pytree_dataclass
 class DispersionTrade:
     """A dispersion trade on a ``sim.market.Basket``, as an engine policy: at step 0 sell one
     at-the-money index straddle (``direction="short_index"``; ``"long_index"`` is the reverse

@@ -61,7 +61,7 @@ from jax import lax
 import numpy as np
 from jax.scipy.special import ndtri
 
-from sim.processes import _pytree
+from sim.pytree import pytree_dataclass
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
 
@@ -95,7 +95,7 @@ def _f(x):
 # --------------------------------------------------------------------------- implied vol
 
 
-@_pytree
+@pytree_dataclass
 class ImpliedVolModel:
     """Implied volatility of a put of moneyness ``k = K / S`` and expiry ``tau`` years.
 
@@ -235,7 +235,7 @@ def put_price(moneyness, tau, vol, rate, log_moneyness=None):
 # --------------------------------------------------------------------------- program
 
 
-@_pytree
+@pytree_dataclass
 class HedgeProgram:
     """A budgeted put program: what to buy, how often, for how much.
 
@@ -323,11 +323,12 @@ class HedgeObs(NamedTuple):
     dt: float  # step length in years (static)
 
 
-@_pytree
+@pytree_dataclass
 class Hold:
     """Hold every put to expiry (and roll on schedule)."""
 
     at_trade = True  # stateless and cheap: decided inside the step's trades (module docstring)
+    __trace_attrs__ = ("at_trade",)  # a class-level switch of the traced code: part of the treedef
 
     def validate(self) -> None:
         pass
@@ -339,11 +340,12 @@ class Hold:
         return state, jnp.zeros_like(obs.marks)
 
 
-@_pytree
+@pytree_dataclass
 class ProfitTake:
     """Sell ``fraction`` of a tranche when its mark reaches ``multiple`` x the price paid."""
 
     at_trade = True  # stateless and cheap: decided inside the step's trades (module docstring)
+    __trace_attrs__ = ("at_trade",)  # a class-level switch of the traced code: part of the treedef
 
     multiple: float = 5.0
     fraction: float = 1.0
@@ -360,11 +362,12 @@ class ProfitTake:
         return state, jnp.where(hit, _f(self.fraction), 0.0)
 
 
-@_pytree
+@pytree_dataclass
 class PriceLevel:
     """Sell ``fraction`` of a tranche when the underlying is ``drop`` below its level at purchase."""
 
     at_trade = True  # stateless and cheap: decided inside the step's trades (module docstring)
+    __trace_attrs__ = ("at_trade",)  # a class-level switch of the traced code: part of the treedef
 
     drop: float = 0.2
     fraction: float = 1.0
@@ -385,7 +388,7 @@ class _RegimeMemory(NamedTuple):
     crash: jax.Array  # bool[n], the regime was crash after the previous step
 
 
-@_pytree
+@pytree_dataclass
 class RegimeOracle:
     """Sell ``fraction`` of every tranche when the model's true regime turns crash -> calm.
 
@@ -435,7 +438,7 @@ class HedgeState(NamedTuple):
     monetize: Any  # the monetization policy's state
 
 
-@_pytree
+@pytree_dataclass
 class HedgeOverlay:
     """Equity at a constant fraction plus a put program: an engine policy (``sim.engine``).
 

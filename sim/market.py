@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import samplers
-from sim.processes import _pytree
+from sim.pytree import pytree_dataclass
 from sim.units import per_step_mean, per_step_prob, per_step_vol
 from sim.validation import ParameterError, check_int, check_range
 
@@ -75,7 +75,7 @@ class MarketState(NamedTuple):
         return self.base.regime
 
 
-@_pytree
+@pytree_dataclass
 class Market:
     """A return model plus observable constituents and spread (see the module docstring).
 
@@ -238,7 +238,7 @@ class BasketState(NamedTuple):
     regime: jax.Array  # int32[n], 0 calm, 1 crash: the regime of the next step
 
 
-@_pytree
+@pytree_dataclass
 class Basket:
     """N constituent price paths and the index built from them: a return model whose return
     is the index's, ``I = sum_i w_i S_i`` (``w_i`` share counts), so that the market-cap

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import samplers
+from sim.pytree import pytree_dataclass
 from sim.units import per_step_mean, per_step_prob, per_step_rate, per_step_vol
 from sim.validation import ParameterError, check_range
 
@@ -59,16 +60,6 @@ __all__ = [
 ]
 
 _F32 = jnp.float32
-
-
-def _pytree(cls):
-    """Freeze ``cls`` as a dataclass and register its fields as pytree leaves (those marked
-    ``metadata=dict(static=True)`` as static metadata)."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    fields = dataclasses.fields(cls)
-    data = [f.name for f in fields if not f.metadata.get("static")]
-    meta = [f.name for f in fields if f.metadata.get("static")]
-    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
 
 
 def _f(x):
@@ -90,7 +81,7 @@ class NoState(NamedTuple):
     """State of a model without memory."""
 
 
-@_pytree
+@pytree_dataclass
 class Gaussian:
     """Gaussian simple returns (Euler-discretized geometric Brownian motion).
 
@@ -122,7 +113,7 @@ class Gaussian:
         return self.mu, self.sigma**2
 
 
-@_pytree
+@pytree_dataclass
 class StudentT:
     """Student-t simple returns with unit-variance innovations (fat tails, ``nu > 2``).
 
@@ -156,7 +147,7 @@ class StudentT:
         return self.mu, self.sigma**2
 
 
-@_pytree
+@pytree_dataclass
 class Merton:
     """Merton jump-diffusion in log space, with drift compensated so ``E[1 + r] = exp(mu dt)``.
 
@@ -207,7 +198,7 @@ class Merton:
         return self.mu, self.sigma**2 + self.lam * second
 
 
-@_pytree
+@pytree_dataclass
 class GarchT:
     """GARCH(1,1) with unit-variance Student-t innovations.
 
@@ -267,7 +258,7 @@ class GarchState(NamedTuple):
     last_return: jax.Array  # float32[n], the last step's return
 
 
-@_pytree
+@pytree_dataclass
 class RegimeSwitching:
     """Two-state calm/crash Markov regime switching with Student-t innovations.
 
@@ -334,7 +325,7 @@ class RegimeState(NamedTuple):
     regime: jax.Array  # int32[n], 0 calm, 1 crash: the regime of the next step
 
 
-@_pytree
+@pytree_dataclass
 class BlockBootstrap:
     """Stationary block bootstrap (Politis and Romano 1994) of a real return series.
 
@@ -384,7 +375,7 @@ class BootstrapState(NamedTuple):
     index: jax.Array  # int32[n], index of the next step's return in the series
 
 
-@_pytree
+@pytree_dataclass
 class Replay:
     """A given return series replayed on every path (a real history, a scenario).
 
@@ -439,7 +430,7 @@ class ReplayState(NamedTuple):
     index: jax.Array  # int32[n], index of the next step's return
 
 
-@_pytree
+@pytree_dataclass
 class Binary:
     """A repeated binary bet: ``r = up`` with probability ``p``, else ``r = down``, per step.
 
@@ -465,7 +456,7 @@ class Binary:
         return state, jnp.where(win, _f(self.up), _f(self.down))
 
 
-@_pytree
+@pytree_dataclass
 class MultiAsset:
     """``d`` correlated assets with fat-tailed shocks: ``r = mu dt + sigma sqrt(dt) (L z)``.
 
@@ -536,7 +527,7 @@ class MultiAsset:
 _PRIOR_KINDS = ("normal", "lognormal")
 
 
-@_pytree
+@pytree_dataclass
 class ParameterUncertainty:
     """A model whose parameters are themselves random: drawn once per path, then held.
 

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim.processes import _pytree
+from sim.pytree import pytree_dataclass
 from sim.validation import ParameterError, check_int, check_range
 
 __all__ = [
@@ -156,7 +156,7 @@ class DetectorState(NamedTuple):
     realized_var: Ewm
 
 
-@_pytree
+@pytree_dataclass
 class Detector:
     """The four signal families of seed 000 §3.1 (see the module docstring).
 
@@ -267,7 +267,7 @@ class ProtocolState(NamedTuple):
     age: jax.Array  # int32[n], steps spent in the current state
 
 
-@_pytree
+@pytree_dataclass
 class Protocol:
     """The three-step protocol's thresholds (see the module docstring).
 
@@ -401,7 +401,7 @@ class CrashState(NamedTuple):
     diagnostics: Any
 
 
-@_pytree
+@pytree_dataclass
 class CrashProtocol:
     """The three-step protocol as a ``sim.hedge`` monetization policy.
 

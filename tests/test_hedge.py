@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import norm
 
 from sim import engine, hedge, options, processes
+from sim.pytree import pytree_dataclass
 from sim.validation import ParameterError
 
 FLAT = hedge.ImpliedVolModel(source="constant", vrp=0.0, skew=0.0, mean_reversion=0.0, long_run_vol=0.2)
@@ -221,7 +222,7 @@ def test_optimizer_finds_the_grid_maximum_of_the_fraction_without_hedge():
     assert opt.growth >= max(values) - 1e-4
 
 
-@hedge._pytree
+@pytree_dataclass
 class _StatefulAtTrade(hedge.RegimeOracle):
     at_trade = True
 
@@ -233,7 +234,7 @@ def test_at_trade_decisions_equal_fenced_ones(make):
     passed to the trades (the path of a policy with state) the same decision gives the same
     paths and diagnostics, bit for bit."""
     pol = make(hedge)
-    fenced = hedge._pytree(type("Fenced", (type(pol),), {"at_trade": False}))(**dataclasses.asdict(pol))
+    fenced = pytree_dataclass(type("Fenced", (type(pol),), {"at_trade": False}))(**dataclasses.asdict(pol))
     assert pol.at_trade and not fenced.at_trade
     runs = []
     for mon in (pol, fenced):
