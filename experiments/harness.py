@@ -238,23 +238,153 @@ def _use_cpu_cores(cfg) -> None:
     use_cpu_cores(None if n is None else n)
 
 
+# Root keys any experiment accepts on top of its own config (added with ``+``).
+EXTRA_ROOT_KEYS = ("cpu_devices", "distributed")
+
+
+def _group_overrides(overrides) -> list[str]:
+    """The overrides among ``overrides`` that select a config group option (``process=merton``,
+    ``+process@models.x=merton``), not those that set or add a value."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    keep = []
+    for text, o in zip(overrides, OverridesParser.create().parse_overrides(list(overrides))):
+        if not o.is_delete() and loader.get_group_options(o.key_or_group):
+            keep.append(text)
+    return keep
+
+
+def unknown_keys(cfg, reference, prefix: str = "") -> list[str]:
+    """Dotted paths of the keys of ``cfg`` that ``reference`` (the experiment's own config,
+    composed with the same group choices and no added values) does not have. Nodes with a
+    ``_target_`` (models) are checked against their class by their builder instead."""
+    out = []
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if not prefix and key in EXTRA_ROOT_KEYS + ("hydra",):
+            continue
+        if reference is None or not OmegaConf.is_dict(reference) or key not in reference:
+            out.append(path)
+            continue
+        node = cfg._get_node(key)
+        if OmegaConf.is_dict(node) and "_target_" not in node:
+            out += unknown_keys(node, reference._get_node(key), path + ".")
+    return out
+
+
+def check_known_keys(cfg, hc) -> None:
+    """Reject a key that the experiment's config does not define, however it was added
+    (``+surface.bogus=1``, ``++coin.bogus=1``, a sweep over a new key): the schema is the
+    experiment's YAML under the same group choices. ``+cpu_devices`` and ``+distributed.*`` are
+    the two root keys every experiment accepts."""
+    from hydra import compose
+
+    overrides = list(hc.overrides.task)
+    reference = compose(config_name=hc.job.config_name, overrides=_group_overrides(overrides))
+    bad = unknown_keys(cfg, reference)
+    if bad:
+        def allowed_at(path):
+            parent = path.rpartition(".")[0]
+            node = OmegaConf.select(reference, parent) if parent else reference
+            keys = [k for k in node if k != "hydra"] if OmegaConf.is_dict(node) else []
+            return f"{path!r} (allowed under {parent or 'the root'}: {keys})"
+        raise ParameterError(f"{hc.job.config_name}: unknown config key(s) " + "; ".join(allowed_at(p) for p in bad)
+                             + (f"; root keys also allowed: {list(EXTRA_ROOT_KEYS)}" if any("." not in p for p in bad)
+                                else ""))
+
+
+class RunDirInUse(RuntimeError):
+    pass
+
+
+_CLAIM = ".running.json"
+
+
+def claim_run_dir(out_dir) -> pathlib.Path:
+    """Claim the run directory for this process (``.running.json``, created exclusively): a
+    second run that resolves to the same directory while the first is alive refuses to start.
+    A claim left by a dead process of this host (a kill) is taken over."""
+    import socket
+
+    directory = pathlib.Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    claim = directory / _CLAIM
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "start": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                other = json.loads(claim.read_text())
+            except (OSError, ValueError):
+                other = {}
+            alive = other.get("host") == me["host"] and _pid_alive(other.get("pid"))
+            if alive or other.get("host") not in (None, me["host"]):
+                raise RunDirInUse(f"{directory} is in use by process {other.get('pid')} on {other.get('host')} "
+                                  f"(claim {claim}); give this run its own directory (hydra.run.dir=...)") from None
+            log.warning("%s: taking over the claim of a process that is gone (%s)", directory, other)
+            claim.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me) + "\n")
+        return claim
+    raise RunDirInUse(f"{directory}: cannot claim the run directory")
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fail_in_one_line(err: Exception, code: int = 2):
+    """Bad input: the traceback into the run's log file, one line on stderr, exit ``code``."""
+    import sys
+    import traceback
+
+    text = "".join(traceback.format_exception(err))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.stream.write(text)
+            handler.flush()
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
 def hydra_main(run_fn, cfg) -> None:
-    """The body of every experiment's ``@hydra.main``: join a distributed run if configured,
+    """The body of every experiment's ``@hydra.main``: reject unknown keys and bad parameters
+    in one line (the traceback goes to the log file), join a distributed run if configured,
     skip a finished run of the same config, let only process 0 keep its outputs."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    _use_cpu_cores(cfg)
-    _join_distributed(cfg)
-    out_dir = hc.runtime.output_dir
-    if jax.process_index() == 0:
-        run_resumable(run_fn, cfg, out_dir, experiment=hc.job.name)
-        return
-    # Every process computes (the simulations gather across processes); only process 0 writes.
-    scratch = tempfile.mkdtemp(prefix=f"{hc.job.name}-process{jax.process_index()}-")
     try:
-        run_fn(cfg, scratch)
-    finally:
-        import shutil
+        check_known_keys(cfg, hc)
+        _use_cpu_cores(cfg)
+        _join_distributed(cfg)
+        out_dir = hc.runtime.output_dir
+        if jax.process_index() == 0:
+            claim = claim_run_dir(out_dir)
+            try:
+                run_resumable(run_fn, cfg, out_dir, experiment=hc.job.name)
+            finally:
+                claim.unlink(missing_ok=True)
+            return
+        # Every process computes (the simulations gather across processes); only process 0 writes.
+        scratch = tempfile.mkdtemp(prefix=f"{hc.job.name}-process{jax.process_index()}-")
+        try:
+            run_fn(cfg, scratch)
+        finally:
+            import shutil
 
-        shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
+    except (ParameterError, RunDirInUse) as err:
+        _fail_in_one_line(err)
