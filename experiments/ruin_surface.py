@@ -7,9 +7,11 @@ fraction of a Gaussian with the same mean and variance), over ``surface.years``:
 * P(ruin): wealth ever below ``surface.floor`` x initial;
 * P(max drawdown > ``surface.drawdown_level``);
 * median time-average growth ``log(W_T) / T`` (ruin absorbing);
-* per parameter value, the growth-optimal fraction: by gradient (``sim.kelly.optimize`` on
-  ``surface.kelly_years`` of the same seed's draws), and bracketed on the grid (maximizing
-  ``E[log W_T] / T`` on the surface's draws, no floor), against the Gaussian reference.
+* per parameter value, the growth-optimal multiple ``c``: the grid point maximizing
+  ``E[log W_T] / T`` on the surface's own draws and horizon (no floor), refined by a
+  parabola, with flags where it is pinned below the first wipe-out (then it is not a smooth
+  optimum and moves with the number of paths), where it sits at the grid's edge, and its value
+  on half of the paths (the sample-size dependence). The heatmaps draw this same quantity.
 
 All (parameter, c) points are computed in one compiled kernel (``sim.surface``). Writes into
 the Hydra run directory: ``surface.csv`` (the table behind the plots), ``growth_optimal.csv``,
@@ -67,13 +69,38 @@ def _heatmap(out: OutputWriter, name: str, res: surface.SurfaceResult, grid: np.
         pass
     ax.axvline(1.0, color="w", ls="--", lw=1, label="c = 1 (Gaussian Kelly)")
     if optimal_c is not None:
-        ax.plot(optimal_c, y, "o-", color="C1", ms=3, lw=1.2, label="growth-optimal c (sim.kelly)")
+        c, pinned, edge = optimal_c["c"], optimal_c["wipeout"], optimal_c["grid_edge"]
+        ax.plot(c, y, "-", color="C1", lw=1.2, label="growth-optimal c: max E[log W_T] on these draws")
+        free = ~pinned & ~edge
+        ax.plot(c[free], y[free], "o", color="C1", ms=4)
+        if pinned.any():
+            ax.plot(c[pinned], y[pinned], "x", color="C3", ms=7, mew=2,
+                    label="pinned below the first wipe-out (moves with n_paths)")
+        if edge.any():
+            ax.plot(c[edge], y[edge], ">", color="C0", ms=7, label="at the grid's edge (optimum may lie beyond)")
     ax.set_yticks(y, [f"{v:g}" for v in res.values])
     ax.set_xlabel("Kelly multiple c  (f = c (mu - r) / variance)")
     ax.set_ylabel(res.axis)
     ax.set_title(f"{title}, {res.years:g} years, {res.n_paths} paths per point")
     ax.legend(fontsize=7, loc="upper right")
     out.figure(name, fig)
+
+
+def _tag(pinned: bool, edge: bool) -> str:
+    return " (pinned)" if pinned and not edge else " (edge)" if edge and not pinned else " (pinned, edge)" if edge else ""
+
+
+def _optimum_note(at_wipeout_edge: bool, at_grid_edge: bool, moves: bool) -> str:
+    """One plain sentence per model point on what its growth-optimal c is."""
+    parts = []
+    if at_wipeout_edge:
+        parts.append("pinned just below the first fraction with a wipe-out on these draws (not a "
+                     "smooth optimum; it moves with the number of paths)")
+    if at_grid_edge:
+        parts.append("best at the edge of the grid of c (the optimum may lie beyond it)")
+    if moves and not at_wipeout_edge:
+        parts.append("differs by more than a grid step on half of the paths (sample-size dependent)")
+    return "; ".join(parts) if parts else "interior optimum"
 
 
 def run(cfg: DictConfig, out_dir) -> dict:
@@ -84,7 +111,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     steps_per_year = float(s.steps_per_year)
     check_range("surface.steps_per_year", steps_per_year, 0.0, lo_closed=False)
     n_steps = check_int("surface.years * steps_per_year", round(s.years * steps_per_year), 1)
-    n_paths = check_int("surface.n_paths", s.n_paths, 1)
+    n_paths = check_int("surface.n_paths", s.n_paths, 2)  # a standard error needs two paths
     check_range("surface.floor", s.floor, 0.0, 1.0, lo_closed=False, hi_closed=False)
     check_range("surface.drawdown_level", s.drawdown_level, 0.0, 1.0, lo_closed=False, hi_closed=False)
     dt = 1.0 / steps_per_year
@@ -110,45 +137,37 @@ def run(cfg: DictConfig, out_dir) -> dict:
         progress=lambda i: log.info("block %d/%d, %.1fs, ETA %.1fs", i["block"], i["n_blocks"], i["elapsed_s"],
                                     i["eta_s"]),
     )
-    # The growth-optimal fraction per model point, by gradient (sim.kelly) on its own sample
-    # (same seed and blocks; ``kelly_years`` long), where the grid can only bracket it.
-    kelly_f, kelly_se = [], []
-    for v in values:
-        point = dataclasses.replace(base, **{s.axis: float(v)})
-        obj = kelly.GrowthObjective(point, seed=cfg.seed, n_paths=n_paths, block_size=cfg.engine.block_size,
-                                    n_steps=max(1, round(s.kelly_years * steps_per_year)),
-                                    steps_per_year=steps_per_year, risk_free=s.risk_free)
-        opt = kelly.optimize(obj, x0=0.5 * reference[len(kelly_f)], strict=False)
-        kelly_f.append(opt.full_fraction if opt.converged else np.nan)
-        kelly_se.append(opt.fraction_se if opt.converged else np.nan)
-    kelly_f = np.asarray(kelly_f, float)
-
     out = OutputWriter(out_dir)
     table = res.table()
     table.insert(1, "kelly_multiple", np.tile(multiples, len(values)))
     out.table("surface.csv", table)
-    optimal_f = res.growth_optimal()
+    flags = res.optimum_flags()
+    optimal_f, half_f = flags["fraction"], res.growth_optimal_half_sample()
+    grid_step = float(np.diff(multiples).max())
+    moves = np.abs(optimal_f - half_f) / reference > grid_step
+    notes = [_optimum_note(w, e, m) for w, e, m in zip(flags["at_wipeout_edge"], flags["at_grid_edge"], moves)]
     optimal = pd.DataFrame({
         s.axis: values,
         "gaussian_kelly_fraction": reference,
         "growth_optimal_fraction": optimal_f,
         "growth_optimal_multiple": optimal_f / reference,
-        "at_wipeout_edge": res.at_wipeout_edge(),
-        "kelly_optimizer_fraction": kelly_f,
-        "kelly_optimizer_fraction_se": kelly_se,
-        "kelly_optimizer_multiple": kelly_f / reference,
-        "grid_step_in_c": np.diff(multiples).max(),
+        "growth_optimal_multiple_half_sample": half_f / reference,
+        "at_wipeout_edge": flags["at_wipeout_edge"],
+        "at_grid_edge": flags["at_grid_edge"],
+        "moves_with_sample_size": moves,
+        "grid_step_in_c": grid_step,
+        "n_paths": res.n_paths,
+        "note": notes,
     })
     out.table("growth_optimal.csv", optimal)
+    c_opt = dict(c=optimal_f / reference, wipeout=flags["at_wipeout_edge"], grid_edge=flags["at_grid_edge"])
 
     _heatmap(out, "ruin_probability.png", res, res.ruin_probability, multiples,
-             f"P(wealth < {s.floor:g} x initial)", [0.01, 0.05, 0.1, 0.25, 0.5, 0.9], "magma_r",
-             kelly_f / reference)
+             f"P(wealth < {s.floor:g} x initial)", [0.01, 0.05, 0.1, 0.25, 0.5, 0.9], "magma_r", c_opt)
     _heatmap(out, "p_drawdown.png", res, res.p_drawdown, multiples,
-             f"P(max drawdown > {s.drawdown_level:.0%})", [0.05, 0.1, 0.25, 0.5, 0.75, 0.95], "magma_r",
-             kelly_f / reference)
+             f"P(max drawdown > {s.drawdown_level:.0%})", [0.05, 0.1, 0.25, 0.5, 0.75, 0.95], "magma_r", c_opt)
     _heatmap(out, "median_growth.png", res, res.median_growth, multiples, "median time-average growth / yr",
-             [-0.2, -0.1, -0.05, 0.0, 0.05, 0.1], "RdYlGn", kelly_f / reference, fmt="%.2f")
+             [-0.2, -0.1, -0.05, 0.0, 0.05, 0.1], "RdYlGn", c_opt, fmt="%.2f")
 
     i1 = int(np.argmin(np.abs(multiples - 1.0)))
     summary = {
@@ -170,14 +189,20 @@ def run(cfg: DictConfig, out_dir) -> dict:
             "p_drawdown": dict(zip(map(str, values), res.p_drawdown[:, i1])),
             "median_growth": dict(zip(map(str, values), res.median_growth[:, i1])),
         },
-        "growth_optimal_multiple_grid": dict(zip(map(str, values), optimal_f / reference)),
-        "growth_optimal_multiple_kelly": dict(zip(map(str, values), kelly_f / reference)),
+        "growth_optimal_multiple": dict(zip(map(str, values), optimal_f / reference)),
+        "growth_optimal_multiple_half_sample": dict(zip(map(str, values), half_f / reference)),
+        "growth_optimal_note": dict(zip(map(str, values), notes)),
+        "warnings": [f"{s.axis} = {v:g}: {n}" for v, n in zip(values, notes) if n != "interior optimum"],
         "kernel_seconds": res.wall_seconds,
         "point_path_steps_per_second": res.fractions.size * res.n_paths * n_steps / res.wall_seconds,
     }
     out.finish(summary, t_start)
-    log.info("growth-optimal multiple c by %s (sim.kelly): %s", s.axis,
-             ", ".join(f"{v:g}: {c:.3f}" for v, c in zip(values, kelly_f / reference)))
+    log.info("growth-optimal multiple c by %s (E[log W_T] on the surface's draws, grid step %.3g): %s", s.axis,
+             grid_step, ", ".join(f"{v:g}: {c:.3f}{_tag(w, e)}" for v, c, w, e in
+                                  zip(values, optimal_f / reference, flags["at_wipeout_edge"], flags["at_grid_edge"])))
+    if summary["warnings"]:
+        log.warning("growth_optimal.csv, column note: pinned = just below the first wipe-out on these draws (moves "
+                    "with n_paths), edge = at the grid's edge")
     return summary
 
 

@@ -265,8 +265,9 @@ class RegimeSwitching:
     In regime ``s`` (0 calm, 1 crash): ``r = mu_s dt + sigma_s sqrt(dt) T_s``, ``T_s`` unit
     variance t(``nu_s``). After each step the regime switches calm -> crash with probability
     ``1 - exp(-rate_to_crash dt)`` and crash -> calm with ``1 - exp(-rate_to_calm dt)``. Paths
-    start in the stationary distribution, ``P(crash) = rate_to_crash / (rate_to_crash +
-    rate_to_calm)``. The state keeps the true regime (an oracle for the regime detectors).
+    start in the stationary law of that discrete chain, ``P(crash) = p_up / (p_up + p_down)``
+    with the two per-step switch probabilities (``rate_to_crash / (rate_to_crash +
+    rate_to_calm)`` as ``dt -> 0``). The state keeps the true regime (an oracle for the regime detectors).
     """
 
     mu_calm: float = 0.1
@@ -291,12 +292,20 @@ class RegimeSwitching:
             )
 
 
-    def stationary_crash_probability(self):
-        return _f(self.rate_to_crash) / (_f(self.rate_to_crash) + _f(self.rate_to_calm))
+    def stationary_crash_probability(self, dt: float | None = None):
+        """P(crash) in the stationary law: of the discrete chain the model steps (switch
+        probabilities ``1 - exp(-rate dt)`` per step) given ``dt``, else of the continuous-time
+        chain, ``rate_to_crash / (rate_to_crash + rate_to_calm)`` (the limit ``dt -> 0``)."""
+        if dt is None:
+            return _f(self.rate_to_crash) / (_f(self.rate_to_crash) + _f(self.rate_to_calm))
+        up, down = per_step_prob(_f(self.rate_to_crash), dt), per_step_prob(_f(self.rate_to_calm), dt)
+        return up / (up + down)
 
     def init(self, key, n: int, dt: float) -> "RegimeState":
+        # The stationary law of the chain that ``step`` runs, so P(crash) is the same at every
+        # step (at monthly steps the continuous-time law is 4x off: 0.0023 against 0.0099).
         u = samplers.uniform(key, n)
-        return RegimeState((u <= self.stationary_crash_probability()).astype(jnp.int32))
+        return RegimeState((u <= self.stationary_crash_probability(dt)).astype(jnp.int32))
 
     def step(self, key, state: "RegimeState", n: int, dt: float):
         k_shock, k_switch = jax.random.split(key)
@@ -456,6 +465,20 @@ class Binary:
         return state, jnp.where(win, _f(self.up), _f(self.down))
 
 
+#: How far a correlation matrix may be from symmetric, unit-diagonal and within [-1, 1] (float
+#: rounding, e.g. ``cov / outer(sd, sd)``) before ``MultiAsset`` rejects it instead of cleaning it.
+CORR_TOLERANCE = 1e-8
+
+
+def clean_correlation(xp, corr):
+    """``corr`` symmetrized, with a unit diagonal and entries clipped to [-1, 1] (``xp``: numpy
+    or jax.numpy). ``MultiAsset.validate`` only lets through matrices within
+    ``CORR_TOLERANCE`` of that, so this only removes rounding."""
+    sym = xp.clip((corr + corr.T) / 2, -1.0, 1.0)
+    eye = xp.eye(corr.shape[-1], dtype=sym.dtype)
+    return sym * (1 - eye) + eye
+
+
 @pytree_dataclass
 class MultiAsset:
     """``d`` correlated assets with fat-tailed shocks: ``r = mu dt + sigma sqrt(dt) (L z)``.
@@ -485,13 +508,15 @@ class MultiAsset:
             )
         check_range("MultiAsset.mu", mu)
         check_range("MultiAsset.sigma", sigma, 0.0)
-        check_range("MultiAsset.corr", corr, -1.0, 1.0)
-        if not np.allclose(corr, corr.T) or not np.allclose(np.diag(corr), 1.0):
-            raise ParameterError("MultiAsset.corr must be symmetric with a unit diagonal")
-        if np.linalg.eigvalsh(corr).min() <= 1e-10:
-            raise ParameterError(
-                f"MultiAsset.corr must be positive definite; smallest eigenvalue {np.linalg.eigvalsh(corr).min():.3g}"
-            )
+        tol = CORR_TOLERANCE
+        check_range(f"MultiAsset.corr (within {tol:g} of [-1, 1])", corr, -1.0 - tol, 1.0 + tol)
+        asym, diag = np.abs(corr - corr.T).max(), np.abs(np.diag(corr) - 1.0).max()
+        if asym > tol or diag > tol:
+            raise ParameterError(f"MultiAsset.corr must be symmetric with a unit diagonal within {tol:g}; "
+                                 f"max |corr - corr.T| = {asym:.3g}, max |diag - 1| = {diag:.3g}")
+        smallest = np.linalg.eigvalsh(clean_correlation(np, corr)).min()
+        if smallest <= 1e-10:
+            raise ParameterError(f"MultiAsset.corr must be positive definite; smallest eigenvalue {smallest:.3g}")
         if not np.isposinf(self.nu):
             check_range("MultiAsset.nu", self.nu, 2.0, lo_closed=False)
 
@@ -514,14 +539,14 @@ class MultiAsset:
             return jnp.where(finite, t, samplers.normal(k, n))
 
         z = jnp.stack([shock(keys[i]) for i in range(d)], axis=1)  # [n, d]
-        chol = jnp.linalg.cholesky(_f(self.corr))
+        chol = jnp.linalg.cholesky(clean_correlation(jnp, _f(self.corr)))
         shocks = z @ chol.T  # row i: L z_i
         return state, _limited(per_step_mean(_f(self.mu), dt) + per_step_vol(_f(self.sigma), dt) * shocks)
 
     def annual_moments(self):
         """Mean vector and covariance matrix (annualized)."""
         sigma = np.asarray(self.sigma, float)
-        return np.asarray(self.mu, float), np.asarray(self.corr, float) * np.outer(sigma, sigma)
+        return np.asarray(self.mu, float), clean_correlation(np, np.asarray(self.corr, float)) * np.outer(sigma, sigma)
 
 
 _PRIOR_KINDS = ("normal", "lognormal")

@@ -88,28 +88,60 @@ class SurfaceResult:
     years: float
     bin_width: float
     wall_seconds: float
+    block_paths: np.ndarray  # [B] paths counted in each block
+    block_free_sum: np.ndarray  # [B, P, C] sum of log W_T (no floor) over each block's paths finite in it
+    block_wiped: np.ndarray  # [B, P, C] wiped-out paths per block
+
+    def mean_growth_on(self, blocks) -> np.ndarray:
+        """``E[log W_T] / T`` (no floor) on the paths of ``blocks`` only (``-inf`` where one is
+        wiped out): the surface's ``mean_growth`` on a sub-sample of the same draws."""
+        blocks = list(blocks)
+        total = self.block_free_sum[blocks[0]]
+        for b in blocks[1:]:
+            total = total + self.block_free_sum[b]
+        wiped = self.block_wiped[blocks].sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            return np.where(wiped > 0, -np.inf, total / self.block_paths[blocks].sum() / self.years)
 
     def growth_optimal(self) -> np.ndarray:
         """Per model point, the fraction maximizing ``mean_growth`` on the grid, refined by
         the vertex of the parabola through the best point and its neighbours (NaN where
         every fraction has a wipe-out). Where the next larger fraction already has a
         wipe-out (``at_wipeout_edge``), the true optimum lies between the two grid points:
-        the growth rate is -inf beyond the first fraction that can lose everything."""
-        return self._growth_optimal()[0]
+        the growth rate is -inf beyond the first fraction that can lose everything; on
+        these draws that is just below ``1 / |worst simple return|``, which moves with the
+        number of paths (compare ``growth_optimal_half_sample``). Where the best grid point
+        is the first or last fraction (``at_grid_edge``), the optimum may lie beyond the grid."""
+        return self.optimum_flags()["fraction"]
 
     def at_wipeout_edge(self) -> np.ndarray:
-        return self._growth_optimal()[1]
+        return self.optimum_flags()["at_wipeout_edge"]
 
-    def _growth_optimal(self):
-        edge = np.zeros(len(self.values), bool)
-        out = np.full(len(self.values), np.nan)
-        for p, (f, g) in enumerate(zip(self.fractions, self.mean_growth)):
+    def at_grid_edge(self) -> np.ndarray:
+        return self.optimum_flags()["at_grid_edge"]
+
+    def growth_optimal_half_sample(self) -> np.ndarray:
+        """``growth_optimal`` on the first half of the blocks (NaN with a single block): how
+        much the sample optimum depends on the sample size."""
+        n_blocks = len(self.block_paths)
+        if n_blocks < 2:
+            return np.full(len(self.values), np.nan)
+        return self.optimum_flags(self.mean_growth_on(range(n_blocks // 2)))["fraction"]
+
+    def optimum_flags(self, mean_growth=None) -> dict:
+        """``fraction``, ``at_wipeout_edge``, ``at_grid_edge`` per model point (see
+        ``growth_optimal``), on ``mean_growth`` (default: the surface's own)."""
+        mean_growth = self.mean_growth if mean_growth is None else mean_growth
+        P = len(self.values)
+        out = dict(fraction=np.full(P, np.nan), at_wipeout_edge=np.zeros(P, bool), at_grid_edge=np.zeros(P, bool))
+        for p, (f, g) in enumerate(zip(self.fractions, mean_growth)):
             finite = np.isfinite(g)
             if not finite.any():
                 continue
-            out[p], j = refine_grid_maximum(f, g)
-            edge[p] = j + 1 < len(f) and not finite[j + 1]
-        return out, edge
+            out["fraction"][p], j = refine_grid_maximum(f, g)
+            out["at_wipeout_edge"][p] = j + 1 < len(f) and not finite[j + 1]
+            out["at_grid_edge"][p] = j == len(f) - 1 or j == 0
+        return out
 
     def table(self):
         """A long table, one row per (model point, fraction)."""
@@ -129,11 +161,14 @@ class SurfaceResult:
         })
 
 
-def _block_counts(key, block, processes, fractions, *, block_size, n_steps, dt, risk_free, log_floor,
+def _block_counts(key, block, n_valid, processes, fractions, *, block_size, n_steps, dt, risk_free, log_floor,
                   dd_level_log, years, lo, width, n_bins):
-    """Counters of one block for every (model point, fraction): a dict of ``[P, C]`` (and
-    ``[P, C, n_bins + 2]`` for the histogram)."""
+    """Counters of the first ``n_valid`` lanes of one block for every (model point, fraction):
+    a dict of ``[P, C]`` (and ``[P, C, n_bins + 2]`` for the histogram). The other lanes are
+    simulated (the block's draws are defined for all of them) and not counted, so a run has
+    exactly the paths asked for."""
     k_init, k_steps = engine.block_keys(key, block)
+    valid = jnp.arange(block_size) < n_valid  # [n]
     rf = per_step_mean(jnp.float32(risk_free), dt)
 
     def one_point(args):
@@ -160,12 +195,14 @@ def _block_counts(key, block, processes, fractions, *, block_size, n_steps, dt, 
                                        jnp.arange(n_steps, dtype=jnp.int32))
         growth = st.log_wealth / years
         idx = jnp.clip(jnp.floor((growth - lo) / width), -1, n_bins).astype(jnp.int32) + 1  # 0: below range
-        hist = jax.vmap(lambda i: jnp.bincount(i, length=n_bins + 2))(idx)
+        idx = jnp.where(valid[None, :], idx, n_bins + 2)  # uncounted lanes into a bin that is dropped
+        hist = jax.vmap(lambda i: jnp.bincount(i, length=n_bins + 3))(idx)[:, : n_bins + 2]
+        count = lambda b: jnp.sum(b & valid[None, :], axis=1)  # noqa: E731
         return dict(
-            ruined=jnp.sum(st.ruin_step != stats_lib.NEVER, axis=1),
-            drawdown=jnp.sum(st.max_drawdown_log > dd_level_log, axis=1),
-            wiped=jnp.sum(~jnp.isfinite(free), axis=1),
-            free_sum=jnp.sum(jnp.where(jnp.isfinite(free), free, 0.0), axis=1),
+            ruined=count(st.ruin_step != stats_lib.NEVER),
+            drawdown=count(st.max_drawdown_log > dd_level_log),
+            wiped=count(~jnp.isfinite(free)),
+            free_sum=jnp.sum(jnp.where(jnp.isfinite(free) & valid[None, :], free, 0.0), axis=1),
             hist=hist,
         )
 
@@ -194,8 +231,9 @@ def ruin_surface(
     """Compute the surface over ``processes`` (a model batched along ``axis`` by
     ``batch_process``, ``P`` points) x ``fractions`` (``[P, C]``).
 
-    ``n_paths`` is rounded up to whole blocks of ``block_size`` (the random stream's
-    definition, as in ``sim.engine``). ``floor`` in (0, 1) is the ruin level as a fraction of
+    Exactly ``n_paths`` paths are counted: paths ``0 .. n_paths - 1`` of the random stream of
+    ``block_size``-lane blocks (as in ``sim.engine``; the last block's other lanes are
+    simulated and not counted). ``floor`` in (0, 1) is the ruin level as a fraction of
     initial wealth; ``drawdown_level`` in (0, 1). ``devices``: this process's devices to
     spread the blocks over (default ``jax.local_devices()``); in a multi-process run
     (``sim.parallel.init_distributed``) the blocks are split between processes too. The result
@@ -210,7 +248,7 @@ def ruin_surface(
     check_range("drawdown_level", drawdown_level, 0.0, 1.0, lo_closed=False, hi_closed=False)
     check_range("risk_free", risk_free, -1.0, 10.0, lo_closed=False)
     check_range("steps_per_year", steps_per_year, 0.0, lo_closed=False)
-    n_paths = check_int("n_paths", n_paths, 1)
+    n_paths = check_int("n_paths", n_paths, 2)  # a standard error needs two paths
     n_steps = check_int("n_steps", n_steps, 1, 2**31 - 2)
     n_bins = check_int("n_bins", n_bins, 10)
     lo, hi = (float(x) for x in growth_range)
@@ -238,9 +276,11 @@ def ruin_surface(
 
     def launch(i):
         k, p, f = placed[i % len(devices)]
-        return kernel(k, jax.device_put(jnp.uint32(mine[i]), devices[i % len(devices)]), p, f)
+        d = devices[i % len(devices)]
+        n_valid = min(block_size, n_paths - mine[i] * block_size)
+        return kernel(k, jax.device_put(jnp.uint32(mine[i]), d), jax.device_put(jnp.int32(n_valid), d), p, f)
 
-    counts, free = None, {}
+    counts, free, wiped_blocks = None, {}, {}
     t0 = time.perf_counter()
     in_flight = {i: launch(i) for i in range(min(len(devices), len(mine)))}
     for i, b in enumerate(mine):
@@ -248,6 +288,7 @@ def ruin_surface(
         if i + len(devices) < len(mine):
             in_flight[i + len(devices)] = launch(i + len(devices))
         free[b] = out.pop("free_sum")
+        wiped_blocks[b] = out["wiped"]
         counts = out if counts is None else {k: counts[k] + out[k] for k in counts}
         elapsed = time.perf_counter() - t0
         info = dict(block=i + 1, n_blocks=len(mine), elapsed_s=elapsed, eta_s=elapsed / (i + 1) * (len(mine) - i - 1))
@@ -264,16 +305,18 @@ def ruin_surface(
             counts = {"ruined": np.zeros(shape), "drawdown": np.zeros(shape), "wiped": np.zeros(shape),
                       "hist": np.zeros(shape + (n_bins + 2,))}
         counts = {k: allgather_exact(v).sum(axis=0) for k, v in counts.items()}
-        per_block = np.zeros((n_blocks,) + shape)
-        for b, v in free.items():
-            per_block[b] = v
-        per_block = allgather_exact(per_block).sum(axis=0)  # one owner per block: exact
-        free = dict(enumerate(per_block))
+        gathered = []
+        for part in (free, wiped_blocks):
+            per_block = np.zeros((n_blocks,) + shape)
+            for b, v in part.items():
+                per_block[b] = v
+            gathered.append(dict(enumerate(allgather_exact(per_block).sum(axis=0))))  # one owner per block: exact
+        free, wiped_blocks = gathered
     free_sum = free[0]
     for b in range(1, n_blocks):
         free_sum = free_sum + free[b]
     totals = {**counts, "free_sum": free_sum}
-    n = n_blocks * block_size
+    n = n_paths
     hist = totals["hist"]  # [P, C, n_bins + 2]: below range, bins, above range
     width = (hi - lo) / n_bins
     edges = lo + width * np.arange(n_bins + 1)
@@ -306,6 +349,9 @@ def ruin_surface(
         mean_growth=mean_growth,
         wipeout_probability=wiped / n,
         n_paths=n,
+        block_paths=np.array([min(block_size, n_paths - b * block_size) for b in range(n_blocks)]),
+        block_free_sum=np.stack([free[b] for b in range(n_blocks)]),
+        block_wiped=np.stack([wiped_blocks[b] for b in range(n_blocks)]),
         years=years,
         bin_width=width,
         wall_seconds=time.perf_counter() - t0,

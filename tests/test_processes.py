@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax import lax
 from scipy import stats as sps
 
@@ -105,3 +106,53 @@ def test_binary_frequency():
     assert set(np.unique(r)) == {-0.5, 1.0}
     wins = (r == 1.0).mean()
     assert abs(wins - 0.3) < 3 * math.sqrt(0.21 / r.size)
+
+
+def test_regime_switching_starts_in_the_stationary_law_of_its_discrete_chain():
+    """Monthly steps, fast switching: the crash share is the same at the start and later (the
+    continuous-time law, 1/25, is far below the discrete chain's 0.0847)."""
+    p = RegimeSwitching(rate_to_crash=1.0, rate_to_calm=24.0)
+    dt, n = 1 / 12, 1 << 17
+    up, down = 1 - math.exp(-1.0 * dt), 1 - math.exp(-24.0 * dt)
+    pi = up / (up + down)
+    assert float(p.stationary_crash_probability(dt)) == pytest.approx(pi, rel=1e-6)
+
+    @jax.jit
+    def regimes():
+        key = jax.random.key(8)
+        state = p.init(jax.random.fold_in(key, 999), n, dt)
+
+        def body(s, t):
+            s2, _ = p.step(jax.random.fold_in(key, t), s, n, dt)
+            return s2, s2.regime
+
+        return state.regime, lax.scan(body, state, jnp.arange(12))[1]
+
+    first, later = (np.asarray(x) for x in regimes())
+    se = math.sqrt(pi * (1 - pi) / n)
+    assert abs(first.mean() - pi) < 4 * se, (first.mean(), pi)
+    for t in (0, 5, 11):
+        assert abs(later[t].mean() - pi) < 4 * se, (t, later[t].mean(), pi)
+    assert abs(first.mean() - 1 / 25) > 20 * se
+
+
+def test_multi_asset_accepts_a_rounded_correlation_matrix_and_rejects_a_wrong_one():
+    from sim.processes import MultiAsset
+    from sim.validation import ParameterError
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 5)) @ rng.standard_normal((5, 5))
+    cov = np.cov(x, rowvar=False)
+    sd = np.sqrt(np.diag(cov))
+    corr = cov / np.outer(sd, sd)  # 1.0000000000000002 on the diagonal, asymmetric in the last bit
+    m = MultiAsset(mu=np.full(5, 0.05), sigma=sd, corr=corr)
+    m.validate(1 / 252)
+    _, c = m.annual_moments()
+    np.testing.assert_allclose(c, cov, rtol=1e-12)
+    assert np.all(np.diag(c / np.outer(sd, sd)) == 1.0)
+    bad = corr.copy()
+    bad[0, 1] += 1e-6
+    with pytest.raises(ParameterError, match=r"symmetric with a unit diagonal within 1e-08"):
+        MultiAsset(mu=np.full(5, 0.05), sigma=sd, corr=bad).validate(1 / 252)
+    with pytest.raises(ParameterError, match=r"MultiAsset.corr"):
+        MultiAsset(mu=np.zeros(2), sigma=np.ones(2), corr=np.array([[1.0, 1.1], [1.1, 1.0]])).validate(1 / 252)

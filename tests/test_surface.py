@@ -5,12 +5,13 @@ real Hydra multirun over two return models."""
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
 from experiments.ruin_surface import run
 from sim import engine, kelly, surface
-from sim.processes import Gaussian, StudentT
+from sim.processes import Binary, Gaussian, StudentT
 from sim.validation import ParameterError
 from tests.conftest import run_multirun
 
@@ -97,3 +98,56 @@ def test_real_multirun_over_two_return_models(tmp_path):
         assert summary["n_paths_per_point"] == 512
         rows = (tmp_path / str(job) / "surface.csv").read_text().strip().splitlines()
         assert len(rows) == 1 + 2 * 5
+
+
+def test_surface_counts_exactly_the_paths_asked_for():
+    """1,500 paths in blocks of 1,024: the surface counts 1,500 (not 2,048), the same paths
+    ``engine.simulate`` runs for ``n_paths=1500``."""
+    base = StudentT(0.08, 0.2, 3.0)
+    fractions = np.array([[0.5, 1.5, 3.0]])
+    res = surface.ruin_surface(surface.batch_process(base, "nu", [3.0], dt=1 / 252), fractions, axis="nu",
+                               values=[3.0], seed=4, n_paths=1500, n_steps=252, block_size=1024, floor=0.5)
+    assert res.n_paths == 1500 and list(res.block_paths) == [1024, 476]
+    for j, f in enumerate(fractions[0]):
+        sim = engine.simulate(base, seed=4, n_paths=1500, n_steps=252, block_size=1024,
+                              policy=engine.Policy(f, 0.0, 0.5))
+        s = sim.summary()
+        assert res.ruin_probability[0, j] == s["ruin_probability"]
+        assert res.ruin_probability[0, j] * 1500 == round(res.ruin_probability[0, j] * 1500)
+    with pytest.raises(ParameterError, match="n_paths"):
+        surface.ruin_surface(surface.batch_process(base, "nu", [3.0], dt=1 / 252), fractions, axis="nu",
+                             values=[3.0], n_paths=1, n_steps=2)
+
+
+def test_growth_optimum_flags_the_grid_edge_and_the_wipeout_edge():
+    base = Gaussian(0.06, 0.2)
+    fr = np.array([[0.2, 0.4, 0.6, 0.8]])  # all below the Kelly fraction 1.5: best at the last point
+    res = surface.ruin_surface(surface.batch_process(base, "sigma", [0.2], dt=1 / 252), fr, axis="sigma",
+                               values=[0.2], seed=1, n_paths=2048, n_steps=252, block_size=1024)
+    flags = res.optimum_flags()
+    assert flags["at_grid_edge"][0] and not flags["at_wipeout_edge"][0] and flags["fraction"][0] == 0.8
+    # a bet that loses half the stake 2% of the time: f = 2 is wiped out at the first loss, and
+    # the Kelly fraction 0.98 / 0.5 - 0.02 / 0.02 = 0.96 lies between the grid points 1.0 and 2.0
+    bet = Binary(p=0.98, up=0.02, down=-0.5)
+    fr = np.array([[0.5, 1.0, 2.0, 2.5]])
+    res = surface.ruin_surface(surface.batch_process(bet, "p", [0.98], dt=1 / 252), fr, axis="p", values=[0.98],
+                               seed=0, n_paths=2048, n_steps=252, block_size=1024)
+    assert np.isinf(res.mean_growth[0, 2]) and np.isfinite(res.mean_growth[0, 1])
+    assert res.at_wipeout_edge()[0] and not res.at_grid_edge()[0] and res.growth_optimal()[0] == 1.0
+    # the half-sample optimum is the same computation on the first block's paths
+    half = res.mean_growth_on([0])
+    np.testing.assert_array_equal(half, np.where(res.block_wiped[0] > 0, -np.inf,
+                                                 res.block_free_sum[0] / 1024 / res.years))
+    assert res.growth_optimal_half_sample()[0] == 1.0
+
+
+def test_experiment_draws_the_grid_optimum_of_its_own_table(tmp_path):
+    summary = run(_cfg(TINY), tmp_path)
+    table = pd.read_csv(tmp_path / "surface.csv")
+    opt = pd.read_csv(tmp_path / "growth_optimal.csv")
+    for _, row in opt.iterrows():
+        part = table[table["nu"] == row["nu"]]
+        best, _ = kelly.refine_grid_maximum(part["fraction"], part["mean_growth"])
+        assert row["growth_optimal_fraction"] == pytest.approx(best, rel=1e-9)
+        assert isinstance(row["note"], str) and row["note"]
+    assert summary["n_paths_per_point"] == 512 and "warnings" in summary

@@ -62,3 +62,16 @@ def test_price_file_with_nan_or_non_positive_prices(tmp_path):
         data.load_prices(tmp_path / "rev.csv")
     with pytest.raises(ParameterError, match=r"does not exist"):
         data.load_prices(tmp_path / "missing.csv")
+
+
+def test_price_file_empty_bad_date_or_unsorted_says_which_file_and_where(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ParameterError, match=r"empty\.csv' is empty"):
+        data.load_prices(tmp_path / "empty.csv")
+    (tmp_path / "baddate.csv").write_text("Date,A\n2020-01-01,1.0\n2020-13-45,2.0\n2020-01-03,3.0\n")
+    with pytest.raises(ParameterError, match=r"baddate\.csv: row 2: Date = '2020-13-45' is not a date"):
+        data.load_prices(tmp_path / "baddate.csv")
+    (tmp_path / "unsorted.csv").write_text("Date,A\n2020-01-01,1.0\n2020-01-03,2.0\n2020-01-02,3.0\n2020-01-04,3.0\n")
+    with pytest.raises(ParameterError, match=r"unsorted\.csv: dates are not sorted: row 3 \(2020-01-02\) comes after "
+                                             r"2020-01-03"):
+        data.load_prices(tmp_path / "unsorted.csv")

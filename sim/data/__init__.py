@@ -58,7 +58,10 @@ def validate_prices(prices: pd.DataFrame | pd.Series, *, name: str = "prices", p
         dup = prices.index[prices.index.duplicated()][0]
         raise ParameterError(f"{name}: duplicate date {dup.date()}; allowed: unique dates")
     if not prices.index.is_monotonic_increasing:
-        raise ParameterError(f"{name}: dates are not sorted; allowed: strictly increasing dates")
+        steps = np.flatnonzero(np.diff(prices.index.asi8) < 0)
+        i = int(steps[0]) + 1
+        raise ParameterError(f"{name}: dates are not sorted: row {i + 1} ({prices.index[i].date()}) comes after "
+                             f"{prices.index[i - 1].date()}; allowed: strictly increasing dates")
     frame = prices.to_frame() if isinstance(prices, pd.Series) else prices
     for col in frame.columns:
         values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
@@ -121,13 +124,21 @@ def load_prices(path, *, date_column: str = "Date", columns: list[str] | None = 
     path = pathlib.Path(path)
     if not path.exists():
         raise ParameterError(f"price file {str(path)!r} does not exist")
-    if path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
-    else:
-        frame = pd.read_csv(path)
+    try:
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ParameterError(f"price file {str(path)!r} is empty; allowed: a header with a date column and "
+                             "price columns, and at least 2 rows") from None
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        raise ParameterError(f"price file {str(path)!r} cannot be read: {err}") from None
     if date_column not in frame.columns:
         raise ParameterError(f"{path.name}: no date column {date_column!r}; columns are {list(frame.columns)}")
-    frame[date_column] = pd.to_datetime(frame[date_column])
+    dates = pd.to_datetime(frame[date_column], errors="coerce")
+    if dates.isna().any():
+        i = int(np.flatnonzero(dates.isna().to_numpy())[0])
+        raise ParameterError(f"{path.name}: row {i + 1}: {date_column} = {frame[date_column].iloc[i]!r} is not a date; "
+                             "allowed: dates such as 2020-01-31")
+    frame[date_column] = dates
     frame = frame.set_index(date_column)
     if columns is not None:
         missing = [c for c in columns if c not in frame.columns]
