@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/ruin_surface.py $(ARGS)
 	$(PY) bench/hedge.py $(ARGS)
 	$(PY) bench/crash_protocol.py $(ARGS)
+	$(PY) bench/kelly.py
 
 ## Re-extract the shipped data files from the skfolio and arch wheels (needs PyPI).
 data: $(STAMP)

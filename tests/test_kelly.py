@@ -275,3 +275,99 @@ def test_non_convergence_is_reported():
         kelly.optimize(obj, max_iter=1, gtol=1e-12, xtol=1e-12)
     res = kelly.optimize(obj, max_iter=1, gtol=1e-12, xtol=1e-12, strict=False)
     assert not res.converged
+
+
+# ------------------------------------------------- constrained optimum against scipy, same draws
+
+
+def _fitted_stocks(d, offset=0):
+    from sim import data
+
+    px = data.load_sp500_constituents().loc["2018":"2022"]
+    r = data.simple_returns(px).iloc[:, offset:offset + d].to_numpy()
+    mu, cov = r.mean(0) * 252, np.cov(r, rowvar=False) * 252
+    sd = np.sqrt(np.diag(cov))
+    return MultiAsset(mu=mu, sigma=sd, corr=cov / np.outer(sd, sd))  # cov / outer(sd, sd): rounding cleaned
+
+
+def _scipy_optimum(proc, n, budget, long_only=True, seed=0):
+    """SLSQP on the float64 log-growth of the engine's very draws (materialized: small sizes)."""
+    from scipy.optimize import minimize
+
+    from sim import engine
+
+    R = np.asarray(engine.sample_returns(proc, seed=seed, n_paths=n, n_steps=252, block_size=n), float)
+    d = R.shape[-1]
+
+    def neg(f):
+        return -np.log1p(R @ f).sum(axis=1).mean()
+
+    def jac(f):
+        return -(R / (1 + R @ f)[..., None]).sum(axis=1).mean(axis=0)
+
+    cons = [{"type": "ineq", "fun": lambda f: budget - f.sum(), "jac": lambda f: -np.ones(d)}]
+    res = minimize(neg, np.full(d, budget / (d + 1)), jac=jac, bounds=[(0, None) if long_only else (None, None)] * d,
+                   constraints=cons, method="SLSQP", options=dict(ftol=1e-15, maxiter=1000))
+    assert res.success, res.message
+    return res.x, -res.fun, neg
+
+
+@pytest.mark.parametrize("d,offset,budget,shape", [
+    (2, 0, 1.0, "corner"),      # all in one stock
+    (5, 5, 1.0, "face"),        # two held, on the budget face
+    (5, 10, 1.0, "corner"),
+    (5, 0, 0.4, "corner"),      # a small budget
+    (20, 0, 1.0, "face"),
+])
+def test_constrained_optimum_agrees_with_scipy_on_the_same_draws(d, offset, budget, shape):
+    proc = _fitted_stocks(d, offset)
+    obj = kelly.GrowthObjective(proc, seed=0, n_paths=1024, n_steps=252, block_size=1024)
+    res = kelly.optimize(obj, long_only=True, budget=budget)
+    x, g_ref, neg = _scipy_optimum(proc, 1024, budget)
+    assert res.converged and res.constraint["kkt_ok"]
+    np.testing.assert_allclose(res.full_fraction, x, atol=1e-3)
+    assert abs(-neg(res.full_fraction) - g_ref) < 1e-5, (-neg(res.full_fraction), g_ref)
+    held = int((x > 1e-6).sum())
+    assert (held == 1) == (shape == "corner"), (x, shape)
+
+
+def test_constrained_optimum_with_a_slack_budget_and_a_start_at_the_optimum():
+    """Long-only, budget 5 never binds for these volatile stocks: the held assets have zero
+    marginal growth; started at the optimum the optimizer stays there."""
+    proc = _fitted_stocks(5, 5)
+    obj = kelly.GrowthObjective(proc, seed=1, n_paths=1024, n_steps=252, block_size=1024)
+    res = kelly.optimize(obj, long_only=True, budget=5.0)
+    x, g_ref, neg = _scipy_optimum(proc, 1024, 5.0, seed=1)
+    assert res.converged and not res.constraint["budget_binds"]
+    np.testing.assert_allclose(res.full_fraction, x, atol=1e-3)
+    again = kelly.optimize(obj, long_only=True, budget=5.0, x0=res.full_fraction)
+    assert again.converged
+    np.testing.assert_allclose(again.full_fraction, res.full_fraction, atol=1e-4)
+
+
+def test_converged_never_accompanies_a_point_that_fails_the_optimality_check():
+    proc = _fitted_stocks(5, 5)
+    obj = kelly.GrowthObjective(proc, seed=0, n_paths=1024, n_steps=252, block_size=1024)
+    res = kelly.optimize(obj, long_only=True, budget=1.0, max_iter=1, strict=False)
+    _, _, grad, _, _ = obj.derivatives(res.full_fraction)
+    check = kelly.kkt_check(grad, res.full_fraction, long_only=True, budget=1.0, tol=1e-5)
+    assert not res.converged and not check["ok"]
+    with pytest.raises(kelly.KellyConvergenceError):
+        kelly.optimize(obj, long_only=True, budget=1.0, max_iter=1)
+    # the corner [1, 0, 0, 0, 0] that the former softmax optimizer reported as converged
+    corner = np.array([1.0, 0, 0, 0, 0])
+    _, _, grad, _, _ = obj.derivatives(corner)
+    assert not kelly.kkt_check(grad, corner, long_only=True, budget=1.0, tol=1e-5)["ok"]
+
+
+def test_analytic_growth_derivatives_equal_forward_mode_autodiff():
+    mu, sigma = np.array([0.06, 0.09, 0.12]), np.array([0.2, 0.3, 0.4])
+    corr = np.array([[1.0, 0.3, 0.2], [0.3, 1.0, 0.5], [0.2, 0.5, 1.0]])
+    obj = kelly.GrowthObjective(MultiAsset(mu, sigma, corr, 5.0), seed=9, n_paths=1024, n_steps=100,
+                                block_size=512, risk_free=0.02)
+    f = obj._as_f(np.array([0.5, 0.3, 0.2]))
+    auto = [np.asarray(a, float) for a in kelly._derivs_jit(f, *obj._args(), obj.spec)]
+    mine = [np.asarray(a, float) for a in kelly._analytic_derivs_jit(f, *obj._args(), obj.spec)]
+    np.testing.assert_array_equal(auto[0], mine[0])
+    np.testing.assert_allclose(mine[1], auto[1], atol=1e-5 * np.abs(auto[1]).max())
+    np.testing.assert_allclose(mine[2], auto[2], atol=1e-5 * np.abs(auto[2]).max())
