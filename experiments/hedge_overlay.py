@@ -128,11 +128,14 @@ def _mc_metrics(res, base=None) -> dict:
         for k in ("premium", "proceeds", "costs", "sales"):
             out[f"{k}_per_year"] = float(np.nanmean(res.extras[k]) / years)
     if base is not None:
-        with np.errstate(invalid="ignore"):  # -inf - -inf on paths wiped out in both
-            d = (res.stats.log_wealth.astype(np.float64) - base.stats.log_wealth) / years
-        finite = np.isfinite(d)
-        out["growth_vs_unhedged"] = float(d[finite].mean())
-        out["growth_vs_unhedged_se"] = float(d[finite].std(ddof=1) / math.sqrt(max(finite.sum(), 2)))
+        pd_ = stats.paired_difference(res.stats.log_wealth / years, base.stats.log_wealth / years)
+        out["growth_vs_unhedged"] = pd_["mean"]  # over the paths finite in both runs
+        out["growth_vs_unhedged_se"] = pd_["mean_se"]
+        out["paths_saved_by_hedge"] = pd_["saved"]  # unhedged wiped out, hedged not
+        out["paths_saved_by_hedge_se"] = pd_["saved_se"]
+        out["paths_lost_by_hedge"] = pd_["lost"]
+        out["paths_lost_by_hedge_se"] = pd_["lost_se"]
+        out["growth_vs_unhedged_note"] = stats.PAIRED_NOTE if pd_["saved"] or pd_["lost"] else ""
         base_es = stats.expected_shortfall(_annual_returns(base), 0.99)
         out["es99_change"] = out["es99_annual"] - base_es
         out["es99_change_relative"] = out["es99_change"] / base_es
@@ -326,8 +329,9 @@ def _optimize_part(cfg, spy):
             "strike": best.strike if best.budget > 1e-6 else float("nan"), "growth": best.growth,
             "growth_se": best.growth_se, "converged": best.converged, "iterations": best.iterations,
             "unhedged_fraction": plain.fraction, "unhedged_growth": plain.growth,
-            "growth_gain": diff[0], "growth_gain_se": diff[1],
-            "hedge_raises_growth": bool(best.budget > 1e-4 and diff[0] > 2 * diff[1]),
+            "growth_gain": diff["mean"], "growth_gain_se": diff["mean_se"],
+            "paths_saved_by_hedge": diff["saved"], "paths_lost_by_hedge": diff["lost"],
+            "hedge_raises_growth": bool(best.budget > 1e-4 and diff["mean"] > 2 * diff["mean_se"]),
             "seconds": time.perf_counter() - t0,
         })
         log.info("%s: optimum f %.3f budget %.4f strike %.3f growth %.4f; unhedged f %.3f growth %.4f", model,
@@ -349,11 +353,8 @@ def _paired_growth_difference(theta_a, theta_b, args):
                                           n_steps=n_steps, dt=dt).stats.log_wealth
         return jax.lax.map(fn, jnp.arange(n_blocks, dtype=jnp.uint32)).reshape(-1) / (n_steps * dt)
 
-    with np.errstate(invalid="ignore"):
-        d = np.asarray(per_path(jnp.asarray(theta_a)), np.float64) - np.asarray(per_path(jnp.asarray(theta_b)),
-                                                                               np.float64)
-    d = d[np.isfinite(d)]
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+    return stats.paired_difference(np.asarray(per_path(jnp.asarray(theta_a)), np.float64),
+                                   np.asarray(per_path(jnp.asarray(theta_b)), np.float64))
 
 
 # --------------------------------------------------------------------------- entry point

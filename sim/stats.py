@@ -120,8 +120,75 @@ def expected_shortfall(x, level: float) -> float:
     return float(-x[: _tail_count(len(x), level)].mean())
 
 
+def quantiles(x, qs) -> np.ndarray:
+    """``np.quantile`` (linear interpolation) that keeps ``-inf`` outcomes (wiped-out paths):
+    a quantile interpolated between ``-inf`` and anything is ``-inf``, never NaN."""
+    x = np.asarray(x, np.float64)
+    low = np.isneginf(x)
+    if not low.any():
+        return np.quantile(x, qs)
+    v = np.quantile(np.where(low, -1e300, x), qs)
+    return np.where(v < -1e299, -np.inf, v)
+
+
 def _quantiles(x, qs=(0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)) -> dict:
-    return {f"q{round(q * 100):02d}": float(v) for q, v in zip(qs, np.quantile(x, qs))}
+    return {f"q{round(q * 100):02d}": float(v) for q, v in zip(qs, quantiles(x, qs))}
+
+
+def paired_difference(a, b) -> dict:
+    """The paired comparison of per-path outcomes ``a`` and ``b`` on the same draws (e.g. the
+    hedged and the unhedged growth), where ``-inf`` marks a wiped-out path.
+
+    A difference with a wiped-out side is ``+inf`` or ``-inf`` and cannot be averaged, and
+    dropping it biases the mean (the paths a hedge saves are exactly those), so it is reported
+    as two shares: ``saved`` (``b`` wiped out, ``a`` not) and ``lost`` (``a`` wiped out, ``b``
+    not), each with its standard error; ``mean`` and ``mean_se`` are the difference over the
+    paths finite in both (``n_finite`` of ``n``), and ``both_wiped`` the share lost either way.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    n = a.size
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    both = fa & fb
+    d = a[both] - b[both]
+
+    def share(mask):
+        p = float(mask.mean())
+        return p, float(math.sqrt(p * (1 - p) / n)) if n else float("nan")
+
+    saved, saved_se = share(fa & ~fb)
+    lost, lost_se = share(~fa & fb)
+    return {
+        "mean": float(d.mean()) if d.size else float("nan"),
+        "mean_se": float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan"),
+        "n_finite": int(d.size),
+        "n": int(n),
+        "saved": saved, "saved_se": saved_se,
+        "lost": lost, "lost_se": lost_se,
+        "both_wiped": float((~fa & ~fb).mean()),
+    }
+
+
+PAIRED_NOTE = ("paired difference over the paths finite in both runs; paths wiped out in one run only are "
+               "counted as saved / lost shares instead (their difference is infinite)")
+
+
+def _median_over(x, mask) -> float:
+    x = np.asarray(x, np.float64)[mask]
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else float("nan")
+
+
+def summary_notes(summary: dict) -> list[str]:
+    """One plain sentence per figure of ``summarize`` that is not what it seems at a glance."""
+    notes = []
+    if summary.get("wipeout_probability", 0) > 0:
+        notes.append(f"{summary['wipeout_probability']:.4%} of paths are wiped out: time_avg_growth (the mean "
+                     "over all paths) is -inf, which is the true E[log W]/T; time_avg_growth_mean_finite is the "
+                     "mean over the other paths, conditional on not being wiped out")
+    if summary.get("survival_share", 1) < 1:
+        notes.append(f"sharpe_median and calmar_median are over the {summary['survival_share']:.2%} of paths "
+                     "that were never ruined (undefined on a ruined path)")
+    return notes
 
 
 def summarize(stats: PathStats, *, years: float, steps_per_year: float) -> dict:
@@ -151,10 +218,15 @@ def summarize(stats: PathStats, *, years: float, steps_per_year: float) -> dict:
         "years": years,
         "time_avg_growth": float(growth.mean()),
         "time_avg_growth_se": float(growth.std(ddof=1) / math.sqrt(n)) if n > 1 and finite.all() else float("nan"),
-        "time_avg_growth_median": float(np.median(growth)),
+        "time_avg_growth_median": float(quantiles(growth, 0.5)),
+        "wipeout_probability": float(np.mean(~finite)),
+        "survival_share": float(np.mean(~ruined)),
+        "time_avg_growth_mean_finite": float(growth[finite].mean()) if finite.any() else float("nan"),
+        "time_avg_growth_mean_finite_se": (float(growth[finite].std(ddof=1) / math.sqrt(finite.sum()))
+                                           if finite.sum() > 1 else float("nan")),
         "ensemble_growth": float((lse - math.log(n)) / years),
         "mean_wealth": float(math.exp(lse - math.log(n))) if np.isfinite(lse) else 0.0,
-        "median_wealth": float(np.exp(np.median(lw))),
+        "median_wealth": float(np.exp(quantiles(lw, 0.5))),
         "ruin_probability": float(ruined.mean()),
         "ruin_probability_se": float(math.sqrt(ruined.mean() * (1 - ruined.mean()) / n)),
         "max_drawdown_mean": float(drawdown.mean()),
@@ -165,9 +237,12 @@ def summarize(stats: PathStats, *, years: float, steps_per_year: float) -> dict:
         "es95": expected_shortfall(horizon_return, 0.95),
         "es99": expected_shortfall(horizon_return, 0.99),
         "cagr_median": float(np.median(cagr)),
-        "sharpe_median": float(np.nanmedian(sharpe)) if np.isfinite(sharpe).any() else float("nan"),
-        "calmar_median": float(np.nanmedian(calmar)) if np.isfinite(calmar).any() else float("nan"),
+        # Sharpe and Calmar of a ruined path are not defined: medians over the survivors,
+        # with ``survival_share`` beside them (and NaN when no path survives).
+        "sharpe_median": _median_over(sharpe, ~ruined),
+        "calmar_median": _median_over(calmar, ~ruined),
     }
+    out["notes"] = summary_notes(out)
     out.update({f"time_avg_growth_{k}": v for k, v in _quantiles(growth).items()})
     out.update({f"max_drawdown_{k}": v for k, v in _quantiles(drawdown).items()})
     return out

@@ -20,6 +20,9 @@ def test_hedge_overlay_runs_end_to_end(tmp_path):
     assert 0.015 < real.loc["hedged_hold", "premium_per_year"] < 0.025
     models = pd.read_csv(out / "models.csv")
     assert set(models.strategy) == {"unhedged", "hedged_hold", "hedged_regime_oracle"}
+    hedged = models[models.strategy != "unhedged"]
+    assert {"paths_saved_by_hedge", "paths_lost_by_hedge", "growth_vs_unhedged"} <= set(hedged.columns)
+    assert (hedged.paths_saved_by_hedge >= 0).all() and (hedged.paths_lost_by_hedge >= 0).all()
     ev = summary["event"]
     assert abs(ev["unhedged_day_return"] + 0.3) < 1e-6
     assert ev["hedge_gain_fraction_of_nav"] > 0

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from sim.stats import NEVER, expected_shortfall, path_stats_from_returns, summarize, value_at_risk
 
@@ -47,3 +48,38 @@ def test_ruin_in_returns_matrix():
     assert list(st.ruin_step) == [2, 3, NEVER]
     assert np.isneginf(st.log_wealth[0])
     assert math.isclose(float(st.log_wealth[1]), math.log(1.1 * 0.5 * 0.5), rel_tol=1e-6)
+
+
+def test_paired_difference_counts_saved_and_lost_paths_instead_of_dropping_them():
+    from sim.stats import paired_difference
+
+    ninf = -np.inf
+    hedged = np.array([0.1, 0.2, 0.05, 0.0, ninf, ninf])
+    plain = np.array([0.0, 0.1, ninf, ninf, 0.3, ninf])
+    d = paired_difference(hedged, plain)
+    assert d["saved"] == pytest.approx(2 / 6) and d["lost"] == pytest.approx(1 / 6)
+    assert d["both_wiped"] == pytest.approx(1 / 6) and d["n_finite"] == 2 and d["n"] == 6
+    assert d["mean"] == pytest.approx(0.1) and d["mean_se"] == pytest.approx(0.0, abs=1e-12)
+    assert d["saved_se"] == pytest.approx(math.sqrt((1 / 3) * (2 / 3) / 6))
+
+
+def test_summary_with_wiped_out_paths_says_so_and_has_no_nan_quantiles():
+    from sim.stats import path_stats_from_returns, summarize
+
+    x = np.full((10, 5), 0.01)
+    x[:, 3] = -0.005  # a drawdown, so that every survivor has a Calmar ratio
+    x[:3, 2] = -1.0  # three of ten paths wiped out
+    s = summarize(path_stats_from_returns(x), years=1.0, steps_per_year=5.0)
+    assert s["time_avg_growth"] == -np.inf and s["wipeout_probability"] == pytest.approx(0.3)
+    g = math.log(1.01) * 4 + math.log(0.995)
+    assert s["time_avg_growth_q01"] == -np.inf and s["time_avg_growth_q50"] == pytest.approx(g)
+    assert s["time_avg_growth_q25"] == -np.inf  # interpolated between -inf and a value: -inf, not NaN
+    for k, v in s.items():
+        if isinstance(v, float):
+            assert not math.isnan(v) or k.endswith("_se"), k
+    assert s["time_avg_growth_mean_finite"] == pytest.approx(g)
+    assert s["survival_share"] == pytest.approx(0.7)
+    assert any("wiped out" in n for n in s["notes"]) and any("never ruined" in n for n in s["notes"])
+    allruined = np.full((4, 3), -1.0)
+    s = summarize(path_stats_from_returns(allruined), years=1.0, steps_per_year=3.0)
+    assert s["survival_share"] == 0.0 and math.isnan(s["sharpe_median"])  # not a Sharpe beside ruin 1.0
