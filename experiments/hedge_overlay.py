@@ -314,11 +314,23 @@ def _optimize_part(cfg, spy):
         vm = _vol_model(cfg, math.sqrt(process.annual_moments()[1]))
         ov = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, program=_program(cfg), vol_model=vm)
         kw = dict(seed=cfg.seed + 7, n_paths=o.n_paths, n_steps=n_steps, steps_per_year=spy,
-                  block_size=min(1024, o.n_paths), max_iter=o.max_iter, learning_rate=o.learning_rate)
+                  block_size=min(1024, o.n_paths), max_iter=o.max_iter, gtol=o.gtol)
         t0 = time.perf_counter()
-        best = hedge.optimize_hedge(process, ov, bounds=bounds, **kw)
+
+        def progress(kind):
+            return lambda i: log.info("optimize %s (%s): iteration %d/%d, f %.3f budget %.4f strike %.3f, growth %.5f, "
+                                      "|projected gradient| %.2g (converged below %g), %.0fs", model, kind,
+                                      i["iteration"], o.max_iter, *i["theta"], i["growth"], i["projected_gradient"],
+                                      o.gtol, time.perf_counter() - t0)
+
+        best = hedge.optimize_hedge(process, ov, bounds=bounds, progress=progress("hedged"), **kw)
         plain = hedge.optimize_hedge(process, hedge.with_parameters(ov, budget=0.0),
-                                     bounds=(bounds[0], (0.0, 1e-9), bounds[2]), **kw)
+                                     bounds=(bounds[0], (0.0, 1e-9), bounds[2]), progress=progress("unhedged"), **kw)
+        # Checked against a grid on the same draws: each coordinate moved by +-2.5% and +-10%
+        # of its range (inside the bounds); no grid point may beat the optimum.
+        check = _grid_check(best, bounds, (kw["seed"], process, ov, -(-o.n_paths // kw["block_size"]),
+                                           kw["block_size"], n_steps, 1.0 / spy))
+        converged = best.converged and plain.converged and check["ok"]
         # Paired difference on the same draws: the hedged optimum against the unhedged one.
         n_blocks = -(-o.n_paths // kw["block_size"])
         args = (kw["seed"], process, ov, n_blocks, kw["block_size"], n_steps, 1.0 / spy)
@@ -327,16 +339,43 @@ def _optimize_part(cfg, spy):
         rows.append({
             "model": model, "fraction": best.fraction, "budget": best.budget,
             "strike": best.strike if best.budget > 1e-6 else float("nan"), "growth": best.growth,
-            "growth_se": best.growth_se, "converged": best.converged, "iterations": best.iterations,
+            "growth_se": best.growth_se, "converged": converged, "iterations": best.iterations,
+            "unhedged_converged": plain.converged, "grid_check_best_gain": check["best_gain"],
+            "grid_check_ok": check["ok"],
+            "status": "optimum" if converged else "NOT CONVERGED: the best point found, not an optimum",
             "unhedged_fraction": plain.fraction, "unhedged_growth": plain.growth,
             "growth_gain": diff["mean"], "growth_gain_se": diff["mean_se"],
             "paths_saved_by_hedge": diff["saved"], "paths_lost_by_hedge": diff["lost"],
-            "hedge_raises_growth": bool(best.budget > 1e-4 and diff["mean"] > 2 * diff["mean_se"]),
+            # only stated for a converged optimum (NaN otherwise: not known)
+            "hedge_raises_growth": (bool(best.budget > 1e-4 and diff["mean"] > 2 * diff["mean_se"]) if converged
+                                    else float("nan")),
             "seconds": time.perf_counter() - t0,
         })
-        log.info("%s: optimum f %.3f budget %.4f strike %.3f growth %.4f; unhedged f %.3f growth %.4f", model,
-                 best.fraction, best.budget, best.strike, best.growth, plain.fraction, plain.growth)
+        strike = f"{best.strike:.3f}" if best.budget > 1e-6 else "n/a (no budget)"
+        log.log(logging.INFO if converged else logging.WARNING,
+                "%s: %s f %.3f budget %.4f strike %s growth %.4f; unhedged f %.3f growth %.4f%s", model,
+                "optimum" if converged else "NOT CONVERGED, best point found:", best.fraction, best.budget, strike,
+                best.growth, plain.fraction, plain.growth,
+                "" if check["ok"] else f" (a grid point {check['best_gain']:.2g}/yr better)")
     return pd.DataFrame(rows)
+
+
+def _grid_check(best, bounds, args) -> dict:
+    """Growth on a grid around ``best`` (each coordinate moved by +-2.5% and +-10% of its range,
+    inside the bounds) on the optimizer's draws: ``ok`` when none beats the optimum by more
+    than float32 resolution (1e-6 per year)."""
+    theta = np.array([best.fraction, best.budget, best.strike], np.float64)
+    lo, hi = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
+    points = []
+    for i in range(3):
+        for k in (-0.1, -0.025, 0.025, 0.1):
+            p = theta.copy()
+            p[i] = np.clip(p[i] + k * (hi[i] - lo[i]), lo[i], hi[i])
+            points.append(p)
+    values = [float(hedge.growth_on_draws(np.asarray(p, np.float32), *args)[0]) for p in points]
+    base = float(hedge.growth_on_draws(np.asarray(theta, np.float32), *args)[0])
+    gain = max(v - base for v in values)
+    return {"ok": gain <= 1e-6, "best_gain": gain}
 
 
 def _paired_growth_difference(theta_a, theta_b, args):

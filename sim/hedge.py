@@ -728,26 +728,38 @@ class HedgeOptimum(NamedTuple):
     history: list  # (iteration, fraction, budget, strike, growth) per iteration
 
 
+_PROBE = 1e-3  # probe step, in units of each parameter's range
+_PROBE_GAIN = 1e-6  # per year: smaller gains are below the float32 resolution of the mean growth
+
+
 def optimize_hedge(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: int = 2048, n_steps: int = 1260,
                    steps_per_year: float = 252.0, block_size: int = 1024,
-                   bounds=((0.0, 2.0), (0.0, 0.1), (0.5, 1.0)), x0=None, max_iter: int = 150,
-                   learning_rate: float = 0.02, tol: float = 1e-4) -> HedgeOptimum:
+                   bounds=((0.0, 2.0), (0.0, 0.1), (0.5, 1.0)), x0=None, max_iter: int = 100,
+                   gtol: float = 1e-4, progress=None, learning_rate=None) -> HedgeOptimum:
     """The (equity fraction, yearly budget, strike moneyness) that maximize time-average growth
-    of ``overlay`` on ``process``, by projected gradient ascent (optax Adam, in coordinates
-    scaled to ``bounds``) on common random numbers.
+    of ``overlay`` on ``process`` on common random numbers, by a projected quasi-Newton method
+    (BFGS in coordinates scaled to ``bounds``, the box's active bounds held, an Armijo
+    backtracking line search on the value, which also steps back out of a wipe-out).
 
-    Converged when an iteration moves every scaled coordinate by less than ``tol`` and the
-    projected gradient is below ``tol`` per unit of scaled coordinate. A budget of 0 at the
-    optimum means the hedge does not pay for itself in growth on this model.
+    Converged when the projected gradient (components pushing against an active bound do not
+    count) is below ``gtol`` per unit of scaled coordinate (moving across the whole range of
+    any free parameter changes the growth by less than ``gtol`` to first order), or, where no
+    ascent along the quasi-Newton direction is possible (with a ruin floor the growth has kinks
+    in theta, so the gradient need not vanish at the optimum), when no point 0.1% of a range
+    away along any coordinate is better on the same draws. Otherwise ``converged=False`` (the
+    point is then the best found, not an optimum). A budget of 0 at
+    the optimum means the hedge does not pay for itself in growth on this model.
+    ``progress(dict)`` is called after every iteration (iteration, theta, growth, gradient norm).
+    ``learning_rate`` is accepted and ignored (the former Adam optimizer's setting).
     """
-    import optax
-
     from sim.validation import check_int
 
     if overlay.program.strike_mode != "moneyness":
         raise ParameterError("optimize_hedge optimizes the strike as moneyness; set hedge.strike_mode='moneyness'")
     n_paths = check_int("n_paths", n_paths, 1)
     n_steps = check_int("n_steps", n_steps, 1)
+    max_iter = check_int("max_iter", max_iter, 1)
+    check_range("gtol", gtol, 0.0, lo_closed=False)
     lo = np.array([b[0] for b in bounds], np.float64)
     hi = np.array([b[1] for b in bounds], np.float64)
     if lo.shape != (3,) or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(hi > lo)):
@@ -760,42 +772,90 @@ def optimize_hedge(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: in
     overlay.check_process(process)
     start = np.array([overlay.fraction, overlay.program.budget, overlay.program.strike] if x0 is None else x0,
                      np.float64)
-    u = np.clip((start - lo) / (hi - lo), 0.0, 1.0)
     block_size = min(block_size, n_paths)
     n_blocks = -(-n_paths // block_size)
     dt = 1.0 / float(steps_per_year)
-    opt = optax.adam(learning_rate)
-    u = jnp.asarray(u, _F32)
-    state = opt.init(u)
-    scale = jnp.asarray(hi - lo, _F32)
+    scale = hi - lo
+    args = (seed, process, overlay, n_blocks, block_size, n_steps, dt)
+
+    def theta_of(u):
+        return jnp.asarray(lo + scale * u, _F32)
+
+    def value(u):
+        return float(growth_on_draws(theta_of(u), *args)[0])
+
+    def value_grad(u):
+        v, _, g = _growth_and_grad(theta_of(u), *args)
+        return float(v), np.asarray(g, np.float64) * scale  # d growth / d u
+
+    u = np.clip((start - lo) / scale, 0.0, 1.0)
+    g, grad = value_grad(u)
+    for _ in range(30):  # a wipe-out at the start: step back toward a smaller fraction
+        if np.isfinite(g) and np.all(np.isfinite(grad)):
+            break
+        u = u * np.array([0.5, 1.0, 1.0])
+        g, grad = value_grad(u)
+    else:
+        raise ParameterError(f"optimize_hedge: the growth is {g} at the start {lo + scale * u}; start from a "
+                             "smaller fraction (x0)")
+    inv_h = None  # BFGS approximation of the inverse of the negated Hessian, in u
     history, converged, it = [], False, 0
-    u_ok = None  # the last point with a finite growth
     for it in range(1, max_iter + 1):
-        theta = jnp.asarray(lo, _F32) + scale * u
-        value, se, grad = _growth_and_grad(theta, seed, process, overlay, n_blocks, block_size, n_steps, dt)
-        g_u = grad * scale  # d growth / d u
-        history.append((it, *map(float, theta), float(value)))
-        if not (np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(g_u)))):
-            # A path is wiped out here (growth -inf): step back halfway to the last finite point.
-            if u_ok is None:
-                raise ParameterError(f"optimize_hedge: the growth is {float(value)} at the start {np.asarray(theta)}; "
-                                     "start from a smaller fraction (x0)")
-            u = 0.5 * (u + u_ok)
-            state = opt.init(u)
-            continue
-        u_ok = u
-        # Projected gradient: components pushing against an active bound do not count.
-        free = ~(((u <= 0.0) & (g_u < 0)) | ((u >= 1.0) & (g_u > 0)))
-        updates, state = opt.update(-g_u, state, u)
-        u_new = jnp.clip(optax.apply_updates(u, updates), 0.0, 1.0)
-        step = float(jnp.max(jnp.abs(u_new - u)))
-        if step < tol and float(jnp.max(jnp.abs(jnp.where(free, g_u, 0.0)))) < tol:
+        active = ((u <= 0.0) & (grad < 0)) | ((u >= 1.0) & (grad > 0))
+        pg = np.where(active, 0.0, grad)
+        pg_norm = float(np.abs(pg).max())
+        history.append((it, *map(float, lo + scale * u), g))
+        if progress is not None:
+            progress(dict(iteration=it, theta=lo + scale * u, growth=g, projected_gradient=pg_norm))
+        if pg_norm < gtol:
             converged = True
             break
-        u = u_new
-    u = u if u_ok is None else u_ok  # at convergence u_ok is u; otherwise the last finite point
-    theta = np.asarray(jnp.asarray(lo, _F32) + scale * u, np.float64)
-    value, se, grad = _growth_and_grad(jnp.asarray(theta, _F32), seed, process, overlay, n_blocks, block_size,
-                                       n_steps, dt)
-    return HedgeOptimum(*map(float, theta), float(value), float(se), tuple(map(float, grad)), it, converged,
+        if inv_h is None:
+            inv_h = np.eye(3) * (0.1 / pg_norm)  # a first step of 10% of the range
+        direction = np.where(active, 0.0, inv_h @ pg)
+        if not float(grad @ direction) > 0:  # not an ascent direction: restart from the gradient
+            inv_h = np.eye(3) * (0.1 / pg_norm)
+            direction = pg * (0.1 / pg_norm)
+        t, accepted = 1.0, False
+        for _ in range(20):
+            u_try = np.clip(u + t * direction, 0.0, 1.0)
+            if np.abs(u_try - u).max() < 1e-7:
+                break
+            g_try = value(u_try)
+            if np.isfinite(g_try) and g_try >= g + 1e-4 * float(grad @ (u_try - u)):
+                accepted = True
+                break
+            t *= 0.5
+        if not accepted:
+            # No ascent along the quasi-Newton direction. With a ruin floor, per-path growth has
+            # kinks in theta (a path that touches the floor freezes), so the optimum can sit on a
+            # kink where the gradient does not vanish. Probe every free coordinate by +-PROBE of
+            # its range on the same draws: no better point means a local maximum (converged);
+            # a better one is taken, and the quasi-Newton model restarts from it.
+            best_u, best_g = u, g
+            for i in range(3):
+                for sign in (-1.0, 1.0):
+                    u_p = u.copy()
+                    u_p[i] = np.clip(u_p[i] + sign * _PROBE, 0.0, 1.0)
+                    if u_p[i] != u[i]:
+                        g_p = value(u_p)
+                        if np.isfinite(g_p) and g_p > best_g + _PROBE_GAIN:
+                            best_u, best_g = u_p, g_p
+            if best_u is u:
+                converged = True
+                history.append((it, *map(float, lo + scale * u), g))
+                break
+            u_try, inv_h = best_u, None
+        g_new, grad_new = value_grad(u_try)
+        if not (np.isfinite(g_new) and np.all(np.isfinite(grad_new))):
+            break
+        s_, y_ = u_try - u, -(grad_new - grad)  # for the minimization of -g
+        if inv_h is not None and float(s_ @ y_) > 1e-12 * float(np.linalg.norm(s_) * np.linalg.norm(y_)):
+            rho = 1.0 / float(s_ @ y_)
+            eye = np.eye(3)
+            inv_h = (eye - rho * np.outer(s_, y_)) @ inv_h @ (eye - rho * np.outer(y_, s_)) + rho * np.outer(s_, s_)
+        u, g, grad = u_try, g_new, grad_new
+    theta = np.asarray(theta_of(u), np.float64)
+    value_, se, grad_theta = _growth_and_grad(jnp.asarray(theta, _F32), *args)
+    return HedgeOptimum(*map(float, theta), float(value_), float(se), tuple(map(float, grad_theta)), it, converged,
                         history)
