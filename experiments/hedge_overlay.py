@@ -361,21 +361,8 @@ def _optimize_part(cfg, spy):
 
 
 def _grid_check(best, bounds, args) -> dict:
-    """Growth on a grid around ``best`` (each coordinate moved by +-2.5% and +-10% of its range,
-    inside the bounds) on the optimizer's draws: ``ok`` when none beats the optimum by more
-    than float32 resolution (1e-6 per year)."""
-    theta = np.array([best.fraction, best.budget, best.strike], np.float64)
-    lo, hi = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
-    points = []
-    for i in range(3):
-        for k in (-0.1, -0.025, 0.025, 0.1):
-            p = theta.copy()
-            p[i] = np.clip(p[i] + k * (hi[i] - lo[i]), lo[i], hi[i])
-            points.append(p)
-    values = [float(hedge.growth_on_draws(np.asarray(p, np.float32), *args)[0]) for p in points]
-    base = float(hedge.growth_on_draws(np.asarray(theta, np.float32), *args)[0])
-    gain = max(v - base for v in values)
-    return {"ok": gain <= 1e-6, "best_gain": gain}
+    """``sim.hedge.local_grid_check`` at the optimum ``best``."""
+    return hedge.local_grid_check([best.fraction, best.budget, best.strike], bounds, args)
 
 
 def _paired_growth_difference(theta_a, theta_b, args):

@@ -732,10 +732,53 @@ _PROBE = 1e-3  # probe step, in units of each parameter's range
 _PROBE_GAIN = 1e-6  # per year: smaller gains are below the float32 resolution of the mean growth
 
 
+def local_grid_check(theta, bounds, args, steps=(-0.1, -0.025, 0.025, 0.1)) -> dict:
+    """Growth at ``theta`` against a grid around it (each coordinate moved by ``steps`` x its
+    range, inside the bounds) on the same draws (``args`` as for ``growth_on_draws``): ``ok``
+    when no grid point beats it by more than float32 resolution; ``best`` the best point."""
+    theta = np.asarray(theta, np.float64)
+    lo, hi = np.array([b[0] for b in bounds], np.float64), np.array([b[1] for b in bounds], np.float64)
+    base = float(growth_on_draws(jnp.asarray(theta, _F32), *args)[0])
+    best, best_gain = theta, 0.0
+    for i in range(3):
+        for k in steps:
+            p = theta.copy()
+            p[i] = np.clip(p[i] + k * (hi[i] - lo[i]), lo[i], hi[i])
+            gain = float(growth_on_draws(jnp.asarray(p, _F32), *args)[0]) - base
+            if gain > best_gain:
+                best, best_gain = p, gain
+    return {"ok": best_gain <= _PROBE_GAIN, "best_gain": best_gain, "best": best}
+
+
 def optimize_hedge(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: int = 2048, n_steps: int = 1260,
                    steps_per_year: float = 252.0, block_size: int = 1024,
                    bounds=((0.0, 2.0), (0.0, 0.1), (0.5, 1.0)), x0=None, max_iter: int = 100,
-                   gtol: float = 1e-4, progress=None, learning_rate=None) -> HedgeOptimum:
+                   gtol: float = 1e-4, progress=None, restarts: int = 5) -> HedgeOptimum:
+    """``_optimize_hedge_local`` (the docstring there), then the local grid check
+    (``local_grid_check``) on the same draws: where a grid point is better (the growth is not
+    concave in theta: kinks from the puts' strikes and counts), the search restarts from it,
+    at most ``restarts`` times. ``converged`` means: the local search converged and no grid
+    point around the answer is better."""
+    total_it, history = 0, []
+    for attempt in range(restarts + 1):
+        opt = _optimize_hedge_local(process, overlay, seed=seed, n_paths=n_paths, n_steps=n_steps,
+                                    steps_per_year=steps_per_year, block_size=block_size, bounds=bounds, x0=x0,
+                                    max_iter=max_iter, gtol=gtol, progress=progress)
+        total_it += opt.iterations
+        history += opt.history
+        bs = min(block_size, n_paths)
+        args = (seed, process, overlay, -(-n_paths // bs), bs, n_steps, 1.0 / float(steps_per_year))
+        check = local_grid_check([opt.fraction, opt.budget, opt.strike], bounds, args)
+        if not opt.converged or check["ok"]:
+            break
+        x0 = check["best"]
+    return opt._replace(iterations=total_it, history=history, converged=bool(opt.converged and check["ok"]))
+
+
+def _optimize_hedge_local(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: int = 2048, n_steps: int = 1260,
+                          steps_per_year: float = 252.0, block_size: int = 1024,
+                          bounds=((0.0, 2.0), (0.0, 0.1), (0.5, 1.0)), x0=None, max_iter: int = 100,
+                          gtol: float = 1e-4, progress=None) -> HedgeOptimum:
     """The (equity fraction, yearly budget, strike moneyness) that maximize time-average growth
     of ``overlay`` on ``process`` on common random numbers, by a projected quasi-Newton method
     (BFGS in coordinates scaled to ``bounds``, the box's active bounds held, an Armijo
@@ -750,7 +793,6 @@ def optimize_hedge(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: in
     point is then the best found, not an optimum). A budget of 0 at
     the optimum means the hedge does not pay for itself in growth on this model.
     ``progress(dict)`` is called after every iteration (iteration, theta, growth, gradient norm).
-    ``learning_rate`` is accepted and ignored (the former Adam optimizer's setting).
     """
     from sim.validation import check_int
 

@@ -211,8 +211,7 @@ def test_optimizer_finds_the_grid_maximum_of_the_fraction_without_hedge():
     proc = processes.Merton(mu=0.08, sigma=0.2, lam=0.5)
     ov = hedge.HedgeOverlay(program=dataclasses.replace(hedge.HedgeProgram(), budget=0.0))
     kw = dict(seed=3, n_paths=1024, n_steps=252, block_size=512)
-    opt = hedge.optimize_hedge(proc, ov, bounds=((0.0, 3.0), (0.0, 1e-9), (0.8, 0.9)), max_iter=150,
-                               learning_rate=0.05, **kw)
+    opt = hedge.optimize_hedge(proc, ov, bounds=((0.0, 3.0), (0.0, 1e-9), (0.8, 0.9)), max_iter=150, **kw)
     grid = np.linspace(0.5, 3.0, 51)
     values = [float(hedge.growth_on_draws(np.array([f, 0.0, 0.85], np.float32), 3, proc, ov, 2, 512, 252, 1 / 252)[0])
               for f in grid]
@@ -251,3 +250,18 @@ def test_at_trade_needs_a_stateless_policy():
     ov = hedge.HedgeOverlay(monetize=_StatefulAtTrade())
     with pytest.raises(ParameterError, match="at_trade"):
         engine.simulate(processes.RegimeSwitching(), n_paths=8, n_steps=30, policy=ov)
+
+
+def test_hedge_optimizer_converges_and_no_grid_neighbour_is_better():
+    """Fraction, budget and strike together on a regime-switching model (the former Adam
+    optimizer stopped unconverged at its iteration cap, and its last point was reported)."""
+    from experiments.hedge_overlay import _grid_check
+
+    proc = processes.RegimeSwitching()
+    ov = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(budget=0.02, strike=0.85))
+    kw = dict(seed=5, n_paths=512, n_steps=252, block_size=512)
+    bounds = ((0.0, 3.0), (0.0, 0.1), (0.5, 1.0))
+    opt = hedge.optimize_hedge(proc, ov, bounds=bounds, max_iter=100, **kw)
+    assert opt.converged, opt.history[-3:]
+    check = _grid_check(opt, bounds, (5, proc, ov, 1, 512, 252, 1 / 252))
+    assert check["ok"], check
