@@ -104,9 +104,10 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", type=int, default=2, help="fresh processes, each with another order")
     ap.add_argument("--order-seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print {name: [hashes]} and exit (one process)")
+    ap.add_argument("--only", nargs="*", default=None, help="kernel names (default: all)")
     a = ap.parse_args(argv)
     if a.json:
-        print(json.dumps({k: sorted(v) for k, v in run_rounds(a.rounds, a.order_seed).items()}))
+        print(json.dumps({k: sorted(v) for k, v in run_rounds(a.rounds, a.order_seed, a.only).items()}))
         return 0
     runs = []
     for i in range(a.processes):
