@@ -223,6 +223,7 @@ class _Spec(NamedTuple):
     risk_free: float
     drawdown_level: float | None
     temperature: float
+    n_paths: int  # paths counted: the first n_paths of the n_blocks * block_size simulated
 
 
 def _paths(f, seed, process, spec: _Spec):
@@ -234,11 +235,11 @@ def _paths(f, seed, process, spec: _Spec):
                            dt=1.0 / spec.steps_per_year)
     blocks = jnp.arange(spec.n_blocks, dtype=jnp.uint32)
     st = jax.vmap(fn, in_axes=(None, 0, None, None))(jax.random.key(seed), blocks, process, policy).stats
-    growth = st.log_wealth.reshape(-1) / (spec.n_steps / spec.steps_per_year)
+    growth = st.log_wealth.reshape(-1)[: spec.n_paths] / (spec.n_steps / spec.steps_per_year)
     if spec.drawdown_level is None:
         return growth, jnp.zeros_like(growth)
     level = -math.log1p(-spec.drawdown_level)
-    breach = jax.nn.sigmoid((st.max_drawdown_log.reshape(-1) - level) / spec.temperature)
+    breach = jax.nn.sigmoid((st.max_drawdown_log.reshape(-1)[: spec.n_paths] - level) / spec.temperature)
     return growth, breach
 
 
@@ -305,6 +306,7 @@ class _GrowthDerivatives(NamedTuple):
     fraction: Any
     risk_free: Any
     floor: Any = 0.0
+    valid: Any = True  # bool[block_size] (vmapped over blocks): the lanes that count
 
     def init(self, n: int, dt: float, process=None, process_state=None):
         d = int(np.size(self.fraction))
@@ -316,7 +318,7 @@ class _GrowthDerivatives(NamedTuple):
         returns = jnp.reshape(r, (r.shape[0], -1))
         x = returns @ f + (1.0 - jnp.sum(f)) * rf
         alive = 1.0 + x > 0
-        w = jnp.where(alive, 1.0 / jnp.where(alive, 1.0 + x, 1.0), 0.0)
+        w = jnp.where(alive & self.valid, 1.0 / jnp.where(alive, 1.0 + x, 1.0), 0.0)
         ew = (returns - rf) * w[:, None]
         grad, hess = state
         return (grad + ew, hess - ew.T @ ew), jnp.reshape(x, r.shape[:1])
@@ -327,16 +329,19 @@ class _GrowthDerivatives(NamedTuple):
 
 def _analytic_derivs(f, seed, process, spec: _Spec):
     """Per-path growth ``[n]`` and gradient ``[n, d]`` (per year), and the mean Hessian ``[d, d]``."""
-    policy = _GrowthDerivatives(jnp.asarray(f, jnp.float32), jnp.float32(spec.risk_free))
+    lanes = jnp.arange(spec.n_blocks * spec.block_size).reshape(spec.n_blocks, spec.block_size)
+    policy = _GrowthDerivatives(jnp.asarray(f, jnp.float32), jnp.float32(spec.risk_free), 0.0, lanes < spec.n_paths)
     fn = functools.partial(engine.simulate_block, block_size=spec.block_size, n_steps=spec.n_steps,
                            dt=1.0 / spec.steps_per_year)
     blocks = jnp.arange(spec.n_blocks, dtype=jnp.uint32)
-    out = jax.vmap(fn, in_axes=(None, 0, None, None))(jax.random.key(seed), blocks, process, policy)
+    axes = _GrowthDerivatives(None, None, None, 0)
+    out = jax.vmap(fn, in_axes=(None, 0, None, axes))(jax.random.key(seed), blocks, process, policy)
     years = spec.n_steps / spec.steps_per_year
-    n = spec.n_blocks * spec.block_size
+    n = spec.n_paths
     grad = out.extras["grad"]
-    growth = out.stats.log_wealth.reshape(-1) / years
-    return growth, grad.reshape(n, grad.shape[-1]) / years, out.extras["hess"].sum(axis=0) / years / n
+    growth = out.stats.log_wealth.reshape(-1)[:n] / years
+    grad = grad.reshape(-1, grad.shape[-1])[:n] / years
+    return growth, grad, out.extras["hess"].sum(axis=0) / years / n
 
 
 _analytic_derivs_jit = jax.jit(_analytic_derivs, static_argnums=3)
@@ -347,8 +352,8 @@ class GrowthObjective:
 
     Args:
       process: a model from ``sim.processes``.
-      seed, n_paths, n_steps, steps_per_year, block_size: the sample (``n_paths`` is rounded
-        up to whole blocks; the draws are the engine's for the same arguments).
+      seed, n_paths, n_steps, steps_per_year, block_size: the sample (exactly ``n_paths``
+        paths, the engine's first ``n_paths`` for the same arguments).
       risk_free: annual rate on ``1 - sum f``.
       drawdown: ``(d, eps)`` to also estimate the smoothed ``P(max drawdown > d)`` over the
         horizon ``n_steps`` (for the constrained optimizer); None otherwise.
@@ -370,7 +375,7 @@ class GrowthObjective:
         self.seed, self.n_steps, self.steps_per_year = seed, n_steps, float(steps_per_year)
         self.risk_free, self.block_size = float(risk_free), block_size
         self.n_blocks = -(-n_paths // block_size)
-        self.n_paths = self.n_blocks * block_size
+        self.n_paths = n_paths  # exactly: the last block's other lanes are simulated, not counted
         self.years = n_steps / self.steps_per_year
         if drawdown is not None:
             d, eps = drawdown
@@ -384,7 +389,7 @@ class GrowthObjective:
                 )
         self.drawdown, self.temperature = drawdown, float(temperature)
         self.spec = _Spec(self.n_blocks, block_size, n_steps, self.steps_per_year, self.risk_free,
-                          None if drawdown is None else float(drawdown[0]), self.temperature)
+                          None if drawdown is None else float(drawdown[0]), self.temperature, n_paths)
 
     def _args(self):
         return jnp.uint32(self.seed), self.process

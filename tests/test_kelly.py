@@ -393,3 +393,23 @@ def test_drawdown_constraint_binds_at_eps_on_fresh_draws_and_loosens_with_eps():
             assert res.full_fraction == pytest.approx(free.full_fraction, rel=1e-6)
     assert fractions[0] < fractions[1] < fractions[2] <= fractions[3] + 1e-9
     assert fractions[3] == pytest.approx(free.full_fraction, rel=1e-6)
+
+
+def test_growth_objective_counts_exactly_the_paths_asked_for():
+    """1,500 paths in blocks of 1,024: the objective, its gradient and Hessian, and the engine
+    use the same 1,500 paths."""
+    from sim import engine
+
+    proc = StudentT(0.08, 0.2, 4.0)
+    obj = kelly.GrowthObjective(proc, seed=2, n_paths=1500, n_steps=100, block_size=1024)
+    assert obj.n_paths == 1500
+    res = engine.simulate(proc, seed=2, n_paths=1500, n_steps=100, block_size=1024, policy=engine.Policy(0.8))
+    growth = res.stats.log_wealth.astype(np.float64) / res.years
+    g, g_se, grad, _, hess = obj.derivatives(0.8)
+    assert g == pytest.approx(growth.mean(), rel=1e-6) and g_se == pytest.approx(growth.std(ddof=1) / math.sqrt(1500))
+    assert obj(0.8) == pytest.approx(growth.mean(), rel=1e-6)
+    r = np.asarray(engine.sample_returns(proc, seed=2, n_paths=1500, n_steps=100, block_size=1024), np.float64)
+    w = 1 / (1 + 0.8 * r)
+    years = 100 / 252
+    assert grad == pytest.approx((r * w).sum(axis=1).mean() / years, rel=1e-4)
+    assert hess[0, 0] == pytest.approx(-(r * r * w * w).sum(axis=1).mean() / years, rel=1e-4)
