@@ -360,6 +360,23 @@ def _optimize_part(cfg, spy):
     return pd.DataFrame(rows)
 
 
+def _warnings(models: pd.DataFrame, optimum) -> list[str]:
+    """Plain sentences for what the tables hold that is not what it seems at a glance."""
+    out = []
+    if optimum is not None:
+        for _, row in optimum.iterrows():
+            if not row["converged"]:
+                out.append(f"{row['model']}: the growth-optimal search did not converge; growth_optimal.csv holds the "
+                           "best point found, not an optimum")
+    if "growth_vs_unhedged_note" in models:
+        for _, row in models.iterrows():
+            if isinstance(row.get("growth_vs_unhedged_note"), str) and row["growth_vs_unhedged_note"]:
+                out.append(f"{row['model']} / {row['strategy']}: hedge saved {row['paths_saved_by_hedge']:.4%} and "
+                           f"lost {row['paths_lost_by_hedge']:.4%} of paths from a wipe-out; growth_vs_unhedged is "
+                           "over the paths finite in both")
+    return out
+
+
 def _grid_check(best, bounds, args) -> dict:
     """``sim.hedge.local_grid_check`` at the optimum ``best``."""
     return hedge.local_grid_check([best.fraction, best.budget, best.strike], bounds, args)
@@ -413,6 +430,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
         "real": {**real_info, "table": real.to_dict(orient="records")},
         "models": models.to_dict(orient="records"),
         "growth_optimal": None if optimum is None else optimum.to_dict(orient="records"),
+        "warnings": _warnings(models, optimum),
     }
     out.finish(summary, t_start)
     return summary
