@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(PY) -m experiments.ruin_surface $(ARGS)
 
 ## Run the test suite (one pytest worker per core: XLA compiles on one thread, so two test
-## processes keep both cores busy; 8-11 min instead of 13-15 on the 2-core CI machine).
+## processes keep both cores busy; 7-8.5 min on the 2-core CI machine).
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --durations=10 $(ARGS)
 
