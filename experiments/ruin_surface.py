@@ -87,7 +87,11 @@ def _heatmap(out: OutputWriter, name: str, res: surface.SurfaceResult, grid: np.
 
 
 def _tag(pinned: bool, edge: bool) -> str:
-    return " (pinned)" if pinned and not edge else " (edge)" if edge and not pinned else " (pinned, edge)" if edge else ""
+    tags = [name for name, on in (("pinned", pinned), ("edge", edge)) if on]
+    return f" ({', '.join(tags)})" if tags else ""
+
+
+INTERIOR = "interior optimum"
 
 
 def _optimum_note(at_wipeout_edge: bool, at_grid_edge: bool, moves: bool) -> str:
@@ -100,7 +104,7 @@ def _optimum_note(at_wipeout_edge: bool, at_grid_edge: bool, moves: bool) -> str
         parts.append("best at the edge of the grid of c (the optimum may lie beyond it)")
     if moves and not at_wipeout_edge:
         parts.append("differs by more than a grid step on half of the paths (sample-size dependent)")
-    return "; ".join(parts) if parts else "interior optimum"
+    return "; ".join(parts) if parts else INTERIOR
 
 
 def run(cfg: DictConfig, out_dir) -> dict:
@@ -192,7 +196,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
         "growth_optimal_multiple": dict(zip(map(str, values), optimal_f / reference)),
         "growth_optimal_multiple_half_sample": dict(zip(map(str, values), half_f / reference)),
         "growth_optimal_note": dict(zip(map(str, values), notes)),
-        "warnings": [f"{s.axis} = {v:g}: {n}" for v, n in zip(values, notes) if n != "interior optimum"],
+        "warnings": [f"{s.axis} = {v:g}: {n}" for v, n in zip(values, notes) if n != INTERIOR],
         "kernel_seconds": res.wall_seconds,
         "point_path_steps_per_second": res.fractions.size * res.n_paths * n_steps / res.wall_seconds,
     }

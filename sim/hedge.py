@@ -726,6 +726,7 @@ class HedgeOptimum(NamedTuple):
     iterations: int
     converged: bool
     history: list  # (iteration, fraction, budget, strike, growth) per iteration
+    grid_check_gain: float = float("nan")  # best gain of a local grid point over the answer (<= 1e-6: none)
 
 
 _PROBE = 1e-3  # probe step, in units of each parameter's range
@@ -759,20 +760,21 @@ def optimize_hedge(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: in
     concave in theta: kinks from the puts' strikes and counts), the search restarts from it,
     at most ``restarts`` times. ``converged`` means: the local search converged and no grid
     point around the answer is better."""
+    bs = min(block_size, n_paths)
+    args = (seed, process, overlay, -(-n_paths // bs), bs, n_steps, 1.0 / float(steps_per_year))
     total_it, history = 0, []
-    for attempt in range(restarts + 1):
+    for _ in range(restarts + 1):
         opt = _optimize_hedge_local(process, overlay, seed=seed, n_paths=n_paths, n_steps=n_steps,
                                     steps_per_year=steps_per_year, block_size=block_size, bounds=bounds, x0=x0,
                                     max_iter=max_iter, gtol=gtol, progress=progress)
         total_it += opt.iterations
         history += opt.history
-        bs = min(block_size, n_paths)
-        args = (seed, process, overlay, -(-n_paths // bs), bs, n_steps, 1.0 / float(steps_per_year))
         check = local_grid_check([opt.fraction, opt.budget, opt.strike], bounds, args)
         if not opt.converged or check["ok"]:
             break
         x0 = check["best"]
-    return opt._replace(iterations=total_it, history=history, converged=bool(opt.converged and check["ok"]))
+    return opt._replace(iterations=total_it, history=history, converged=bool(opt.converged and check["ok"]),
+                        grid_check_gain=check["best_gain"])
 
 
 def _optimize_hedge_local(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: int = 2048, n_steps: int = 1260,
@@ -885,7 +887,6 @@ def _optimize_hedge_local(process, overlay: HedgeOverlay, *, seed: int = 0, n_pa
                             best_u, best_g = u_p, g_p
             if best_u is u:
                 converged = True
-                history.append((it, *map(float, lo + scale * u), g))
                 break
             u_try, inv_h = best_u, None
         g_new, grad_new = value_grad(u_try)

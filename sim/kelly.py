@@ -226,42 +226,36 @@ class _Spec(NamedTuple):
     n_paths: int  # paths counted: the first n_paths of the n_blocks * block_size simulated
 
 
-def _paths(f, seed, process, spec: _Spec):
-    """Per-path (time-average growth, smoothed drawdown indicator), each [n_paths]. The seed
-    and the model are traced, so one compilation serves every seed and parameter value."""
-    f = jnp.asarray(f, jnp.float32)
-    policy = engine.Policy(f, jnp.float32(spec.risk_free), jnp.float32(0.0))
+def _run_blocks(seed, process, policy, spec: _Spec, policy_axes=None):
+    """``engine.simulate_block`` over the sample's blocks (``vmap``); ``policy_axes`` maps policy
+    fields that differ per block."""
     fn = functools.partial(engine.simulate_block, block_size=spec.block_size, n_steps=spec.n_steps,
                            dt=1.0 / spec.steps_per_year)
     blocks = jnp.arange(spec.n_blocks, dtype=jnp.uint32)
-    st = jax.vmap(fn, in_axes=(None, 0, None, None))(jax.random.key(seed), blocks, process, policy).stats
-    growth = st.log_wealth.reshape(-1)[: spec.n_paths] / (spec.n_steps / spec.steps_per_year)
+    return jax.vmap(fn, in_axes=(None, 0, None, policy_axes))(jax.random.key(seed), blocks, process, policy)
+
+
+def _counted(x, spec: _Spec):
+    """Per-block ``[n_blocks, block_size, ...]`` to the ``n_paths`` counted paths."""
+    return x.reshape((-1,) + x.shape[2:])[: spec.n_paths]
+
+
+def _paths(f, seed, process, spec: _Spec):
+    """Per-path (time-average growth, smoothed drawdown indicator), each [n_paths]. The seed
+    and the model are traced, so one compilation serves every seed and parameter value."""
+    policy = engine.Policy(jnp.asarray(f, jnp.float32), jnp.float32(spec.risk_free), jnp.float32(0.0))
+    st = _run_blocks(seed, process, policy, spec).stats
+    growth = _counted(st.log_wealth, spec) / (spec.n_steps / spec.steps_per_year)
     if spec.drawdown_level is None:
         return growth, jnp.zeros_like(growth)
     level = -math.log1p(-spec.drawdown_level)
-    breach = jax.nn.sigmoid((st.max_drawdown_log.reshape(-1)[: spec.n_paths] - level) / spec.temperature)
+    breach = jax.nn.sigmoid((_counted(st.max_drawdown_log, spec) - level) / spec.temperature)
     return growth, breach
 
 
 def _means(f, seed, process, spec: _Spec):
     growth, breach = _paths(f, seed, process, spec)
     return jnp.stack([jnp.mean(growth), jnp.mean(breach)])
-
-
-def _derivs(f, seed, process, spec: _Spec):
-    """Per-path growth [n], its gradient [n, d] and the mean Hessian [d, d]; one forward-mode
-    pass (nested ``jacfwd``), memory linear in the paths."""
-    flat = jnp.reshape(f, (-1,))
-
-    def growth_of(x):
-        return _paths(jnp.reshape(x, jnp.shape(f)), seed, process, spec)[0]
-
-    def with_jac(x):
-        jac = jax.jacfwd(growth_of)(x)  # [n, d]
-        return jac, (growth_of(x), jac)
-
-    hess, (growth, jac) = jax.jacfwd(with_jac, has_aux=True)(flat)  # hess: [n, d, d]
-    return growth, jac, jnp.mean(hess, axis=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -281,7 +275,6 @@ def _means_bwd(spec, jac, ct):
 _means_fwd_mode.defvjp(_means_fwd, _means_bwd)
 
 _paths_jit = jax.jit(_paths, static_argnums=3)
-_derivs_jit = jax.jit(_derivs, static_argnums=3)
 def _grid(fs, seed, process, spec: _Spec, with_sd: bool):
     """The mean growth per fraction ``[G]``, and its standard deviation across paths."""
 
@@ -313,15 +306,13 @@ class _GrowthDerivatives(NamedTuple):
         return jnp.zeros((n, d), jnp.float32), jnp.zeros((d, d), jnp.float32)
 
     def step(self, state, r, process, process_state, t, dt: float):
-        f = jnp.reshape(jnp.asarray(self.fraction, jnp.float32), (-1,))
         rf = per_step_mean(jnp.asarray(self.risk_free, jnp.float32), dt)
-        returns = jnp.reshape(r, (r.shape[0], -1))
-        x = returns @ f + (1.0 - jnp.sum(f)) * rf
+        x = engine.portfolio_return(jnp.asarray(self.fraction, jnp.float32), r, rf)  # the engine's own mix
         alive = 1.0 + x > 0
         w = jnp.where(alive & self.valid, 1.0 / jnp.where(alive, 1.0 + x, 1.0), 0.0)
-        ew = (returns - rf) * w[:, None]
+        ew = jnp.reshape(r - rf, (r.shape[0], -1)) * w[:, None]
         grad, hess = state
-        return (grad + ew, hess - ew.T @ ew), jnp.reshape(x, r.shape[:1])
+        return (grad + ew, hess - ew.T @ ew), x
 
     def outputs(self, state) -> dict:
         return {"grad": state[0], "hess": state[1]}
@@ -331,17 +322,10 @@ def _analytic_derivs(f, seed, process, spec: _Spec):
     """Per-path growth ``[n]`` and gradient ``[n, d]`` (per year), and the mean Hessian ``[d, d]``."""
     lanes = jnp.arange(spec.n_blocks * spec.block_size).reshape(spec.n_blocks, spec.block_size)
     policy = _GrowthDerivatives(jnp.asarray(f, jnp.float32), jnp.float32(spec.risk_free), 0.0, lanes < spec.n_paths)
-    fn = functools.partial(engine.simulate_block, block_size=spec.block_size, n_steps=spec.n_steps,
-                           dt=1.0 / spec.steps_per_year)
-    blocks = jnp.arange(spec.n_blocks, dtype=jnp.uint32)
-    axes = _GrowthDerivatives(None, None, None, 0)
-    out = jax.vmap(fn, in_axes=(None, 0, None, axes))(jax.random.key(seed), blocks, process, policy)
+    out = _run_blocks(seed, process, policy, spec, policy_axes=_GrowthDerivatives(None, None, None, 0))
     years = spec.n_steps / spec.steps_per_year
-    n = spec.n_paths
-    grad = out.extras["grad"]
-    growth = out.stats.log_wealth.reshape(-1)[:n] / years
-    grad = grad.reshape(-1, grad.shape[-1])[:n] / years
-    return growth, grad, out.extras["hess"].sum(axis=0) / years / n
+    return (_counted(out.stats.log_wealth, spec) / years, _counted(out.extras["grad"], spec) / years,
+            out.extras["hess"].sum(axis=0) / years / spec.n_paths)
 
 
 _analytic_derivs_jit = jax.jit(_analytic_derivs, static_argnums=3)
@@ -418,8 +402,8 @@ class GrowthObjective:
         return np.asarray(mean, float), np.asarray(sd, float) / math.sqrt(self.n_paths)
 
     def value_and_grad(self, f):
-        g, jac, _ = _derivs_jit(self._as_f(f), *self._args(), self.spec)
-        return float(np.mean(np.asarray(g, float))), np.asarray(jac, float).mean(axis=0)
+        g, _, grad, _, _ = self.derivatives(f)
+        return float(g), grad
 
     def breach_probability(self, f, *, exact: bool = True) -> float:
         """``P(max drawdown > d)`` on this sample: the exact indicator, or the smoothed one."""
@@ -449,17 +433,19 @@ class GrowthObjective:
         grad_cov = np.atleast_2d(np.cov(jac, rowvar=False)) / n
         return growth.mean(), g_se, jac.mean(axis=0), grad_cov, hess
 
+    def _replace(self, **changes) -> "GrowthObjective":
+        args = dict(seed=self.seed, n_paths=self.n_paths, n_steps=self.n_steps, steps_per_year=self.steps_per_year,
+                    risk_free=self.risk_free, block_size=self.block_size, drawdown=self.drawdown,
+                    temperature=self.temperature)
+        return GrowthObjective(self.process, **(args | changes))
+
     def without_drawdown(self) -> "GrowthObjective":
         """The same objective and draws with no drawdown constraint."""
-        return GrowthObjective(self.process, seed=self.seed, n_paths=self.n_paths, n_steps=self.n_steps,
-                               steps_per_year=self.steps_per_year, risk_free=self.risk_free,
-                               block_size=self.block_size)
+        return self._replace(drawdown=None)
 
     def with_seed(self, seed: int) -> "GrowthObjective":
         """The same objective on fresh draws."""
-        return GrowthObjective(self.process, seed=seed, n_paths=self.n_paths, n_steps=self.n_steps,
-                               steps_per_year=self.steps_per_year, risk_free=self.risk_free,
-                               block_size=self.block_size, drawdown=self.drawdown, temperature=self.temperature)
+        return self._replace(seed=seed)
 
 
 # --------------------------------------------------------------------------- optimization
@@ -610,7 +596,6 @@ def _optimize_weights(objective: GrowthObjective, *, long_only: bool, budget: fl
     d = max(objective.n_assets, 1)
     scalar = objective.n_assets == 0
     as_f = (lambda v: float(v[0])) if scalar else (lambda v: v)  # noqa: E731
-    lower = np.zeros(d) if long_only else np.full(d, -np.inf)
 
     def derivs(f):
         g, _, grad, _, hess = objective.derivatives(as_f(f))
@@ -624,21 +609,18 @@ def _optimize_weights(objective: GrowthObjective, *, long_only: bool, budget: fl
         f = 0.5 * f
     zero = np.zeros(d, bool)  # assets held at their lower bound 0
     budget_on = False
-    kkt = None
     cached = None  # (g, grad, hess) at f, from the line search's last evaluation
     for it in range(1, max_iter + 1):
         g, grad, hess = cached = derivs(f) if cached is None else cached
         free = ~zero
         idx = np.flatnonzero(free)
         step = np.zeros(d)
-        nu = 0.0
         if idx.size:
             h = hess[np.ix_(idx, idx)]
-            if budget_on:
+            if budget_on:  # Newton step on {sum of the free weights fixed}: H s - nu 1 = -grad, 1's = 0
                 k = idx.size
                 kkt_matrix = np.block([[h, -np.ones((k, 1))], [np.ones((1, k)), np.zeros((1, 1))]])
-                sol = np.linalg.lstsq(kkt_matrix, np.append(-grad[idx], 0.0), rcond=None)[0]
-                step[idx], nu = sol[:k], float(sol[k])
+                step[idx] = np.linalg.lstsq(kkt_matrix, np.append(-grad[idx], 0.0), rcond=None)[0][:k]
             else:
                 step[idx] = np.linalg.lstsq(h, -grad[idx], rcond=None)[0]
         if np.abs(step).max() <= xtol:
@@ -673,9 +655,9 @@ def _optimize_weights(objective: GrowthObjective, *, long_only: bool, budget: fl
                     continue
         # the longest feasible step along ``step``
         t_max, hit = 1.0, None
-        for i in idx:
-            if step[i] < 0 and np.isfinite(lower[i]) and f[i] + step[i] < lower[i]:
-                t = (f[i] - lower[i]) / -step[i]
+        for i in idx if long_only else ():
+            if step[i] < 0 and f[i] + step[i] < 0:
+                t = f[i] / -step[i]
                 if t < t_max:
                     t_max, hit = t, ("zero", i)
         if budget is not None and not budget_on and step.sum() > 0 and f.sum() + step.sum() > budget:
@@ -744,7 +726,10 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
             raise ParameterError("budget applies to several assets (MultiAsset); for one asset bound f directly")
     transform = _Transform(objective.n_assets, bool(long_only), None if budget is None else float(budget))
     to_f = transform.to_f
-    u = jnp.asarray(transform.to_u(_starting_point(objective, x0)), jnp.float32)
+
+    def start_u():
+        return jnp.asarray(transform.to_u(_starting_point(objective, x0)), jnp.float32)
+
     dd = objective.drawdown
     eps = jnp.float32(dd[1] if dd is not None else 0.0)
     seed, process = objective._args()
@@ -811,7 +796,7 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
                                budget_binds=kkt["budget_binds"], n_held=int(kkt["held"].sum()))
         u = None
     elif dd is None:
-        u, grad_norm, iterations, converged = solve(u, 0.0, 1.0)
+        u, grad_norm, iterations, converged = solve(start_u(), 0.0, 1.0)
     elif objective.n_assets == 0 and not long_only:
         # One asset: g is concave and P(max drawdown > d) grows with |f| along the ray from 0
         # to the unconstrained optimum, so the constrained optimum is that optimum if it meets
@@ -847,6 +832,7 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
         u = None
     else:
         lam, rho, iterations, converged, p = 0.0, 50.0, 0, False, float("nan")
+        u = start_u()
         for _outer in range(12):
             u, grad_norm, it, ok = solve(u, lam, rho)
             iterations += it

@@ -96,12 +96,8 @@ class SurfaceResult:
         """``E[log W_T] / T`` (no floor) on the paths of ``blocks`` only (``-inf`` where one is
         wiped out): the surface's ``mean_growth`` on a sub-sample of the same draws."""
         blocks = list(blocks)
-        total = self.block_free_sum[blocks[0]]
-        for b in blocks[1:]:
-            total = total + self.block_free_sum[b]
-        wiped = self.block_wiped[blocks].sum(axis=0)
-        with np.errstate(invalid="ignore"):
-            return np.where(wiped > 0, -np.inf, total / self.block_paths[blocks].sum() / self.years)
+        return _mean_growth(self.block_free_sum[blocks], self.block_wiped[blocks], self.block_paths[blocks],
+                            self.years)
 
     def growth_optimal(self) -> np.ndarray:
         """Per model point, the fraction maximizing ``mean_growth`` on the grid, refined by
@@ -159,6 +155,16 @@ class SurfaceResult:
             "mean_growth": self.mean_growth.ravel(),
             "wipeout_probability": self.wipeout_probability.ravel(),
         })
+
+
+def _mean_growth(free_sums, wiped, paths, years) -> np.ndarray:
+    """``E[log W_T] / T`` from per-block sums ``[B, P, C]`` (folded in block order, so the
+    result does not depend on devices or processes), ``-inf`` where a path is wiped out."""
+    total = free_sums[0]
+    for part in free_sums[1:]:
+        total = total + part
+    with np.errstate(invalid="ignore"):
+        return np.where(np.sum(wiped, axis=0) > 0, -np.inf, total / np.sum(paths) / years)
 
 
 def _block_counts(key, block, n_valid, processes, fractions, *, block_size, n_steps, dt, risk_free, log_floor,
@@ -312,11 +318,11 @@ def ruin_surface(
                 per_block[b] = v
             gathered.append(dict(enumerate(allgather_exact(per_block).sum(axis=0))))  # one owner per block: exact
         free, wiped_blocks = gathered
-    free_sum = free[0]
-    for b in range(1, n_blocks):
-        free_sum = free_sum + free[b]
-    totals = {**counts, "free_sum": free_sum}
+    totals = counts
     n = n_paths
+    block_paths = np.array([min(block_size, n_paths - b * block_size) for b in range(n_blocks)])
+    block_free_sum = np.stack([free[b] for b in range(n_blocks)])
+    block_wiped = np.stack([wiped_blocks[b] for b in range(n_blocks)])
     hist = totals["hist"]  # [P, C, n_bins + 2]: below range, bins, above range
     width = (hi - lo) / n_bins
     edges = lo + width * np.arange(n_bins + 1)
@@ -335,8 +341,7 @@ def ruin_surface(
         return np.where(k == 0, -np.inf, np.where(k > n_bins, np.inf, value))
 
     wiped = totals["wiped"]
-    with np.errstate(invalid="ignore"):
-        mean_growth = np.where(wiped > 0, -np.inf, totals["free_sum"] / n / years)
+    mean_growth = _mean_growth(block_free_sum, block_wiped, block_paths, years)
     return SurfaceResult(
         axis=axis,
         values=values,
@@ -349,9 +354,9 @@ def ruin_surface(
         mean_growth=mean_growth,
         wipeout_probability=wiped / n,
         n_paths=n,
-        block_paths=np.array([min(block_size, n_paths - b * block_size) for b in range(n_blocks)]),
-        block_free_sum=np.stack([free[b] for b in range(n_blocks)]),
-        block_wiped=np.stack([wiped_blocks[b] for b in range(n_blocks)]),
+        block_paths=block_paths,
+        block_free_sum=block_free_sum,
+        block_wiped=block_wiped,
         years=years,
         bin_width=width,
         wall_seconds=time.perf_counter() - t0,

@@ -255,13 +255,12 @@ def test_at_trade_needs_a_stateless_policy():
 def test_hedge_optimizer_converges_and_no_grid_neighbour_is_better():
     """Fraction, budget and strike together on a regime-switching model (the former Adam
     optimizer stopped unconverged at its iteration cap, and its last point was reported)."""
-    from experiments.hedge_overlay import _grid_check
-
     proc = processes.RegimeSwitching()
     ov = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(budget=0.02, strike=0.85))
     kw = dict(seed=5, n_paths=512, n_steps=252, block_size=512)
     bounds = ((0.0, 3.0), (0.0, 0.1), (0.5, 1.0))
     opt = hedge.optimize_hedge(proc, ov, bounds=bounds, max_iter=100, **kw)
     assert opt.converged, opt.history[-3:]
-    check = _grid_check(opt, bounds, (5, proc, ov, 1, 512, 252, 1 / 252))
-    assert check["ok"], check
+    args = (5, proc, ov, 1, 512, 252, 1 / 252)  # the optimizer's draws
+    check = hedge.local_grid_check([opt.fraction, opt.budget, opt.strike], bounds, args)
+    assert check["ok"] and opt.grid_check_gain <= 1e-6, check

@@ -4,6 +4,7 @@ uncertainty, the drawdown constraint, and bad input."""
 
 import math
 
+import jax
 import numpy as np
 import pytest
 from scipy import integrate, optimize as sopt, stats
@@ -366,7 +367,15 @@ def test_analytic_growth_derivatives_equal_forward_mode_autodiff():
     obj = kelly.GrowthObjective(MultiAsset(mu, sigma, corr, 5.0), seed=9, n_paths=1024, n_steps=100,
                                 block_size=512, risk_free=0.02)
     f = obj._as_f(np.array([0.5, 0.3, 0.2]))
-    auto = [np.asarray(a, float) for a in kelly._derivs_jit(f, *obj._args(), obj.spec)]
+    seed, proc = obj._args()
+
+    def growth(x):
+        return kelly._paths(x, seed, proc, obj.spec)[0]
+
+    # the objective's own compiled value (bit for bit); forward-mode autodiff through the
+    # engine's scan for the per-path gradient and the mean Hessian
+    auto = [np.asarray(a, float) for a in (kelly._paths_jit(f, seed, proc, obj.spec)[0], jax.jacfwd(growth)(f),
+                                            jax.jacfwd(jax.jacfwd(lambda x: growth(x).mean()))(f))]
     mine = [np.asarray(a, float) for a in kelly._analytic_derivs_jit(f, *obj._args(), obj.spec)]
     np.testing.assert_array_equal(auto[0], mine[0])
     np.testing.assert_allclose(mine[1], auto[1], atol=1e-5 * np.abs(auto[1]).max())

@@ -62,22 +62,27 @@ def test_garch_recursion_and_standardized_residuals():
     assert sps.kstest(z, sps.t(nu).cdf).pvalue > 1e-3
 
 
+def _regime_paths(p, n, dt, steps, *, seed):
+    """The regime of ``n`` paths of ``p`` at the start ``[n]`` and after each step ``[steps, n]``."""
+
+    @jax.jit
+    def run():
+        key = jax.random.key(seed)
+        state = p.init(jax.random.fold_in(key, 999), n, dt)
+
+        def body(s, t):
+            s2, _ = p.step(jax.random.fold_in(key, t), s, n, dt)
+            return s2, s2.regime
+
+        return state.regime, lax.scan(body, state, jnp.arange(steps))[1]
+
+    return tuple(np.asarray(x) for x in run())
+
+
 def test_regime_switching_stationary_occupancy_and_switch_rate():
     p = RegimeSwitching(rate_to_crash=3.0, rate_to_calm=9.0)
     n, steps = 1 << 15, 60
-
-    @jax.jit
-    def regimes():
-        key = jax.random.key(5)
-        state = p.init(jax.random.fold_in(key, 999), n, DT)
-
-        def body(s, t):
-            s2, _ = p.step(jax.random.fold_in(key, t), s, n, DT)
-            return s2, s2.regime
-
-        return lax.scan(body, state, jnp.arange(steps))[1]
-
-    reg = np.asarray(regimes())
+    _, reg = _regime_paths(p, n, DT, steps, seed=5)
     pi = 3.0 / 12.0
     occupancy = reg[-1].mean()  # one time point: independent paths, binomial error
     assert abs(occupancy - pi) < 3 * math.sqrt(pi * (1 - pi) / n)
@@ -117,18 +122,7 @@ def test_regime_switching_starts_in_the_stationary_law_of_its_discrete_chain():
     pi = up / (up + down)
     assert float(p.stationary_crash_probability(dt)) == pytest.approx(pi, rel=1e-6)
 
-    @jax.jit
-    def regimes():
-        key = jax.random.key(8)
-        state = p.init(jax.random.fold_in(key, 999), n, dt)
-
-        def body(s, t):
-            s2, _ = p.step(jax.random.fold_in(key, t), s, n, dt)
-            return s2, s2.regime
-
-        return state.regime, lax.scan(body, state, jnp.arange(12))[1]
-
-    first, later = (np.asarray(x) for x in regimes())
+    first, later = _regime_paths(p, n, dt, 12, seed=8)
     se = math.sqrt(pi * (1 - pi) / n)
     assert abs(first.mean() - pi) < 4 * se, (first.mean(), pi)
     for t in (0, 5, 11):
