@@ -63,7 +63,7 @@ def main() -> None:
     out["protocol_seconds_compiled"] = again
     out["episodes_followed"] = float(res.extras["episodes"].sum())
     rates = {"protocol": n_paths * n_steps / again}
-    for name, (process, policy) in {"plain": (base, engine.Policy(1.0)),
+    for name, (process, policy) in {"plain": (base, engine.ConstantMix(1.0)),
                                     "hold": (market, hedge.HedgeOverlay(program=program))}.items():
         timed(process, policy, 0)
         rates[name] = n_paths * n_steps / timed(process, policy, 1)[0]

@@ -57,7 +57,7 @@ def main() -> None:
 
     for name, process in [("merton", processes.Merton()), ("garch_t", processes.GarchT()),
                           ("regime_switching", processes.RegimeSwitching())]:
-        policies = {"plain": engine.Policy(1.0), "hedged": overlay}
+        policies = {"plain": engine.ConstantMix(1.0), "hedged": overlay}
         for policy in policies.values():
             timed(process, policy, 0)  # compile
         # Interleaved, best of ``repeats`` each: this VM's speed drifts by up to 2x between

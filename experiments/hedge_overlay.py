@@ -86,7 +86,7 @@ def _overlays(cfg: DictConfig, process, vol_model) -> dict:
     p = cfg.portfolio
     base = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, floor=p.floor, program=_program(cfg),
                               vol_model=vol_model)
-    strategies = {"unhedged": engine.Policy(p.fraction, p.risk_free, p.floor)}
+    strategies = {"unhedged": engine.ConstantMix(p.fraction, p.risk_free, p.floor)}
     for name, m in _monetizers(cfg, process).items():
         strategies[f"hedged_{name}"] = dataclasses.replace(base, monetize=m)
     return strategies
@@ -374,21 +374,14 @@ def _warnings(models: pd.DataFrame, optimum) -> list[str]:
 
 
 def _paired_growth_difference(theta_a, theta_b, args):
-    import jax
-    import jax.numpy as jnp
-
-    from sim import engine as eng
-
     seed, process, ov, n_blocks, block_size, n_steps, dt = args
 
     def per_path(theta):
         o = hedge.with_parameters(ov, fraction=theta[0], budget=theta[1], strike=theta[2])
-        fn = lambda b: eng.simulate_block(jax.random.key(seed), b, process, o, block_size=block_size,  # noqa: E731
-                                          n_steps=n_steps, dt=dt).stats.log_wealth
-        return jax.lax.map(fn, jnp.arange(n_blocks, dtype=jnp.uint32)).reshape(-1) / (n_steps * dt)
+        return np.asarray(engine.path_growth(seed, process, o, n_paths=n_blocks * block_size, block_size=block_size,
+                                             n_steps=n_steps, dt=dt, sequential=True), np.float64)
 
-    return stats.paired_difference(np.asarray(per_path(jnp.asarray(theta_a)), np.float64),
-                                   np.asarray(per_path(jnp.asarray(theta_b)), np.float64))
+    return stats.paired_difference(per_path(np.asarray(theta_a, np.float32)), per_path(np.asarray(theta_b, np.float32)))
 
 
 # --------------------------------------------------------------------------- entry point

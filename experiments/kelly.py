@@ -91,7 +91,7 @@ def _evaluate(process, fractions: dict, cfg: DictConfig, seed: int, steps_per_ye
     e = cfg.evaluation
     for name, f in fractions.items():
         res = engine.simulate(process, seed=seed, n_paths=e.n_paths, n_steps=round(e.years * steps_per_year),
-                              steps_per_year=steps_per_year, policy=engine.Policy(f, cfg.risk_free, e.floor))
+                              steps_per_year=steps_per_year, policy=engine.ConstantMix(f, cfg.risk_free, e.floor))
         s = res.summary()
         wealth[name] = res.stats.log_wealth
         rows.append({"policy": name, "fraction": f, **{k: s[k] for k in (

@@ -138,8 +138,8 @@ def run(cfg: DictConfig, out_dir) -> dict:
         processes, fractions, axis=s.axis, values=values, seed=cfg.seed, n_paths=n_paths, n_steps=n_steps,
         steps_per_year=steps_per_year, risk_free=s.risk_free, floor=s.floor, drawdown_level=s.drawdown_level,
         growth_range=tuple(s.growth_range), n_bins=s.n_bins, block_size=cfg.engine.block_size,
-        progress=lambda i: log.info("block %d/%d, %.1fs, ETA %.1fs", i["block"], i["n_blocks"], i["elapsed_s"],
-                                    i["eta_s"]),
+        progress=lambda i: log.info("chunk %d/%d: %d of %d paths, %.1fs, ETA %.1fs", i["chunk"], i["n_chunks"],
+                                    i["paths_done"], i["n_paths"], i["elapsed_s"], i["eta_s"]),
     )
     out = OutputWriter(out_dir)
     table = res.table()

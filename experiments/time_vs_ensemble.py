@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from experiments.harness import OutputWriter, build_process, hydra_main  # noqa: E402
-from sim.engine import Policy, SimResult, simulate  # noqa: E402
+from sim.engine import ConstantMix, SimResult, simulate  # noqa: E402
 from sim.processes import Binary  # noqa: E402
 from sim.validation import check_int  # noqa: E402
 
@@ -114,7 +114,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     n_steps = check_int("market.years * market.steps_per_year", round(m.years * steps_per_year), 1)
     n_paths = check_int("market.n_paths", m.n_paths, 1)
     process = build_process(cfg.process, steps_per_year=steps_per_year)
-    policy = Policy(fraction=m.fraction, risk_free=m.risk_free, floor=m.floor)
+    policy = ConstantMix(fraction=m.fraction, risk_free=m.risk_free, floor=m.floor)
     policy.validate()
     n_snap = check_int("engine.n_snapshots", cfg.engine.n_snapshots, 1)
     engine = dict(block_size=cfg.engine.block_size, chunk_paths=cfg.engine.chunk_paths, record_paths=20)

@@ -42,76 +42,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import options
+from sim.market import Basket, cap_weights
 from sim.pytree import pytree_dataclass
-from sim.validation import ParameterError, check_range
+from sim.validation import ParameterError, check_correlation, check_range, check_same_length, check_vector
 
 __all__ = [
-    "cap_weights", "check_correlation", "index_variance", "implied_correlation_pairs",
+    "check_correlation", "index_variance", "implied_correlation_pairs",
     "implied_correlation_sums", "realized_correlation", "rolling_correlation", "option_attribution",
     "index_option_attribution", "DispersionTrade", "simulate_prices", "attribution_table",
 ]
 
 
-def _vec(name, x) -> np.ndarray:
-    a = np.asarray(x, np.float64)
-    if a.ndim != 1 or a.size < 1:
-        raise ParameterError(f"{name} must be a 1-D array, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ParameterError(f"{name} has a NaN or infinite entry at {int(np.argmax(~np.isfinite(a)))}")
-    return a
-
-
-def _same_length(**arrays):
-    sizes = {k: v.size for k, v in arrays.items()}
-    if len(set(sizes.values())) > 1:
-        raise ParameterError(f"mismatched lengths: {sizes}; allowed: one entry per constituent")
-
-
-def cap_weights(shares, prices) -> np.ndarray:
-    """``p_i = w_i S_i / I`` with ``I = sum w_i S_i``; raises unless ``I > 0`` and prices > 0."""
-    w, s = _vec("shares", shares), _vec("prices", prices)
-    _same_length(shares=w, prices=s)
-    if np.any(s <= 0):
-        raise ParameterError("prices must be > 0")
-    index = float(w @ s)
-    if not index > 0:
-        raise ParameterError(f"the index sum_i w_i S_i = {index:g} must be > 0; allowed: share counts giving a "
-                             "positive index")
-    return w * s / index
-
-
-def check_correlation(corr, n: int | None = None) -> np.ndarray:
-    """A correlation matrix: square, symmetric, unit diagonal, entries in [-1, 1], positive
-    semi-definite (smallest eigenvalue >= -1e-10)."""
-    c = np.asarray(corr, np.float64)
-    if c.ndim != 2 or c.shape[0] != c.shape[1]:
-        raise ParameterError(f"correlation must be a square matrix, got shape {c.shape}")
-    if n is not None and c.shape[0] != n:
-        raise ParameterError(f"mismatched lengths: correlation is {c.shape[0]}x{c.shape[0]}, {n} constituents")
-    if not np.all(np.isfinite(c)):
-        raise ParameterError("correlation has a NaN or infinite entry")
-    if not np.allclose(c, c.T, atol=1e-12):
-        raise ParameterError("correlation must be symmetric")
-    if not np.allclose(np.diag(c), 1.0, atol=1e-12) or np.any(np.abs(c) > 1 + 1e-12):
-        raise ParameterError("correlation must have a unit diagonal and entries in [-1, 1]")
-    low = float(np.linalg.eigvalsh(c).min())
-    if low < -1e-10:
-        raise ParameterError(f"correlation is not positive semi-definite (smallest eigenvalue {low:.3g}); allowed: "
-                             "a PSD matrix")
-    return c
-
-
 def index_variance(p, vols, corr) -> float:
-    p, v = _vec("weights", p), _vec("vols", vols)
-    _same_length(weights=p, vols=v)
+    p, v = check_vector("weights", p), check_vector("vols", vols)
+    check_same_length(weights=p, vols=v)
     c = check_correlation(corr, p.size)
     x = p * v
     return float(x @ c @ x)
 
 
 def _own_and_cross(p, vols):
-    p, v = _vec("weights", p), _vec("vols", vols)
-    _same_length(weights=p, vols=v)
+    p, v = check_vector("weights", p), check_vector("vols", vols)
+    check_same_length(weights=p, vols=v)
     x = p * v
     return x, float(x @ x)
 
@@ -139,8 +91,8 @@ def realized_correlation(returns, weights=None) -> dict:
         raise ParameterError(f"returns must be [T >= 3, N >= 2], got shape {r.shape}")
     if not np.all(np.isfinite(r)):
         raise ParameterError("returns have NaN or infinite entries; drop or fill them first")
-    p = np.full(r.shape[1], 1.0 / r.shape[1]) if weights is None else _vec("weights", weights)
-    _same_length(weights=p, returns_columns=np.empty(r.shape[1]))
+    p = np.full(r.shape[1], 1.0 / r.shape[1]) if weights is None else check_vector("weights", weights)
+    check_same_length(weights=p, returns_columns=np.empty(r.shape[1]))
     vols = r.std(axis=0, ddof=1)
     index_vol = (r @ p).std(ddof=1)
     c = np.corrcoef(r, rowvar=False)
@@ -181,10 +133,10 @@ def index_option_attribution(*, shares, prices, prices_next, vols, rho, strike, 
     Written in the definition's form (double sums over pairs, O(N^2)): it is the reference
     for the O(N) form the dispersion kernel uses (``_step_terms``; a test checks one against
     the other)."""
-    s0, s1, v = _vec("prices", prices), _vec("prices_next", prices_next), _vec("vols", vols)
+    s0, s1, v = check_vector("prices", prices), check_vector("prices_next", prices_next), check_vector("vols", vols)
     p = cap_weights(shares, s0)
-    _same_length(prices=s0, prices_next=s1, vols=v)
-    w = _vec("shares", shares)
+    check_same_length(prices=s0, prices_next=s1, vols=v)
+    w = check_vector("shares", shares)
     i0, i1 = float(w @ s0), float(w @ s1)
     x = p * v
     own = x * x
@@ -237,8 +189,8 @@ def rolling_correlation(prices, *, window: int = 63, shares=None):
         raise ParameterError(f"prices must have >= 2 constituents, got {n}")
     if not 3 <= window < n_days:
         raise ParameterError(f"window = {window}; allowed: 3 <= window < number of days ({n_days})")
-    w = 1.0 / s[0] if shares is None else _vec("shares", shares)
-    _same_length(shares=w, constituents=np.empty(n))
+    w = 1.0 / s[0] if shares is None else check_vector("shares", shares)
+    check_same_length(shares=w, constituents=np.empty(n))
     r = s[1:] / s[:-1] - 1.0
     # Window sums from cumulative sums (no loop over days): the sample covariance C of each
     # window, then vols = sqrt(diag C) and the weighted index's variance p' C p.
@@ -397,8 +349,6 @@ class DispersionTrade:
                                  "(the trade is not rolled)")
 
     def check_process(self, process) -> None:
-        from sim.market import Basket
-
         if not isinstance(process, Basket):
             raise ParameterError(f"DispersionTrade needs a sim.market.Basket (constituent paths), got "
                                  f"{type(process).__name__}")
@@ -418,7 +368,7 @@ class DispersionTrade:
         z = jnp.zeros((n,), jnp.float32)
         return TradeState(prices, entry, {k: z for k in _SUMS})
 
-    def step(self, state: TradeState, r, process, process_state, t, dt: float):
+    def step(self, key, state: TradeState, r, process, process_state, t, dt: float):
         e = state.entry
         s1 = process_state.prices
         tau0 = jnp.asarray(self.tenor, jnp.float32) - (t - 1).astype(jnp.float32) * dt

@@ -1,4 +1,4 @@
-"""The simulation engine: one ``lax.scan`` over time with running statistics as the carry.
+"""The simulation engine: the one loop over time, and the one host driver of blocks of paths.
 
 Paths are simulated in blocks of ``block_size`` lanes. Block ``b`` draws from
 ``fold_in(key, b)`` and, inside it, step ``t`` from ``fold_in(k_steps, t)``, where
@@ -9,11 +9,23 @@ blocks of a chunk are sharded over, and a larger ``n_paths`` extends the sample.
 bits to match too, each device loops over its blocks and the step is compiled for one block,
 the same code whatever the chunk (``_run_chunk``).
 
-Memory grows with the number of paths, never with paths x steps: the carry holds
-``sim.stats.PathStats`` and the process state per path. On request it also keeps
-``record_paths`` full log-wealth paths and, every ``snapshot_every`` steps, every path's
-log-wealth (paths x a handful of grid times, for cross-sectional quantiles and annual
-returns), by scanning over segments of ``snapshot_every`` steps.
+Three pieces, each declared in ``sim.protocols``:
+
+* a **process** draws the step's returns (``sim.processes``, ``sim.market``);
+* a **policy** turns them into the portfolio's simple return ``x`` (``ConstantMix`` here,
+  ``sim.hedge.HedgeOverlay``, ``sim.dispersion.DispersionTrade``, a grid of fractions in
+  ``sim.surface``);
+* a **saver** keeps what the run needs of ``x`` (in the spirit of diffrax's
+  ``SaveAt(fn=...)``): per-path statistics by default (``PathStatsSaver``), plus snapshots and
+  recorded paths on request (``PathRecorder``), or a surface's counts (``sim.surface``).
+
+``simulate_block`` is the only ``lax.scan`` over simulated time in ``sim/``: memory grows with
+the number of paths, never with paths x steps (a saver's accumulator is per path, or smaller).
+``run_blocks`` is the only host driver: it dispatches chunks of blocks over the devices (one
+chunk in flight ahead), copies each back, reports progress, and in a multi-process run
+(``sim.parallel``) gathers every process's blocks to all of them. ``simulate`` is the two
+together with the default saver; ``block_outputs`` runs the blocks inside one traced function
+(for objectives that are differentiated: ``sim.kelly``, ``sim.hedge``).
 
 The wealth update, with ``f`` the fraction in the risky asset (``f > 1`` is leverage) and
 ``r_f`` the per-step risk-free rate on the rest::
@@ -22,26 +34,6 @@ The wealth update, with ``f`` the fraction in the risky asset (``f > 1`` is leve
 
 For a model of several assets (``r`` of shape ``[n, d]``) ``f`` is a vector and the update is
 ``W <- W (1 + f . r + (1 - sum f) r_f)`` (``portfolio_return``).
-
-The policy is the one place where a step's asset return becomes the portfolio's return. Any
-pytree with the four methods below can be passed as ``policy`` (``Policy`` is the constant
-mix; ``sim.hedge.HedgeOverlay`` carries a put program)::
-
-    policy.validate(dt, n_steps)                  # host-side checks, before compilation
-    state = policy.init(n, dt, process, process_state)     # per-path state (a pytree)
-    state, x = policy.step(state, r, process, process_state, t, dt)  # x: float32[n] return
-    policy.outputs(state)                         # dict of [n] per-path results (may be empty)
-
-XLA's CPU backend recomputes a cheap-enough producer inside every fusion that reads it, so a
-policy that computes something expensive and reads it several times (``sim.hedge``: the puts'
-marks) should materialize it once: ``sim.hedge`` passes such values through a conditional
-whose predicate is always true (its operands and outputs are buffers).
-
-``init`` sees the model's initial state; ``step`` sees the step's return ``r``, the process
-state after drawing it (for a regime model, the regime in force now) and the 1-based step
-index ``t``; it runs inside the scan, so its
-state is part of the carry and nothing grows with the number of steps. Every policy also
-has the fields ``risk_free`` and ``floor`` (the engine's ruin floor).
 """
 
 from __future__ import annotations
@@ -58,17 +50,29 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sim import backend
+from sim import protocols
 from sim import stats as stats_lib
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
 
 __all__ = [
-    "Policy",
+    "ConstantMix",
+    "PathStatsSaver",
+    "PathRecorder",
     "SimResult",
     "simulate",
     "simulate_block",
+    "run_blocks",
+    "bind",
+    "block_outputs",
+    "counted",
+    "path_growth",
+    "mean_growth",
+    "path_stats_from_returns",
     "sample_returns",
     "portfolio_return",
+    "block_keys",
     "DEFAULT_BLOCK_SIZE",
 ]
 
@@ -76,10 +80,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 1 << 14
 _TARGET_CHUNK_PATHS = 1 << 18  # measured as fast as 2^20 on 2 cores, a quarter of the memory
+_POLICY_STREAM = 0xFFFFFFFF  # fold_in(k_steps, this): the policies' keys; steps never reach it
 
 
-class Policy(NamedTuple):
-    """A constant-mix policy (a pytree: vmappable over a grid, differentiable in ``fraction``).
+class ConstantMix(NamedTuple):
+    """The constant-mix policy (a pytree: vmappable over a grid, differentiable in ``fraction``).
 
     fraction: share of wealth in the risky asset each step (f > 1 leverage, f < 0 short);
       a vector ``[d]`` for a model of ``d`` assets.
@@ -100,7 +105,7 @@ class Policy(NamedTuple):
     def init(self, n: int, dt: float, process=None, process_state=None):
         return ()
 
-    def step(self, state, r, process, process_state, t, dt: float):
+    def step(self, key, state, r, process, process_state, t, dt: float):
         f = jnp.asarray(self.fraction, jnp.float32)
         rf = per_step_mean(jnp.asarray(self.risk_free, jnp.float32), dt)
         return state, portfolio_return(f, r, rf)
@@ -109,11 +114,68 @@ class Policy(NamedTuple):
         return {}
 
 
-class BlockOutput(NamedTuple):
-    stats: stats_lib.PathStats  # each [block_size]
-    snapshots: jax.Array  # float32[K, block_size], log-wealth after steps every, 2 every, ...
-    recorded: jax.Array  # float32[n_steps, record_paths], log-wealth after each step
-    extras: dict  # the policy's per-path outputs, each [block_size]
+def log_floor(floor) -> jax.Array:
+    """``log(floor)``, ``-inf`` for no floor (``floor = 0``)."""
+    floor = jnp.asarray(floor, jnp.float32)
+    return jnp.where(floor > 0, jnp.log(jnp.where(floor > 0, floor, 1.0)), -jnp.inf)
+
+
+class PathStatsSaver(NamedTuple):
+    """The default saver: ``sim.stats.PathStats`` of every path (``floor`` as in ``ConstantMix``)."""
+
+    floor: Any = 0.0
+
+    def init(self, n: int) -> stats_lib.PathStats:
+        return stats_lib.init_path_stats(n)
+
+    def update(self, acc, x, t):
+        return stats_lib.update(acc, x, t, log_floor(self.floor))
+
+    def finish(self, acc, valid) -> dict:
+        return {"stats": acc}
+
+
+@dataclasses.dataclass(frozen=True)
+class PathRecorder:
+    """``PathStats`` plus, every ``snapshot_every`` steps, every path's log-wealth (``n_snap``
+    snapshots: paths x a handful of times, for cross-sectional quantiles and annual returns)
+    and the full log-wealth path of the first ``record_paths`` lanes of each block.
+
+    Outputs ``stats``, ``snapshots`` ``[n_snap, n]`` and ``recorded`` ``[n_steps, record_paths]``.
+    """
+
+    floor: Any
+    snapshot_every: int
+    n_snap: int
+    record_paths: int
+    n_steps: int
+
+    def init(self, n: int):
+        return (stats_lib.init_path_stats(n), jnp.zeros((self.n_snap, n), jnp.float32),
+                jnp.zeros((self.n_steps, self.record_paths), jnp.float32))
+
+    def update(self, acc, x, t):
+        st, snaps, rec = acc
+        st = stats_lib.update(st, x, t, log_floor(self.floor))
+        if self.n_snap:
+            row = jnp.maximum(t // self.snapshot_every - 1, 0)
+            old = lax.dynamic_index_in_dim(snaps, row, keepdims=False)
+            new = jnp.where(t % self.snapshot_every == 0, st.log_wealth, old)
+            snaps = lax.dynamic_update_index_in_dim(snaps, new, row, 0)
+        if self.record_paths:
+            rec = lax.dynamic_update_index_in_dim(rec, st.log_wealth[: self.record_paths], t - 1, 0)
+        return st, snaps, rec
+
+    def finish(self, acc, valid) -> dict:
+        st, snaps, rec = acc
+        return {"stats": st, "snapshots": snaps, "recorded": rec}
+
+
+jax.tree_util.register_pytree_node(
+    PathRecorder,
+    lambda s: ((s.floor,), (PathRecorder, s.snapshot_every, s.n_snap, s.record_paths, s.n_steps)),
+    lambda aux, ch: PathRecorder(ch[0], *aux[1:]),
+)
 
 
 def portfolio_return(f: jax.Array, r: jax.Array, rf: jax.Array) -> jax.Array:
@@ -133,111 +195,230 @@ def block_keys(key: jax.Array, block) -> tuple[jax.Array, jax.Array]:
     return tuple(jax.random.split(jax.random.fold_in(key, block)))
 
 
-def simulate_block(
-    key: jax.Array,
-    block: jax.Array,
-    process,
-    policy,
-    *,
-    block_size: int,
-    n_steps: int,
-    dt: float,
-    snapshot_every: int = 0,
-    record_paths: int = 0,
-) -> BlockOutput:
+def simulate_block(key: jax.Array, block, process, policy, saver=None, *, block_size: int, n_steps: int, dt: float,
+                   n_valid=None) -> dict:
     """Simulate one block of ``block_size`` paths over ``n_steps`` steps of ``dt`` years.
 
-    Pure and branch free: ``vmap`` it over blocks, or over a grid of process or policy
-    parameters; differentiate it with respect to the policy's parameters.
+    Returns ``saver.finish(acc, valid)`` (default ``PathStatsSaver(policy.floor)``: ``stats``)
+    with the policy's per-path ``extras``; ``valid`` marks the first ``n_valid`` lanes (the
+    paths a run counts; default all). Pure and branch free: ``vmap`` it over blocks, or over a
+    grid of process or policy parameters; differentiate it with respect to the policy's
+    parameters. The policy's step ``t`` gets the key ``fold_in(fold_in(k_steps, 2^32 - 1), t)``.
     """
+    saver = PathStatsSaver(policy.floor) if saver is None else saver
     k_init, k_steps = block_keys(key, block)
-    floor = jnp.asarray(policy.floor, jnp.float32)
-    log_floor = jnp.where(floor > 0, jnp.log(jnp.where(floor > 0, floor, 1.0)), -jnp.inf)
+    k_policy = jax.random.fold_in(k_steps, _POLICY_STREAM)
 
     def draw(pstate, t):
         return process.step(jax.random.fold_in(k_steps, t), pstate, block_size, dt)
 
-    # The draws of step t + 1 are made in step t and carried (prefetched): a loop-carried
-    # value is materialized once, whereas XLA's CPU backend, which emits single-output
-    # fusions, would otherwise recompute the whole sampler (hash included) inside each of
-    # the statistics' updates and the policy's fusions that read r. Costs one unused draw per
-    # path at the end.
-    def one_step(carry, t):
-        pstate, r, st, pol = carry
-        pol, x = policy.step(pol, r, process, pstate, t + 1, dt)
-        st = stats_lib.update(st, x, t + 1, log_floor)
-        pstate, r_next = draw(pstate, t + 1)
-        return (pstate, r_next, st, pol), st.log_wealth[:record_paths]
-
-    def run(carry, start, length):
-        return lax.scan(one_step, carry, start + jnp.arange(length, dtype=jnp.int32))
+    def advance(pstate, r, acc, pol, t):
+        pol, x = policy.step(jax.random.fold_in(k_policy, t + 1), pol, r, process, pstate, t + 1, dt)
+        return saver.update(acc, x, t + 1), pol
 
     pstate0 = process.init(k_init, block_size, dt)
-    pstate1, r0 = draw(pstate0, 0)
-    carry = (pstate1, r0, stats_lib.init_path_stats(block_size), policy.init(block_size, dt, process, pstate0))
-    recorded = []
-    n_seg = n_steps // snapshot_every if snapshot_every else 0
-    if n_seg:
+    acc0, pol0 = saver.init(block_size), policy.init(block_size, dt, process, pstate0)
+    steps = jnp.arange(n_steps, dtype=jnp.int32)
+    if backend.prefetch_draws():  # step t + 1's draws made in step t and carried
 
-        def segment(carry, start):
-            carry, rec = run(carry, start, snapshot_every)
-            return carry, (carry[2].log_wealth, rec)
+        def one_step(carry, t):
+            pstate, r, acc, pol = carry
+            acc, pol = advance(pstate, r, acc, pol, t)
+            pstate, r_next = draw(pstate, t + 1)
+            return (pstate, r_next, acc, pol), None
 
-        starts = jnp.arange(n_seg, dtype=jnp.int32) * snapshot_every
-        carry, (snapshots, rec) = lax.scan(segment, carry, starts)
-        recorded.append(rec.reshape(n_seg * snapshot_every, record_paths))
+        (_, _, acc, pol), _ = lax.scan(one_step, (*draw(pstate0, 0), acc0, pol0), steps)
     else:
-        snapshots = jnp.zeros((0, block_size), jnp.float32)
-    rest = n_steps - n_seg * snapshot_every
-    if rest:
-        carry, rec = run(carry, jnp.int32(n_seg * snapshot_every), rest)
-        recorded.append(rec)
-    return BlockOutput(carry[2], snapshots, jnp.concatenate(recorded, axis=0), policy.outputs(carry[3]))
+
+        def one_step(carry, t):
+            pstate, acc, pol = carry
+            pstate, r = draw(pstate, t)
+            acc, pol = advance(pstate, r, acc, pol, t)
+            return (pstate, acc, pol), None
+
+        (_, acc, pol), _ = lax.scan(one_step, (pstate0, acc0, pol0), steps)
+    valid = jnp.arange(block_size) < (block_size if n_valid is None else n_valid)
+    return dict(saver.finish(acc, valid), extras=policy.outputs(pol))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("mesh", "block_size", "n_steps", "dt", "snapshot_every", "record_paths", "vectorize")
-)
-def _run_chunk(key, blocks, count, process, policy, *, mesh, block_size, n_steps, dt, snapshot_every, record_paths,
-               vectorize):
-    """Simulate the chunk's ``blocks``, sharded over ``mesh``: each device loops over its own
-    ``count`` blocks, one at a time, or (``vectorize``) steps them all at once under ``vmap``.
+class _Bound(NamedTuple):
+    """``fn`` with keyword arguments bound, hashable by value (a static argument of jit that
+    does not recompile when rebuilt with equal arguments)."""
+
+    fn: Callable
+    kwargs: tuple
+
+    def __call__(self, *args):
+        return self.fn(*args, **dict(self.kwargs))
+
+
+def bind(fn: Callable, **kwargs) -> _Bound:
+    """A block function for ``run_blocks``: ``fn(key, block, n_valid, *operands, **kwargs)``."""
+    return _Bound(fn, tuple(sorted(kwargs.items())))
+
+
+def _engine_block(key, block, n_valid, process, policy, saver, **kwargs):
+    return simulate_block(key, block, process, policy, saver, n_valid=n_valid, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnames=("block_fn", "mesh", "vectorize", "first_only"))
+def _run_chunk(key, blocks, n_valid, count, operands, *, block_fn, mesh, vectorize, first_only):
+    """Run ``block_fn`` on the chunk's ``blocks``, sharded over ``mesh``: each device loops over
+    its own ``count`` blocks, one at a time, or (``vectorize``) steps them all at once under
+    ``vmap``. Outputs named in ``first_only`` are kept for each device's first block only.
 
     The loop compiles the step for one block, the same code whatever the chunk size: XLA's CPU
     code generation contracts multiply-adds into FMAs differently for different batch shapes,
     which made results depend on the chunk size in their last bits. ``count`` is an argument,
     not a constant, so that XLA cannot unroll or inline a loop of one block either.
     """
-    fn = functools.partial(
-        simulate_block,
-        block_size=block_size,
-        n_steps=n_steps,
-        dt=dt,
-        snapshot_every=snapshot_every,
-        record_paths=record_paths,
-    )
 
-    def local(key, blocks, count, process, policy):
+    def split(out):
+        return {k: v for k, v in out.items() if k not in first_only}, {k: out[k] for k in first_only}
+
+    def local(key, blocks, n_valid, count, operands):
+        def one(block, nv):  # the device's own (manual) key and operands, not the outer tracers
+            return block_fn(key, block, nv, *operands)
+
         if vectorize:
-            out = jax.vmap(fn, in_axes=(None, 0, None, None))(key, blocks, process, policy)
-            return out._replace(recorded=out.recorded[:1])
-        shapes = jax.eval_shape(fn, key, blocks[0], process, policy)
-        acc = jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes._replace(recorded=()))
-        acc = acc._replace(recorded=jnp.zeros((1, *shapes.recorded.shape), shapes.recorded.dtype))
+            every, first = split(jax.vmap(one)(blocks, n_valid))
+            return dict(every, **jax.tree.map(lambda a: a[:1], first))
+        shapes = split(jax.eval_shape(one, blocks[0], n_valid[0]))
+        acc = (jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes[0]),
+               jax.tree.map(lambda s: jnp.zeros((1, *s.shape), s.dtype), shapes[1]))
 
         def body(i, acc):
-            out = fn(key, blocks[i], process, policy)
-            rec = jnp.where(i == 0, out.recorded[None], acc.recorded)  # only the first block's
-            out = jax.tree.map(lambda a, o: lax.dynamic_update_index_in_dim(a, o, i, 0),
-                               acc._replace(recorded=()), out._replace(recorded=()))
-            return out._replace(recorded=rec)
+            every, first = split(one(blocks[i], n_valid[i]))
+            every = jax.tree.map(lambda a, o: lax.dynamic_update_index_in_dim(a, o, i, 0), acc[0], every)
+            first = jax.tree.map(lambda a, o: jnp.where(i == 0, o[None], a), acc[1], first)
+            return every, first
 
-        return lax.fori_loop(0, count, body, acc)
+        every, first = lax.fori_loop(0, count, body, acc)
+        return dict(every, **first)
 
     spec, rep = PartitionSpec("blocks"), PartitionSpec()
-    out = jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, rep, rep, rep), out_specs=spec, check_vma=False)(
-        key, blocks, count, process, policy)
-    return out._replace(recorded=out.recorded[0])  # the first device's first block's recorded paths
+    return jax.shard_map(local, mesh=mesh, in_specs=(rep, spec, spec, rep, rep), out_specs=spec, check_vma=False)(
+        key, blocks, n_valid, count, operands)
+
+
+class _Plan(NamedTuple):
+    n_blocks: int
+    chunk_blocks: int
+    n_chunks: int
+    mine: list  # this process's chunks
+
+
+def _plan(n_paths: int, block_size: int, chunk_paths, n_dev: int, n_proc: int, pid: int) -> _Plan:
+    n_blocks = -(-n_paths // block_size)
+    want = chunk_paths if chunk_paths is not None else max(_TARGET_CHUNK_PATHS, block_size)
+    chunk_blocks = min(max(1, -(-want // block_size)), n_blocks)
+    chunk_blocks = -(-chunk_blocks // n_dev) * n_dev
+    n_chunks = -(-n_blocks // chunk_blocks)
+    return _Plan(n_blocks, chunk_blocks, n_chunks, list(range(pid, n_chunks, n_proc)))
+
+
+def _devices(devices):
+    n_proc, pid = jax.process_count(), jax.process_index()
+    if devices is None:
+        devices = jax.local_devices() if n_proc > 1 else jax.devices()
+    devices = list(devices)
+    if any(d.process_index != pid for d in devices):
+        raise ParameterError("devices must be this process's own (jax.local_devices()); with several processes "
+                             "each simulates its share of the chunks (sim.parallel)")
+    backend.note_cpu_devices(devices)
+    return devices
+
+
+def run_blocks(block_fn: _Bound, operands, *, seed: int, n_paths: int, block_size: int, chunk_paths=None,
+               devices=None, progress: Callable[[dict], None] | None = None, first_only: tuple = (),
+               summed: tuple = (), n_steps: int | None = None) -> tuple[dict, float]:
+    """Run ``block_fn(key, block, n_valid, *operands)`` (see ``bind``) over the blocks of
+    ``n_paths`` paths; the host driver every simulation in ``sim/`` goes through.
+
+    Chunks of blocks (``chunk_paths`` paths, rounded up to whole blocks and to a multiple of
+    the device count) are sharded over ``devices``; the next chunk is dispatched before the
+    current one is copied back. In a multi-process run each process runs every
+    ``process_count``-th chunk and the outputs are gathered to all (``sim.parallel``).
+
+    Returns ``(outputs, wall_seconds)``: the block function's outputs on the host (numpy),
+    each ``[n_blocks, ...]`` in block order, except those named in ``first_only`` (block 0's,
+    ``[1, ...]``) and in ``summed`` (integer counts summed over blocks: exact in any order).
+    ``progress`` is called after each chunk with a dict (chunk, n_chunks, paths_done,
+    n_paths, elapsed_s, eta_s, process); by default progress is logged when there are several
+    chunks (with the path-steps/s when ``n_steps`` is given).
+    """
+    n_proc, pid = jax.process_count(), jax.process_index()
+    devices = _devices(devices)
+    plan = _plan(n_paths, block_size, chunk_paths, len(devices), n_proc, pid)
+    mesh = Mesh(np.array(devices), ("blocks",))
+    block_sharding = NamedSharding(mesh, PartitionSpec("blocks"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    key = jax.device_put(jax.random.key(seed), replicated)
+    operands = jax.device_put(tuple(operands), replicated)
+    count = jax.device_put(jnp.int32(plan.chunk_blocks // len(devices)), replicated)
+    static = dict(block_fn=block_fn, mesh=mesh, vectorize=mesh.devices.flat[0].platform != "cpu",
+                  first_only=tuple(first_only))
+
+    shapes = jax.eval_shape(lambda *a: block_fn(*a), key, jnp.uint32(0), jnp.int32(0), *operands)
+    for k in summed:
+        if not all(jnp.issubdtype(s.dtype, jnp.integer) for s in jax.tree.leaves(shapes[k])):
+            raise TypeError(f"run_blocks: summed output {k!r} must be integer counts (exact in any order)")
+    host = {k: jax.tree.map(lambda s: np.zeros((1 if k in first_only else plan.n_blocks, *s.shape), s.dtype), v)
+            for k, v in shapes.items() if k not in summed}
+    totals = {k: jax.tree.map(lambda s: np.zeros(s.shape, np.int64), shapes[k]) for k in summed}
+
+    def launch(c):
+        blocks = np.arange(c * plan.chunk_blocks, (c + 1) * plan.chunk_blocks, dtype=np.int64)
+        n_valid = np.clip(n_paths - blocks * block_size, 0, block_size).astype(np.int32)
+        return _run_chunk(key, jax.device_put(blocks.astype(np.uint32), block_sharding),
+                          jax.device_put(n_valid, block_sharding), count, operands, **static)
+
+    t0 = time.perf_counter()
+    owned = np.zeros(plan.n_blocks, bool)
+    pending = launch(plan.mine[0]) if plan.mine else None
+    for i, c in enumerate(plan.mine):
+        out = pending
+        if i + 1 < len(plan.mine):
+            pending = launch(plan.mine[i + 1])  # dispatch the next chunk before copying this one back
+        lo = c * plan.chunk_blocks
+        hi = min(lo + plan.chunk_blocks, plan.n_blocks)
+        for k, v in out.items():
+            if k in summed:
+                totals[k] = jax.tree.map(lambda t, a: t + np.asarray(a)[: hi - lo].sum(axis=0, dtype=np.int64),
+                                         totals[k], v)
+            elif k in first_only:
+                if c == 0:
+                    jax.tree.map(lambda d, a: d.__setitem__(slice(0, 1), np.asarray(a)[:1]), host[k], v)
+            else:
+                jax.tree.map(lambda d, a: d.__setitem__(slice(lo, hi), np.asarray(a)[: hi - lo]), host[k], v)
+        owned[lo:hi] = True
+        _report(progress, i, plan, owned, n_paths, block_size, t0, pid, n_proc, n_steps)
+    if n_proc > 1:
+        host, totals = _gather(host, totals, owned, first_only, pid)
+    return dict(host, **totals), time.perf_counter() - t0
+
+
+def _report(progress, i, plan, owned, n_paths, block_size, t0, pid, n_proc, n_steps):
+    elapsed = time.perf_counter() - t0
+    done = int(np.minimum(n_paths - np.flatnonzero(owned) * block_size, block_size).sum())
+    info = dict(chunk=i + 1, n_chunks=len(plan.mine), paths_done=done, n_paths=n_paths, elapsed_s=elapsed,
+                eta_s=elapsed / (i + 1) * (len(plan.mine) - i - 1), process=pid)
+    if progress is not None:
+        progress(info)
+    elif plan.n_chunks > 1:
+        rate = f", {done * n_steps / elapsed:.3g} path-steps/s" if n_steps else ""
+        log.info("%schunk %d/%d: %d paths done, %.1fs elapsed, ETA %.1fs%s",
+                 f"process {pid} of {n_proc}: " if n_proc > 1 else "", i + 1, len(plan.mine), done, elapsed,
+                 info["eta_s"], rate)
+
+
+def _gather(host, totals, owned, first_only, pid):
+    from sim import parallel
+
+    host = {k: jax.tree.map(lambda a: parallel.gather_paths(a, np.full(1, pid == 0) if k in first_only else owned),
+                            v) for k, v in host.items()}
+    totals = {k: jax.tree.map(lambda a: parallel.allgather_exact(a).sum(axis=0), v) for k, v in totals.items()}
+    return host, totals
 
 
 @dataclasses.dataclass
@@ -277,18 +458,7 @@ def _validate(process, policy, n_paths, n_steps, steps_per_year, block_size, chu
         check_int("chunk_paths", chunk_paths, 1)
     check_int("snapshot_every", snapshot_every, 0, n_steps)
     check_int("record_paths", record_paths, 0, block_size)
-    if not hasattr(process, "step") or not hasattr(process, "validate"):
-        raise ParameterError(f"process must be a model from sim.processes, got {type(process).__name__}")
-    process.validate(1.0 / steps_per_year)
-    max_steps = getattr(process, "max_steps", None)
-    if max_steps is not None and n_steps > max_steps:
-        raise ParameterError(f"n_steps = {n_steps} is longer than the series {type(process).__name__} replays; "
-                             f"allowed: n_steps <= {max_steps}")
-    if not all(hasattr(policy, m) for m in ("validate", "init", "step", "outputs")):
-        raise ParameterError(f"policy must have validate/init/step/outputs (see sim.engine), got {type(policy).__name__}")
-    policy.validate(1.0 / steps_per_year, n_steps)
-    if hasattr(policy, "check_process"):
-        policy.check_process(process)
+    protocols.check_run(process, policy, dt=1.0 / steps_per_year, n_steps=n_steps)
 
 
 def simulate(
@@ -298,7 +468,7 @@ def simulate(
     n_paths: int,
     n_steps: int,
     steps_per_year: float = 252.0,
-    policy=Policy(),
+    policy=ConstantMix(),
     block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_paths: int | None = None,
     snapshot_every: int = 0,
@@ -312,8 +482,8 @@ def simulate(
       process: a model from ``sim.processes`` (validated here, before any compilation).
       seed: the only source of randomness.
       n_paths, n_steps: sizes; ``steps_per_year`` sets ``dt = 1 / steps_per_year``.
-      policy: ``Policy`` (fraction, risk-free rate, ruin floor) or any policy with the
-        interface in the module docstring (``sim.hedge.HedgeOverlay``).
+      policy: ``ConstantMix`` (fraction, risk-free rate, ruin floor) or any policy of the
+        ``sim.protocols.Policy`` interface (``sim.hedge.HedgeOverlay``).
       block_size: lanes per block; part of the random stream's definition (changing it
         changes the draws), unlike ``chunk_paths``.
       chunk_paths: paths per compiled call (rounded up to whole blocks and to a multiple of
@@ -322,7 +492,9 @@ def simulate(
       record_paths: keep the full log-wealth path of the first this many paths.
       devices: devices to shard blocks over (default ``jax.devices()``; in a multi-process run,
         ``jax.local_devices()``: each process simulates every ``process_count``-th chunk and
-        the per-path results are gathered to all processes, see ``sim.parallel``).
+        the per-path results are gathered to all processes, see ``sim.parallel``). On a CPU
+        with one JAX device and several cores, ``sim.parallel.use_cpu_cores()`` before JAX's
+        first operation is faster (said once in the log).
       progress: called after each chunk with a dict (chunk, n_chunks, paths_done, n_paths,
         elapsed_s, eta_s); by default progress is logged when there are several chunks.
 
@@ -330,113 +502,92 @@ def simulate(
       ``SimResult`` with per-path statistics on the host.
     """
     _validate(process, policy, n_paths, n_steps, steps_per_year, block_size, chunk_paths, snapshot_every, record_paths)
-    n_proc, pid = jax.process_count(), jax.process_index()
-    if devices is None:
-        devices = jax.local_devices() if n_proc > 1 else jax.devices()
-    devices = list(devices)
-    if any(d.process_index != pid for d in devices):
-        raise ParameterError("devices must be this process's own (jax.local_devices()); with several processes "
-                             "each simulates its share of the chunks (sim.parallel)")
-    n_dev = len(devices)
-    n_blocks = -(-n_paths // block_size)
-    want = chunk_paths if chunk_paths is not None else max(_TARGET_CHUNK_PATHS, block_size)
-    chunk_blocks = min(max(1, -(-want // block_size)), n_blocks)
-    chunk_blocks = -(-chunk_blocks // n_dev) * n_dev
-    n_chunks = -(-n_blocks // chunk_blocks)
-
-    mesh = Mesh(np.array(devices), ("blocks",))
-    block_sharding = NamedSharding(mesh, PartitionSpec("blocks"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    key = jax.device_put(jax.random.key(seed), replicated)
-    process = jax.device_put(process, replicated)
-    policy = jax.device_put(policy, replicated)
-    static = dict(
-        block_size=block_size,
-        n_steps=n_steps,
-        dt=1.0 / float(steps_per_year),
-        snapshot_every=snapshot_every,
-        record_paths=record_paths,
-        mesh=mesh,
-        vectorize=mesh.devices.flat[0].platform != "cpu",
-    )
-    count = jax.device_put(jnp.int32(chunk_blocks // n_dev), replicated)
-
     n_snap = n_steps // snapshot_every if snapshot_every else 0
-    host_stats = None
-    snapshots = np.empty((n_snap, n_paths), np.float32)
+    if n_snap or record_paths:
+        saver = PathRecorder(policy.floor, snapshot_every or 1, n_snap, record_paths, n_steps)
+    else:
+        saver = PathStatsSaver(policy.floor)
+    fn = bind(_engine_block, block_size=block_size, n_steps=n_steps, dt=1.0 / float(steps_per_year))
+    out, wall = run_blocks(fn, (process, policy, saver), seed=seed, n_paths=n_paths, block_size=block_size,
+                           chunk_paths=chunk_paths, devices=devices, progress=progress,
+                           first_only=("recorded",) if record_paths else (), n_steps=n_steps)
     recorded = np.zeros((n_steps + 1, record_paths), np.float32)
-
-    def launch(c):
-        blocks = np.arange(c * chunk_blocks, (c + 1) * chunk_blocks, dtype=np.uint32)
-        return _run_chunk(key, jax.device_put(blocks, block_sharding), count, process, policy, **static)
-
-    t0 = time.perf_counter()
-    mine = list(range(pid, n_chunks, n_proc))  # with several processes, every n_proc-th chunk
-    owned = np.zeros(n_paths, bool)
-    pending = launch(mine[0]) if mine else None
-    for i, c in enumerate(mine):
-        out = pending
-        if i + 1 < len(mine):
-            pending = launch(mine[i + 1])  # dispatch the next chunk before copying this one back
-        lo = c * chunk_blocks * block_size
-        hi = min(lo + chunk_blocks * block_size, n_paths)
-        chunk_stats = jax.tree.map(lambda a: np.asarray(a).reshape(-1)[: hi - lo], out.stats)
-        chunk_extras = {k: np.asarray(a).reshape(-1)[: hi - lo] for k, a in out.extras.items()}
-        if host_stats is None:
-            host_stats = stats_lib.PathStats(*(np.empty(n_paths, a.dtype) for a in chunk_stats))
-            extras = {k: np.empty(n_paths, a.dtype) for k, a in chunk_extras.items()}
-        owned[lo:hi] = True
-        for dst, src in zip(host_stats, chunk_stats):
-            dst[lo:hi] = src
-        for k, src in chunk_extras.items():
-            extras[k][lo:hi] = src
-        if n_snap:
-            snapshots[:, lo:hi] = np.moveaxis(np.asarray(out.snapshots), 1, 0).reshape(n_snap, -1)[:, : hi - lo]
-        if c == 0 and record_paths:
-            recorded[1:] = np.asarray(out.recorded)[:, : min(record_paths, n_paths)].reshape(n_steps, -1)
-        elapsed = time.perf_counter() - t0
-        done = int(owned.sum())
-        info = dict(
-            chunk=i + 1,
-            n_chunks=len(mine),
-            paths_done=done,
-            n_paths=n_paths,
-            elapsed_s=elapsed,
-            eta_s=elapsed / (i + 1) * (len(mine) - i - 1),
-            process=pid,
-        )
-        if progress is not None:
-            progress(info)
-        elif n_chunks > 1:
-            log.info(
-                "%schunk %d/%d: %d paths done, %.1fs elapsed, ETA %.1fs, %.3g path-steps/s",
-                f"process {pid} of {n_proc}: " if n_proc > 1 else "", i + 1, len(mine), done, elapsed,
-                info["eta_s"], done * n_steps / elapsed,
-            )
-    if n_proc > 1:
-        from sim import parallel
-
-        if host_stats is None:  # this process had no chunk: empty arrays of the right kinds
-            shapes = jax.eval_shape(functools.partial(_run_chunk, **static), key, np.zeros(chunk_blocks, np.uint32),
-                                    count, process, policy)
-            host_stats = stats_lib.PathStats(*(np.zeros(n_paths, a.dtype) for a in shapes.stats))
-            extras = {k: np.zeros(n_paths, a.dtype) for k, a in shapes.extras.items()}
-        host_stats = stats_lib.PathStats(*(parallel.gather_paths(a, owned) for a in host_stats))
-        extras = {k: parallel.gather_paths(a, owned) for k, a in extras.items()}
-        if n_snap:
-            snapshots = parallel.gather_paths(snapshots, owned, axis=1)
-        if record_paths:  # chunk 0's, i.e. process 0's
-            recorded = parallel.gather_paths(recorded, np.full(record_paths, pid == 0), axis=1)
+    if record_paths:
+        recorded[1:, : min(record_paths, n_paths)] = out["recorded"][0][:, : min(record_paths, n_paths)]
+    snapshots = (np.moveaxis(out["snapshots"], 1, 0).reshape(n_snap, -1)[:, :n_paths] if n_snap
+                 else np.empty((0, n_paths), np.float32))
     return SimResult(
-        stats=host_stats,
+        stats=stats_lib.PathStats(*(a.reshape(-1)[:n_paths] for a in out["stats"])),
         n_steps=n_steps,
         steps_per_year=float(steps_per_year),
         snapshot_steps=np.arange(1, n_snap + 1) * snapshot_every,
-        snapshots=snapshots,
+        snapshots=np.ascontiguousarray(snapshots),
         recorded=recorded,
-        wall_seconds=time.perf_counter() - t0,
-        extras=extras,
+        wall_seconds=wall,
+        extras={k: a.reshape(-1)[:n_paths] for k, a in out["extras"].items()},
     )
+
+
+# --------------------------------------------------------------------------- traced runs
+
+
+def block_outputs(seed, process, policy, saver=None, *, n_blocks: int, block_size: int, n_steps: int, dt: float,
+                  policy_axes=None, sequential: bool = False) -> dict:
+    """``simulate_block`` over blocks ``0 .. n_blocks - 1`` inside one traced function (for an
+    objective that is jitted and differentiated as a whole): outputs ``[n_blocks, ...]``.
+
+    ``vmap`` over blocks (``policy_axes`` maps policy fields that differ per block), or one
+    block at a time (``sequential``: ``lax.map``, a block's memory only). ``seed`` may be traced.
+    """
+    fn = functools.partial(simulate_block, block_size=block_size, n_steps=n_steps, dt=dt)
+    key = jax.random.key(seed)
+    blocks = jnp.arange(n_blocks, dtype=jnp.uint32)
+    if sequential:
+        return lax.map(lambda b: fn(key, b, process, policy, saver), blocks)
+    return jax.vmap(fn, in_axes=(None, 0, None, policy_axes, None))(key, blocks, process, policy, saver)
+
+
+def counted(x: jax.Array, n_paths: int) -> jax.Array:
+    """Per-block ``[n_blocks, block_size, ...]`` to the first ``n_paths`` paths ``[n_paths, ...]``."""
+    return x.reshape((-1,) + x.shape[2:])[:n_paths]
+
+
+def path_growth(seed, process, policy, *, n_paths: int, block_size: int, n_steps: int, dt: float,
+                sequential: bool = False) -> jax.Array:
+    """Time-average growth per year, ``log(W_T) / T``, of the first ``n_paths`` paths ``[n_paths]``
+    (traced: jit and differentiate it)."""
+    out = block_outputs(seed, process, policy, n_blocks=-(-n_paths // block_size), block_size=block_size,
+                        n_steps=n_steps, dt=dt, sequential=sequential)
+    return counted(out["stats"].log_wealth, n_paths) / (n_steps * dt)
+
+
+def mean_growth(seed, process, policy, *, n_paths: int, block_size: int, n_steps: int, dt: float):
+    """``(mean, standard error)`` over paths of the time-average growth per year (traced)."""
+    g = path_growth(seed, process, policy, n_paths=n_paths, block_size=block_size, n_steps=n_steps, dt=dt)
+    return jnp.mean(g), jnp.std(g) / jnp.sqrt(g.size)
+
+
+# --------------------------------------------------------------------------- given series
+
+
+def path_stats_from_returns(returns, *, floor: float = 0.0) -> stats_lib.PathStats:
+    """``PathStats`` of a user's ``(paths, steps)`` matrix of portfolio simple returns.
+
+    The default saver's own update, over the columns, so that a return matrix and a
+    simulation are summarized by the same code (``sim.stats.summarize`` applies to either).
+    """
+    x = jnp.asarray(returns, jnp.float32)
+    if x.ndim != 2:
+        raise ValueError(f"returns must be a (paths, steps) matrix, got shape {x.shape}")
+    saver = PathStatsSaver(jnp.float32(floor))
+
+    def body(acc, inputs):
+        t, column = inputs
+        return saver.update(acc, column, t), None
+
+    steps = jnp.arange(1, x.shape[1] + 1, dtype=jnp.int32)
+    acc, _ = lax.scan(body, saver.init(x.shape[0]), (steps, x.T))
+    return jax.tree.map(np.asarray, acc)
 
 
 def sample_returns(process, *, seed: int, n_paths: int, n_steps: int, steps_per_year: float = 252.0,
@@ -449,7 +600,7 @@ def sample_returns(process, *, seed: int, n_paths: int, n_steps: int, steps_per_
     state_after, r)``, if given, picks what to record of each step instead of ``r`` (any
     pytree of ``[block_size, ...]`` arrays; each leaf comes back as ``(n_paths, n_steps, ...)``).
     """
-    _validate(process, Policy(), n_paths, n_steps, steps_per_year, block_size, None, 0, 0)
+    _validate(process, ConstantMix(), n_paths, n_steps, steps_per_year, block_size, None, 0, 0)
     dt = 1.0 / float(steps_per_year)
     key = jax.random.key(seed)
     observe = (lambda before, after, r: r) if observe is None else observe

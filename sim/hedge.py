@@ -61,6 +61,7 @@ from jax import lax
 import numpy as np
 from jax.scipy.special import ndtri
 
+from sim import backend, engine, protocols
 from sim.pytree import pytree_dataclass
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
@@ -150,9 +151,10 @@ class ImpliedVolModel:
             return jnp.broadcast_to(_f(self.long_run_vol) + _f(self.vrp), jnp.shape(realized_var))
         if self.source == "realized":
             return realized
-        observed = jnp.broadcast_to(process.conditional_vol(process_state, dt), jnp.shape(realized_var))
-        if type(process).__name__ == "Replay":  # an observed implied vol: use it where it is given
+        if protocols.supports(process, protocols.ImpliedVolQuote):  # an observed implied vol, where given
+            observed = jnp.broadcast_to(process.implied_vol(process_state, dt), jnp.shape(realized_var))
             return jnp.where(jnp.isfinite(observed), observed, realized)
+        observed = jnp.broadcast_to(process.conditional_vol(process_state, dt), jnp.shape(realized_var))
         return observed + _f(self.vrp)
 
     def vol(self, moneyness, tau, level, log_moneyness=None):
@@ -169,25 +171,9 @@ class ImpliedVolModel:
         return jnp.clip(atm + smile, _f(self.vol_floor), _f(self.vol_cap))
 
 
-def _never(fn):
-    """The other branch of an always-taken conditional (a materialization fence): zeros."""
-    def zeros(*args):
-        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, *args))
-    return zeros
-
-
 def _positive(x):
     """``x`` where positive, else 1: the divisor of per-NAV accounting once a path is wiped out."""
     return jnp.where(x > 0, x, 1.0)
-
-
-def _lsum(x):
-    """Sum over the (static, small) tranche axis as elementwise adds: XLA's CPU backend
-    sends a reduction to a separate library call, 5x slower here than fused adds."""
-    total = x[0]
-    for j in range(1, x.shape[0]):
-        total = total + x[j]
-    return total
 
 
 # erfcx(x) = exp(x^2) erfc(x) = t Q(t), t = 1 / (1 + x / 2), x >= 0: a degree-10 fit of Q on
@@ -404,6 +390,9 @@ class RegimeOracle:
     def init(self, n: int, n_tranches: int, process=None):
         return _RegimeMemory(jnp.zeros((n,), bool))
 
+    def requires(self, process) -> tuple:
+        return (protocols.TrueRegime,)
+
     def decide(self, state: _RegimeMemory, obs: HedgeObs):
         crash = obs.process_state.regime == 1
         ended = state.crash & ~crash
@@ -436,6 +425,37 @@ class HedgeState(NamedTuple):
     costs: jax.Array  # float32[n], sum of trading costs / NAV
     sales: jax.Array  # int32[n], number of monetization sales (tranche-steps)
     monetize: Any  # the monetization policy's state
+
+
+class _Mark(NamedTuple):
+    """A step's market move and the puts re-marked (``HedgeOverlay._mark``)."""
+
+    r: jax.Array  # float32[n], the asset return
+    spot: jax.Array  # float32[n], S_t / S_0 after the move
+    remaining: jax.Array  # int32[L, 1], steps to expiry after this step
+    realized_var: jax.Array  # float32[n], the EWMA realized variance
+    level: jax.Array  # float32[n], the ATM implied vol level
+    tau: jax.Array  # float32[L, 1], years to expiry
+    marks: jax.Array  # float32[L, n], put value now, per S_0
+    held: jax.Array  # bool[L, 1], the slot's puts were alive before this step
+    process_state: Any
+    t: jax.Array
+    dt: float
+
+    def alive(self, contracts):
+        """``[L, n]``: the tranche still holds puts after this step."""
+        return self.held & (self.remaining > 0) & (contracts > 0)
+
+
+class _Trades(NamedTuple):
+    """Per-path totals ``[n]`` of a step's trades and the tranches after them (``_trade``)."""
+
+    value: jax.Array
+    sold: jax.Array
+    expired: jax.Array
+    n_sales: jax.Array
+    rolled_spend: jax.Array
+    tranches: tuple
 
 
 @pytree_dataclass
@@ -478,16 +498,12 @@ class HedgeOverlay:
             raise ParameterError(f"monetize = {type(self.monetize).__name__} has at_trade = True, which needs a policy "
                                  "with no state and no restrike (see sim.hedge)")
 
-    def check_process(self, process) -> None:
-        """Host-side checks that need the return model (``simulate`` calls them)."""
-        if self.vol_model.source == "model" and not hasattr(process, "conditional_vol"):
-            raise ParameterError(f"vol_model.source = 'model' needs a process with conditional_vol; "
-                                 f"{type(process).__name__} has none (use 'realized')")
-        base = getattr(process, "base", process)  # sim.market.Market wraps a model
-        needs_regime = isinstance(self.monetize, RegimeOracle) or getattr(self.monetize, "diagnostics", False)
-        if needs_regime and type(base).__name__ != "RegimeSwitching":
-            raise ParameterError(f"monetize = {type(self.monetize).__name__} needs a RegimeSwitching process (the true "
-                                 f"regime), got {type(process).__name__}")
+    def requires(self, process) -> tuple:
+        """The capabilities of the process this overlay needs (``sim.protocols``): checked by
+        the engine before compilation."""
+        if self.vol_model.source == "model" and not protocols.supports(process, protocols.ImpliedVolQuote):
+            protocols.require(process, protocols.ConditionalVol, needed_by="vol_model.source = 'model'")
+        return tuple(getattr(self.monetize, "requires", lambda p: ())(process))
 
     # -- the kernel -------------------------------------------------------------------------
 
@@ -526,24 +542,29 @@ class HedgeOverlay:
 
     @property
     def _at_trade(self) -> bool:
-        return bool(getattr(self.monetize, "at_trade", False))
+        return backend.decide_at_trade(self.monetize)
 
-    def _decide(self, mstate, obs: HedgeObs):
-        mstate, sell = self.monetize.decide(mstate, obs)
-        return mstate, jnp.where(obs.live, jnp.clip(sell, 0.0, 1.0), 0.0)
+    # The step, in four parts: the market moves and the puts are re-marked (``_mark``); the
+    # monetization policy decides (``_decide``); expiries pay, sales and roll-downs trade
+    # (``_trade``); the slot that comes round buys and the NAV is accounted (``_roll``).
 
-    def step(self, s: HedgeState, r, process, process_state, t, dt: float):
-        prog, vm = self.program, self.vol_model
-        f = _f(self.fraction)
+    def step(self, key, s: HedgeState, r, process, process_state, t, dt: float):
+        m = self._mark(s, r, process, process_state, t, dt)
+        if self._at_trade:  # decided inside the trades, from their operands (sim.backend)
+            mstate, sell, roll_down = s.monetize, (), ()
+        else:
+            mstate, sell, roll_down = backend.materialize(t, functools.partial(self._decide, s, m), s.contracts,
+                                                          m.marks)
+        tranche = (s.strike, s.log_strike, s.paid, s.bought_at)  # changed here by roll-downs only
+        trades = backend.materialize(t, functools.partial(self._trade, s, m), s.contracts, m.marks, sell, roll_down,
+                                     *(tranche if roll_down else ()))
+        return self._roll(s, m, trades, tranche, mstate, t, dt)
+
+    def _mark(self, s: HedgeState, r, process, process_state, t, dt: float) -> "_Mark":
+        vm = self.vol_model
         rate = _f(self.risk_free)
-        rf = per_step_mean(rate, dt)
-        opt_cost = _f(prog.option_cost)
-        g = 1.0 + r
-
-        # The market moves: realized variance, the vol level, and every put re-marked.
-        spot = s.spot * g
+        spot = s.spot * (1.0 + r)
         remaining = s.remaining - 1
-        cash = s.nav * (1.0 - f) - s.hedge_value
         w = vm.ewma_weight()
         var = (1.0 - w) * s.realized_var + w * r * r / dt
         level = vm.atm_level(var, process, process_state, dt)
@@ -553,91 +574,81 @@ class HedgeOverlay:
         moneyness = s.strike * (1.0 / safe_spot)
         log_m = s.log_strike - jnp.log(safe_spot)  # for the smile and for d1
         price = put_price(moneyness, tau, vm.vol(moneyness, tau, level, log_m), rate, log_m)
-        marks = jnp.where(up, spot * price, s.strike)
-        held = s.remaining >= 1  # [L, 1]: the slot's puts were alive before this step
+        return _Mark(r=r, spot=spot, remaining=remaining, realized_var=var, level=level, tau=tau,
+                     marks=jnp.where(up, spot * price, s.strike), held=s.remaining >= 1,
+                     process_state=process_state, t=t, dt=dt)
 
-        # XLA's CPU backend emits single-output fusions and recomputes a cheap-enough producer
-        # inside every consumer: the Black-Scholes marks, or a policy's decision, read by
-        # several per-path results would be recomputed in each (4-5x slower). A conditional
-        # on an always-true predicate (t >= 1) materializes its operands and its outputs
-        # once. So the marks go into one as an operand (a policy with state decides in one
-        # of its own first), and its outputs are [n] totals that the per-path results read
-        # instead of each re-reading the [L, n] arrays. Only what a conditional computes
-        # goes through it: a pass-through costs a copy.
-        def alive(contracts):  # [L, n]: the tranche still holds puts after this step
-            return held & (remaining > 0) & (contracts > 0)
-
-        def observe(contracts, marks):
-            return HedgeObs(r=r, spot=spot, marks=marks, paid=s.paid, bought_at=s.bought_at, live=alive(contracts),
-                            tau=tau, vol_level=level, process_state=process_state, step=t, dt=dt)
-
+    def _decide(self, s: HedgeState, m: "_Mark", contracts, marks):
+        """The monetization policy's decision (and roll down) on the new marks:
+        ``(policy state, sell [L, n], roll_down)``."""
+        obs = HedgeObs(r=m.r, spot=m.spot, marks=marks, paid=s.paid, bought_at=s.bought_at,
+                       live=m.alive(contracts), tau=m.tau, vol_level=m.level, process_state=m.process_state,
+                       step=m.t, dt=m.dt)
+        mstate, sell = self.monetize.decide(s.monetize, obs)
+        sell = jnp.where(obs.live, jnp.clip(sell, 0.0, 1.0), 0.0)
         restrike = getattr(self.monetize, "restrike", None)
+        if restrike is None:
+            return mstate, sell, ()
+        vm, rate = self.vol_model, _f(self.risk_free)
+        reinvest, k_roll = restrike(mstate, obs)
+        k_roll = jnp.asarray(k_roll, _F32)
+        roll_price = m.spot * put_price(k_roll, m.tau, vm.vol(k_roll, m.tau, m.level), rate)
+        reinvest = jnp.where(obs.live & (roll_price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
+        return mstate, sell, (reinvest, k_roll, roll_price)
 
-        def decide(contracts, marks):
-            """The monetization policy's decision (and roll down) on the new marks."""
-            obs = observe(contracts, marks)
-            mstate, sell = self._decide(s.monetize, obs)
-            if restrike is None:
-                return mstate, sell, ()
-            reinvest, k_roll = restrike(mstate, obs)
-            k_roll = jnp.asarray(k_roll, _F32)
-            roll_price = spot * put_price(k_roll, tau, vm.vol(k_roll, tau, level), rate)
-            reinvest = jnp.where(obs.live & (roll_price > 0), jnp.clip(reinvest, 0.0, 1.0), 0.0)
-            return mstate, sell, (reinvest, k_roll, roll_price)
+    def _trade(self, s: HedgeState, m: "_Mark", contracts, marks, sell, roll_down, *tranche) -> "_Trades":
+        """Expiries pay into cash; the policy sells at the marks; a roll-down sells what is
+        left of a tranche and reinvests a share in puts struck at ``k_roll`` x spot, same
+        expiry (seed 000 §3.2 step 2). Returns per-path totals ``[n]`` and the new tranches."""
+        held, remaining, spot = m.held, m.remaining, m.spot
+        opt_cost = _f(self.program.option_cost)
+        value = jnp.where(held, contracts * marks, 0.0)  # [L, n], per W_0
+        live = m.alive(contracts)
+        if self._at_trade:
+            sell = self._decide(s, m, contracts, marks)[1]
+        sold = sell * value
+        expired = backend.tranche_sum(jnp.where(held & (remaining == 0), value, 0.0))
+        n_sales = backend.tranche_sum((sell > 0).astype(jnp.int32))
+        new_contracts = jnp.where(live, contracts * (1.0 - sell), 0.0)
+        rolled_spend = jnp.zeros_like(spot)
+        if roll_down:
+            strike, log_strike, paid, bought_at = tranche
+            reinvest, k_roll, price = roll_down
+            rolls = reinvest > 0
+            rest = jnp.where(rolls, value - sold, 0.0)
+            sold = sold + rest
+            spend = reinvest * rest
+            new_contracts = jnp.where(rolls, spend / ((1.0 + opt_cost) * jnp.where(rolls, price, 1.0)), new_contracts)
+            strike = jnp.where(rolls, k_roll * spot, strike)
+            log_strike = jnp.where(rolls, jnp.log(k_roll) + jnp.log(spot), log_strike)  # logs per path
+            paid = jnp.where(rolls, price, paid)
+            bought_at = jnp.where(rolls, spot, bought_at)
+            rolled_spend = backend.tranche_sum(spend)
+            tranche = (strike, log_strike, paid, bought_at)
+        return _Trades(backend.tranche_sum(value), backend.tranche_sum(sold), expired, n_sales, rolled_spend,
+                       (new_contracts, *tranche))
 
-        if self._at_trade:  # decided inside the trades, from their operands
-            mstate, sell, roll_down = s.monetize, (), ()
-        else:
-            mstate, sell, roll_down = lax.cond(t >= 0, decide, _never(decide), s.contracts, marks)
-
-        def trades(contracts, marks, sell, roll_down, *tranche):
-            """Expiries pay into cash; the policy sells at the marks; per-path totals of the
-            tranches' values and trades."""
-            value = jnp.where(held, contracts * marks, 0.0)  # [L, n], per W_0
-            live = alive(contracts)
-            if self._at_trade:
-                sell = decide(contracts, marks)[1]
-            sold = sell * value
-            expired = _lsum(jnp.where(held & (remaining == 0), value, 0.0))
-            n_sales = _lsum((sell > 0).astype(jnp.int32))
-            new_contracts = jnp.where(live, contracts * (1.0 - sell), 0.0)
-            rolled_spend = jnp.zeros_like(spot)
-            if roll_down:
-                strike, log_strike, paid, bought_at = tranche
-                # Roll down: sell what is left of the tranche too and reinvest a share of it in
-                # puts struck at k_roll x spot, same expiry (seed 000 §3.2 step 2).
-                reinvest, k_roll, price = roll_down
-                rolls = reinvest > 0
-                rest = jnp.where(rolls, value - sold, 0.0)
-                sold = sold + rest
-                spend = reinvest * rest
-                new_contracts = jnp.where(rolls, spend / ((1.0 + opt_cost) * jnp.where(rolls, price, 1.0)),
-                                          new_contracts)
-                strike = jnp.where(rolls, k_roll * spot, strike)
-                log_strike = jnp.where(rolls, jnp.log(k_roll) + jnp.log(spot), log_strike)  # logs per path
-                paid = jnp.where(rolls, price, paid)
-                bought_at = jnp.where(rolls, spot, bought_at)
-                rolled_spend = _lsum(spend)
-                tranche = (strike, log_strike, paid, bought_at)
-            return _lsum(value), _lsum(sold), expired, n_sales, rolled_spend, (new_contracts, *tranche)
-
-        tranche = (s.strike, s.log_strike, s.paid, s.bought_at)  # changed here by roll-downs only
-        total, total_sold, expired, n_sales, rolled_spend, tranches = lax.cond(
-            t >= 0, trades, _never(trades), s.contracts, marks, sell, roll_down, *(tranche if roll_down else ()))
-        contracts, strike, log_strike, paid, bought_at = tranches if roll_down else (tranches[0], *tranche)
-        nav_market = s.nav * f * g + cash * (1.0 + rf) + total
+    def _roll(self, s: HedgeState, m: "_Mark", trades: "_Trades", tranche, mstate, t, dt: float):
+        """The slot that comes round buys (computed on roll steps only); the NAV, the portfolio
+        return ``x`` and the per-NAV running totals."""
+        prog = self.program
+        f, rf = _f(self.fraction), per_step_mean(_f(self.risk_free), dt)
+        opt_cost = _f(prog.option_cost)
+        spot = m.spot
+        total, total_sold, expired, n_sales, rolled_spend, tranches = trades
+        contracts, strike, log_strike, paid, bought_at = tranches if len(tranches) == 5 else (tranches[0], *tranche)
+        cash = s.nav * (1.0 - f) - s.hedge_value
+        nav_market = s.nav * f * (1.0 + m.r) + cash * (1.0 + rf) + total
         rolled_cost = rolled_spend * opt_cost / (1.0 + opt_cost)
         kept = total - total_sold - expired + rolled_spend - rolled_cost
         sale_cost = opt_cost * total_sold + rolled_cost
-
-        # The roll: the slot that comes round buys (computed only on roll steps).
         roll = (t % prog.roll_steps) == 0
         slot = ((t // prog.roll_steps) % prog.n_tranches)
         nav_before_buy = nav_market - sale_cost
 
         def buy(args):
             contracts, strike, log_strike, paid, bought_at, remaining = args
-            c, k, price, spend, cost = self._buy(level, spot, nav_before_buy, dt)
+            c, k, price, spend, cost = self._buy(m.level, spot, nav_before_buy, dt)
             mine = (jnp.arange(prog.n_tranches) == slot)[:, None]
             new = (jnp.where(mine, c, contracts), jnp.where(mine, k, strike), jnp.where(mine, jnp.log(k), log_strike),
                    jnp.where(mine, price, paid), jnp.where(mine, spot, bought_at),
@@ -648,14 +659,14 @@ class HedgeOverlay:
             z = jnp.zeros_like(spot)
             return args, z, z, z
 
-        (contracts, strike, log_strike, paid, bought_at, remaining), bought_value, spend, buy_cost = jax.lax.cond(
-            roll, buy, no_buy, (contracts, strike, log_strike, paid, bought_at, remaining))
+        (contracts, strike, log_strike, paid, bought_at, remaining), bought_value, spend, buy_cost = lax.cond(
+            roll, buy, no_buy, (contracts, strike, log_strike, paid, bought_at, m.remaining))
         nav = nav_before_buy - buy_cost
         x = nav / _positive(s.nav) - 1.0  # a wiped-out path stays at -1 (the engine freezes it)
         inv_nav = 1.0 / _positive(nav_market)
         state = HedgeState(
             contracts=contracts, strike=strike, log_strike=log_strike, paid=paid, bought_at=bought_at,
-            remaining=remaining, spot=spot, nav=nav, hedge_value=kept + bought_value, realized_var=var,
+            remaining=remaining, spot=spot, nav=nav, hedge_value=kept + bought_value, realized_var=m.realized_var,
             premium=s.premium + spend / _positive(nav_before_buy) + rolled_spend * inv_nav,
             proceeds=s.proceeds + (total_sold + expired) * inv_nav,
             costs=s.costs + (sale_cost + buy_cost) * inv_nav,
@@ -689,14 +700,9 @@ _NAMES = ("fraction", "budget", "strike")
 def _growth(theta, seed, process, overlay, n_blocks, block_size, n_steps, dt):
     """Mean time-average growth (per year) of the overlay with ``theta = (fraction, budget,
     strike)`` on the engine's draws for ``seed`` (common random numbers across ``theta``)."""
-    from sim import engine  # the engine imports nothing from here; a local import keeps it so
-
     ov = with_parameters(overlay, **dict(zip(_NAMES, theta)))
-    fn = functools.partial(engine.simulate_block, block_size=block_size, n_steps=n_steps, dt=dt)
-    blocks = jnp.arange(n_blocks, dtype=jnp.uint32)
-    st = jax.vmap(fn, in_axes=(None, 0, None, None))(jax.random.key(seed), blocks, process, ov).stats
-    growth = st.log_wealth.reshape(-1) / (n_steps * dt)
-    return jnp.mean(growth), jnp.std(growth) / jnp.sqrt(growth.size)
+    return engine.mean_growth(seed, process, ov, n_paths=n_blocks * block_size, block_size=block_size,
+                              n_steps=n_steps, dt=dt)
 
 
 growth_on_draws = jax.jit(_growth, static_argnums=(4, 5, 6, 7))
@@ -811,9 +817,7 @@ def _optimize_hedge_local(process, overlay: HedgeOverlay, *, seed: int = 0, n_pa
     check_range("bounds on the fraction", lo[0], 0.0)
     check_range("bounds on the budget", lo[1], 0.0)
     check_range("bounds on the strike", lo[2], 0.0, lo_closed=False)
-    overlay.validate(1.0 / steps_per_year, n_steps)
-    process.validate(1.0 / steps_per_year)
-    overlay.check_process(process)
+    protocols.check_run(process, overlay, dt=1.0 / steps_per_year, n_steps=n_steps)
     start = np.array([overlay.fraction, overlay.program.budget, overlay.program.strike] if x0 is None else x0,
                      np.float64)
     block_size = min(block_size, n_paths)

@@ -226,25 +226,21 @@ class _Spec(NamedTuple):
     n_paths: int  # paths counted: the first n_paths of the n_blocks * block_size simulated
 
 
-def _run_blocks(seed, process, policy, spec: _Spec, policy_axes=None):
-    """``engine.simulate_block`` over the sample's blocks (``vmap``); ``policy_axes`` maps policy
-    fields that differ per block."""
-    fn = functools.partial(engine.simulate_block, block_size=spec.block_size, n_steps=spec.n_steps,
-                           dt=1.0 / spec.steps_per_year)
-    blocks = jnp.arange(spec.n_blocks, dtype=jnp.uint32)
-    return jax.vmap(fn, in_axes=(None, 0, None, policy_axes))(jax.random.key(seed), blocks, process, policy)
+def _run_blocks(seed, process, policy, spec: _Spec, policy_axes=None) -> dict:
+    """The engine's blocks of the sample, in one traced function (``engine.block_outputs``)."""
+    return engine.block_outputs(seed, process, policy, n_blocks=spec.n_blocks, block_size=spec.block_size,
+                                n_steps=spec.n_steps, dt=1.0 / spec.steps_per_year, policy_axes=policy_axes)
 
 
 def _counted(x, spec: _Spec):
-    """Per-block ``[n_blocks, block_size, ...]`` to the ``n_paths`` counted paths."""
-    return x.reshape((-1,) + x.shape[2:])[: spec.n_paths]
+    return engine.counted(x, spec.n_paths)
 
 
 def _paths(f, seed, process, spec: _Spec):
     """Per-path (time-average growth, smoothed drawdown indicator), each [n_paths]. The seed
     and the model are traced, so one compilation serves every seed and parameter value."""
-    policy = engine.Policy(jnp.asarray(f, jnp.float32), jnp.float32(spec.risk_free), jnp.float32(0.0))
-    st = _run_blocks(seed, process, policy, spec).stats
+    policy = engine.ConstantMix(jnp.asarray(f, jnp.float32), jnp.float32(spec.risk_free), jnp.float32(0.0))
+    st = _run_blocks(seed, process, policy, spec)["stats"]
     growth = _counted(st.log_wealth, spec) / (spec.n_steps / spec.steps_per_year)
     if spec.drawdown_level is None:
         return growth, jnp.zeros_like(growth)
@@ -305,7 +301,7 @@ class _GrowthDerivatives(NamedTuple):
         d = int(np.size(self.fraction))
         return jnp.zeros((n, d), jnp.float32), jnp.zeros((d, d), jnp.float32)
 
-    def step(self, state, r, process, process_state, t, dt: float):
+    def step(self, key, state, r, process, process_state, t, dt: float):
         rf = per_step_mean(jnp.asarray(self.risk_free, jnp.float32), dt)
         x = engine.portfolio_return(jnp.asarray(self.fraction, jnp.float32), r, rf)  # the engine's own mix
         alive = 1.0 + x > 0
@@ -324,8 +320,8 @@ def _analytic_derivs(f, seed, process, spec: _Spec):
     policy = _GrowthDerivatives(jnp.asarray(f, jnp.float32), jnp.float32(spec.risk_free), 0.0, lanes < spec.n_paths)
     out = _run_blocks(seed, process, policy, spec, policy_axes=_GrowthDerivatives(None, None, None, 0))
     years = spec.n_steps / spec.steps_per_year
-    return (_counted(out.stats.log_wealth, spec) / years, _counted(out.extras["grad"], spec) / years,
-            out.extras["hess"].sum(axis=0) / years / spec.n_paths)
+    return (_counted(out["stats"].log_wealth, spec) / years, _counted(out["extras"]["grad"], spec) / years,
+            out["extras"]["hess"].sum(axis=0) / years / spec.n_paths)
 
 
 _analytic_derivs_jit = jax.jit(_analytic_derivs, static_argnums=3)
@@ -417,7 +413,7 @@ class GrowthObjective:
     def max_drawdown_log(self, f) -> np.ndarray:
         result = engine.simulate(self.process, seed=self.seed, n_paths=self.n_paths, n_steps=self.n_steps,
                                  steps_per_year=self.steps_per_year, block_size=self.block_size,
-                                 policy=engine.Policy(np.asarray(f), self.risk_free, 0.0))
+                                 policy=engine.ConstantMix(np.asarray(f), self.risk_free, 0.0))
         return np.asarray(result.stats.max_drawdown_log)
 
     def derivatives(self, f):

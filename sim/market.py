@@ -44,12 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import samplers
+from sim import protocols, samplers
 from sim.pytree import pytree_dataclass
 from sim.units import per_step_mean, per_step_prob, per_step_vol
-from sim.validation import ParameterError, check_int, check_range
+from sim.validation import ParameterError, check_int, check_range, check_correlation, check_same_length, check_vector
 
-__all__ = ["Market", "MarketState", "Basket", "BasketState", "factor_correlation", "correlated_normals"]
+__all__ = ["Market", "MarketState", "Basket", "BasketState", "factor_correlation", "correlated_normals", "cap_weights"]
 
 _CONSTITUENTS = ("sums", "paths")
 
@@ -128,9 +128,7 @@ class Market:
         check_range("Market.crash_widening", self.crash_widening, 0.0, 100.0)
         check_range("Market.phi", self.phi, 0.0, 1.0, hi_closed=False)
         check_range("Market.noise", self.noise, 0.0, 10.0)
-        if not hasattr(self.base, "conditional_vol"):
-            raise ParameterError(f"Market.base needs conditional_vol (the spread follows it); "
-                                 f"{type(self.base).__name__} has none")
+        protocols.require(self.base, protocols.ConditionalVol, needed_by="Market.base (the spread follows its vol)")
 
     @property
     def max_steps(self):
@@ -195,6 +193,13 @@ class Market:
             s2 = r * r * jnp.sum(beta * beta) + 2.0 * r * e * sum_beta_eps + e * e * sum_eps2
         return MarketState(base, s1, s2, stocks, _f(self.n_stocks), log_spread, noise), r
 
+    def provides(self, capability) -> bool:
+        """The base model's capabilities pass through (``sim.protocols.supports``)."""
+        return protocols.supports(self.base, capability)
+
+    def true_regime(self, state: MarketState):
+        return self.base.true_regime(state.base)
+
     def conditional_vol(self, state: MarketState, dt: float):
         return self.base.conditional_vol(state.base, dt)
 
@@ -219,8 +224,6 @@ def correlated_normals(key, n: int, corr) -> jax.Array:
     correlations are not all equal; ``tests/test_regime.py`` checks against it. A PSD matrix
     with zero eigenvalues is factored with a 1e-12 diagonal jitter.
     """
-    from sim.dispersion import check_correlation
-
     c = check_correlation(corr)
     L = np.linalg.cholesky(c + 1e-12 * np.eye(c.shape[0]))
     z = samplers.normal(key, n * c.shape[0]).reshape(n, c.shape[0])
@@ -314,18 +317,16 @@ class Basket:
         return c
 
     def validate(self, dt: float) -> None:
-        from sim.dispersion import _same_length, _vec, cap_weights
-
-        vols = _vec("Basket.vols", self.vols)
+        vols = check_vector("Basket.vols", self.vols)
         check_int("Basket.vols (number of constituents)", vols.size, 2, 10_000)
         check_range("Basket.vols", vols, 0.0, 10.0, lo_closed=False)
         if self.prices0 is not None:
-            p0 = _vec("Basket.prices0", self.prices0)
-            _same_length(vols=vols, prices0=p0)
+            p0 = check_vector("Basket.prices0", self.prices0)
+            check_same_length(vols=vols, prices0=p0)
             check_range("Basket.prices0", p0, 0.0, lo_closed=False)
         if self.shares is not None:
-            w = _vec("Basket.shares", self.shares)
-            _same_length(vols=vols, shares=w)
+            w = check_vector("Basket.shares", self.shares)
+            check_same_length(vols=vols, shares=w)
             cap_weights(w, self.params()["prices0"])  # the index must start > 0
             check_range("Basket.shares", w, 0.0)  # long-only share counts keep I > 0 on every path
         if (self.rho is None) == (self.loadings is None):
@@ -422,3 +423,16 @@ class Basket:
         p = par["shares"] * par["prices0"]
         x = p / p.sum() * par["vols"]
         return float(self.mu), float(x @ self.correlation(False) @ x)
+
+
+def cap_weights(shares, prices) -> np.ndarray:
+    """``p_i = w_i S_i / I`` with ``I = sum w_i S_i``; raises unless ``I > 0`` and prices > 0."""
+    w, s = check_vector("shares", shares), check_vector("prices", prices)
+    check_same_length(shares=w, prices=s)
+    if np.any(s <= 0):
+        raise ParameterError("prices must be > 0")
+    index = float(w @ s)
+    if not index > 0:
+        raise ParameterError(f"the index sum_i w_i S_i = {index:g} must be > 0; allowed: share counts giving a "
+                             "positive index")
+    return w * s / index

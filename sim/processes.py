@@ -319,6 +319,10 @@ class RegimeSwitching:
         switch = samplers.uniform(k_switch, n) <= p_switch
         return RegimeState(jnp.where(switch, 1 - state.regime, state.regime)), _limited(r)
 
+    def true_regime(self, state: "RegimeState"):
+        """The regime in force for the next step (0 calm, 1 crash): ``sim.protocols.TrueRegime``."""
+        return state.regime
+
     def conditional_vol(self, state: "RegimeState", dt: float):
         """The vol of the regime in force for the next step (the true regime: an oracle)."""
         return jnp.where(state.regime == 1, _f(self.sigma_crash), _f(self.sigma_calm))
@@ -424,8 +428,9 @@ class Replay:
         r = _f(self.returns)[jnp.minimum(state.index, self.returns.shape[0] - 1)]
         return ReplayState(state.index + 1), r
 
-    def conditional_vol(self, state: "ReplayState", dt: float):
-        """The observed implied vol of the step just replayed (NaN where there is none)."""
+    def implied_vol(self, state: "ReplayState", dt: float):
+        """The observed implied vol of the step just replayed (NaN where there is none): the
+        ``sim.protocols.ImpliedVolQuote`` capability."""
         if self.implied is None:
             return jnp.full(state.index.shape, jnp.nan, _F32)
         return _f(self.implied)[jnp.clip(state.index - 1, 0, self.implied.shape[0] - 1)]

@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sim import protocols
 from sim.pytree import pytree_dataclass
 from sim.validation import ParameterError, check_int, check_range
 
@@ -423,6 +424,9 @@ class CrashProtocol:
         check_range("monetize.correlation_high", self.correlation_high, -1.0, 1.0)
         check_int("monetize.max_lag", self.max_lag, 1)
 
+    def requires(self, process) -> tuple:
+        return (protocols.TrueRegime,) if self.diagnostics else ()
+
     def init(self, n: int, n_tranches: int, process=None):
         diag = ()
         if self.diagnostics:
@@ -476,8 +480,6 @@ class CrashProtocol:
         ])
 
     def _diagnose(self, d: Diagnostics, sig, p, ps, t):
-        if not hasattr(ps, "regime"):
-            raise ParameterError("CrashProtocol(diagnostics=True) needs a process with a regime")
         fire = self.fired(sig, p)
         regime = jnp.where(d.regime < 0, ps.regime, d.regime)  # this step's regime (step 1: approximated)
         onset = (regime == 1) & (d.last == 0)

@@ -2,8 +2,8 @@
 
 Per path the engine keeps only ``PathStats``: log-wealth, running peak, maximum drawdown,
 first ruin step and the sums needed for a Sharpe ratio. ``update`` advances them by one
-step's portfolio return; the engine and ``path_stats_from_returns`` (for a user's
-``(paths, steps)`` matrix of returns) share it, so the same definitions hold everywhere.
+step's portfolio return; the engine's savers and ``sim.engine.path_stats_from_returns`` (for a
+user's ``(paths, steps)`` matrix of returns) share it, so the same definitions hold everywhere.
 
 Definitions (``W_0 = 1``, ``T`` the horizon in years):
 
@@ -26,14 +26,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 __all__ = [
     "NEVER",
     "PathStats",
     "init_path_stats",
     "update",
-    "path_stats_from_returns",
     "value_at_risk",
     "expected_shortfall",
     "summarize",
@@ -76,26 +74,6 @@ def update(stats: PathStats, x: jax.Array, step: jax.Array, log_floor: jax.Array
     ruin_step = jnp.where(ruined_now, step.astype(jnp.int32), stats.ruin_step)
     x_alive = jnp.where(alive & solvent, x, 0.0)
     return PathStats(log_wealth, log_peak, max_dd, ruin_step, stats.sum_r + x_alive, stats.sum_r2 + x_alive * x_alive)
-
-
-def path_stats_from_returns(returns, *, floor: float = 0.0) -> PathStats:
-    """``PathStats`` of a user's ``(paths, steps)`` matrix of portfolio simple returns.
-
-    Runs the engine's own ``update`` over the columns, so a return matrix and a simulation
-    are summarized by the same code (``summarize`` then applies to either).
-    """
-    x = jnp.asarray(returns, jnp.float32)
-    if x.ndim != 2:
-        raise ValueError(f"returns must be a (paths, steps) matrix, got shape {x.shape}")
-    log_floor = jnp.float32(math.log(floor) if floor > 0 else -math.inf)
-
-    def body(stats, inputs):
-        t, column = inputs
-        return update(stats, column, t, log_floor), None
-
-    steps = jnp.arange(1, x.shape[1] + 1, dtype=jnp.int32)
-    stats, _ = lax.scan(body, init_path_stats(x.shape[0]), (steps, x.T))
-    return jax.tree.map(np.asarray, stats)
 
 
 def _tail_count(n: int, level: float) -> int:

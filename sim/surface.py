@@ -27,11 +27,9 @@ their resolution is the bin width; the probabilities are exact counts.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
-import time
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +38,7 @@ from jax import lax
 
 from sim import engine
 from sim.kelly import refine_grid_maximum
+from sim.pytree import pytree_dataclass, static_field
 from sim import stats as stats_lib
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
@@ -167,50 +166,81 @@ def _mean_growth(free_sums, wiped, paths, years) -> np.ndarray:
         return np.where(np.sum(wiped, axis=0) > 0, -np.inf, total / np.sum(paths) / years)
 
 
-def _block_counts(key, block, n_valid, processes, fractions, *, block_size, n_steps, dt, risk_free, log_floor,
-                  dd_level_log, years, lo, width, n_bins):
-    """Counters of the first ``n_valid`` lanes of one block for every (model point, fraction):
-    a dict of ``[P, C]`` (and ``[P, C, n_bins + 2]`` for the histogram). The other lanes are
-    simulated (the block's draws are defined for all of them) and not counted, so a run has
-    exactly the paths asked for."""
-    k_init, k_steps = engine.block_keys(key, block)
-    valid = jnp.arange(block_size) < n_valid  # [n]
-    rf = per_step_mean(jnp.float32(risk_free), dt)
+class FractionGrid(NamedTuple):
+    """A policy holding each of ``C`` constant mixes ``fraction`` ``[C]`` on the same draws: the
+    step's portfolio return is ``[C, n]`` (one row per fraction, single-asset models)."""
 
-    def one_point(args):
-        process, f = args  # f: [C]
+    fraction: Any  # float32[C]
+    risk_free: Any = 0.0
+    floor: Any = 0.0
 
-        def draw(ps, t):
-            return process.step(jax.random.fold_in(k_steps, t), ps, block_size, dt)
+    def validate(self, dt=None, n_steps=None) -> None:
+        check_range("fractions", self.fraction, -100.0, 100.0)
 
-        update = jax.vmap(stats_lib.update, in_axes=(0, 0, None, None))
+    def init(self, n, dt, process=None, process_state=None):
+        return ()
 
-        def one_step(carry, t):
-            ps, r, st, free = carry
-            x = f[:, None] * r[None, :] + (1.0 - f[:, None]) * rf  # [C, n]
-            st = update(st, x, t + 1, log_floor)
-            solvent = x > -1.0
-            free = free + jnp.where(solvent, jnp.log1p(jnp.where(solvent, x, 0.0)), -jnp.inf)
-            ps, r_next = draw(ps, t + 1)  # prefetched, as in sim.engine
-            return (ps, r_next, st, free), None
+    def step(self, key, state, r, process, process_state, t, dt: float):
+        f = self.fraction
+        rf = per_step_mean(jnp.asarray(self.risk_free, jnp.float32), dt)
+        return state, f[:, None] * r[None, :] + (1.0 - f[:, None]) * rf  # [C, n]
 
-        C = f.shape[0]
-        st0 = jax.vmap(lambda _: stats_lib.init_path_stats(block_size))(jnp.arange(C))
-        ps0, r0 = draw(process.init(k_init, block_size, dt), 0)
-        (_, _, st, free), _ = lax.scan(one_step, (ps0, r0, st0, jnp.zeros((C, block_size), jnp.float32)),
-                                       jnp.arange(n_steps, dtype=jnp.int32))
-        growth = st.log_wealth / years
-        idx = jnp.clip(jnp.floor((growth - lo) / width), -1, n_bins).astype(jnp.int32) + 1  # 0: below range
+    def outputs(self, state) -> dict:
+        return {}
+
+
+@pytree_dataclass
+class SurfaceSaver:
+    """The surface's saver: per (fraction, lane) ``PathStats`` and the no-floor log-wealth,
+    finished into counts of the valid lanes and a histogram of the time-average growth
+    (``n_bins`` bins of ``width`` from ``lo`` per year, plus one below and one above)."""
+
+    log_floor: float = static_field()  # all static: part of the compiled kernel, as constants
+    dd_level_log: float = static_field()
+    years: float = static_field()
+    lo: float = static_field()
+    width: float = static_field()
+    n_fractions: int = static_field(1)
+    n_bins: int = static_field(6000)
+
+    def init(self, n: int):
+        st = jax.vmap(lambda _: stats_lib.init_path_stats(n))(jnp.arange(self.n_fractions))
+        return st, jnp.zeros((self.n_fractions, n), jnp.float32)
+
+    def update(self, acc, x, t):
+        st, free = acc
+        st = jax.vmap(stats_lib.update, in_axes=(0, 0, None, None))(st, x, t, self.log_floor)
+        solvent = x > -1.0
+        free = free + jnp.where(solvent, jnp.log1p(jnp.where(solvent, x, 0.0)), -jnp.inf)
+        return st, free
+
+    def finish(self, acc, valid) -> dict:
+        st, free = acc
+        n_bins = self.n_bins
+        growth = st.log_wealth / self.years
+        idx = jnp.clip(jnp.floor((growth - self.lo) / self.width), -1, n_bins).astype(jnp.int32) + 1  # 0: below
         idx = jnp.where(valid[None, :], idx, n_bins + 2)  # uncounted lanes into a bin that is dropped
         hist = jax.vmap(lambda i: jnp.bincount(i, length=n_bins + 3))(idx)[:, : n_bins + 2]
         count = lambda b: jnp.sum(b & valid[None, :], axis=1)  # noqa: E731
         return dict(
             ruined=count(st.ruin_step != stats_lib.NEVER),
-            drawdown=count(st.max_drawdown_log > dd_level_log),
+            drawdown=count(st.max_drawdown_log > self.dd_level_log),
             wiped=count(~jnp.isfinite(free)),
             free_sum=jnp.sum(jnp.where(jnp.isfinite(free) & valid[None, :], free, 0.0), axis=1),
             hist=hist,
         )
+
+
+def _surface_block(key, block, n_valid, processes, fractions, saver, *, block_size, n_steps, dt, risk_free):
+    """One block's counts for every (model point, fraction): the engine's block under a
+    ``FractionGrid``, mapped over the model points (a map over the grid, not over time)."""
+
+    def one_point(args):
+        process, f = args  # f: [C]
+        out = engine.simulate_block(key, block, process, FractionGrid(f, risk_free), saver, block_size=block_size,
+                                    n_steps=n_steps, dt=dt, n_valid=n_valid)
+        out.pop("extras")
+        return out
 
     return lax.map(one_point, (processes, fractions))
 
@@ -264,65 +294,21 @@ def ruin_surface(
     dt = 1.0 / float(steps_per_year)
     n_blocks = -(-n_paths // block_size)
     years = n_steps * dt
-    kernel = jax.jit(functools.partial(
-        _block_counts, block_size=block_size, n_steps=n_steps, dt=dt, risk_free=float(risk_free),
-        log_floor=math.log(floor), dd_level_log=-math.log1p(-drawdown_level), years=years, lo=lo,
-        width=(hi - lo) / n_bins, n_bins=n_bins,
-    ))
-    key = jax.random.key(seed)
-    f32 = jnp.asarray(fractions, jnp.float32)
-    # Blocks round-robin over this process's devices (several in flight), and over processes
-    # in a multi-process run (block b on process b % process_count). The counts are integers
-    # (exact in float64 in any order); the float sum of the growth is folded on the host in
-    # block order, so the result is bit-identical whatever the devices and processes.
-    devices = list(jax.local_devices()) if devices is None else list(devices)
-    n_proc, pid = jax.process_count(), jax.process_index()
-    placed = [jax.device_put((key, processes, f32), d) for d in devices]
-    mine = list(range(pid, n_blocks, n_proc))
-
-    def launch(i):
-        k, p, f = placed[i % len(devices)]
-        d = devices[i % len(devices)]
-        n_valid = min(block_size, n_paths - mine[i] * block_size)
-        return kernel(k, jax.device_put(jnp.uint32(mine[i]), d), jax.device_put(jnp.int32(n_valid), d), p, f)
-
-    counts, free, wiped_blocks = None, {}, {}
-    t0 = time.perf_counter()
-    in_flight = {i: launch(i) for i in range(min(len(devices), len(mine)))}
-    for i, b in enumerate(mine):
-        out = {k: np.asarray(v, np.float64) for k, v in in_flight.pop(i).items()}
-        if i + len(devices) < len(mine):
-            in_flight[i + len(devices)] = launch(i + len(devices))
-        free[b] = out.pop("free_sum")
-        wiped_blocks[b] = out["wiped"]
-        counts = out if counts is None else {k: counts[k] + out[k] for k in counts}
-        elapsed = time.perf_counter() - t0
-        info = dict(block=i + 1, n_blocks=len(mine), elapsed_s=elapsed, eta_s=elapsed / (i + 1) * (len(mine) - i - 1))
-        if progress is not None:
-            progress(info)
-        elif len(mine) > 1:
-            log.info("%ssurface block %d/%d, %.1fs elapsed, ETA %.1fs",
-                     f"process {pid} of {n_proc}: " if n_proc > 1 else "", i + 1, len(mine), elapsed, info["eta_s"])
-    shape = fractions.shape
-    if n_proc > 1:
-        from sim.parallel import allgather_exact
-
-        if counts is None:
-            counts = {"ruined": np.zeros(shape), "drawdown": np.zeros(shape), "wiped": np.zeros(shape),
-                      "hist": np.zeros(shape + (n_bins + 2,))}
-        counts = {k: allgather_exact(v).sum(axis=0) for k, v in counts.items()}
-        gathered = []
-        for part in (free, wiped_blocks):
-            per_block = np.zeros((n_blocks,) + shape)
-            for b, v in part.items():
-                per_block[b] = v
-            gathered.append(dict(enumerate(allgather_exact(per_block).sum(axis=0))))  # one owner per block: exact
-        free, wiped_blocks = gathered
-    totals = counts
+    saver = SurfaceSaver(math.log(floor), -math.log1p(-drawdown_level), years, lo, (hi - lo) / n_bins,
+                         n_fractions=fractions.shape[1], n_bins=n_bins)
+    fn = engine.bind(_surface_block, block_size=block_size, n_steps=n_steps, dt=dt, risk_free=float(risk_free))
+    # One block per device per chunk (a block's histogram is P x C x n_bins). The counts are
+    # integers, summed exactly in any order; the float sums of the growth are kept per block
+    # and folded on the host in block order, so the result does not depend on devices or processes.
+    out, wall = engine.run_blocks(fn, (processes, jnp.asarray(fractions, jnp.float32), saver), seed=seed,
+                                  n_paths=n_paths, block_size=block_size, chunk_paths=block_size, devices=devices,
+                                  progress=progress, summed=("ruined", "drawdown", "hist"))
     n = n_paths
     block_paths = np.array([min(block_size, n_paths - b * block_size) for b in range(n_blocks)])
-    block_free_sum = np.stack([free[b] for b in range(n_blocks)])
-    block_wiped = np.stack([wiped_blocks[b] for b in range(n_blocks)])
+    block_free_sum = out["free_sum"].astype(np.float64)
+    block_wiped = out["wiped"].astype(np.float64)
+    totals = dict(ruined=out["ruined"].astype(np.float64), drawdown=out["drawdown"].astype(np.float64),
+                  wiped=block_wiped.sum(axis=0), hist=out["hist"])
     hist = totals["hist"]  # [P, C, n_bins + 2]: below range, bins, above range
     width = (hi - lo) / n_bins
     edges = lo + width * np.arange(n_bins + 1)
@@ -359,5 +345,5 @@ def ruin_surface(
         block_wiped=block_wiped,
         years=years,
         bin_width=width,
-        wall_seconds=time.perf_counter() - t0,
+        wall_seconds=wall,
     )

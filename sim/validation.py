@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["ParameterError", "check_range", "check_int"]
+__all__ = ["ParameterError", "check_range", "check_int", "check_vector", "check_same_length", "check_correlation"]
 
 
 class ParameterError(ValueError):
@@ -60,3 +60,41 @@ def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     if value < lo or (hi is not None and value > hi):
         raise ParameterError(f"{name} = {value!r} is out of range; allowed: {allowed}")
     return int(value)
+
+
+def check_vector(name: str, x) -> np.ndarray:
+    """``x`` as a finite 1-D float64 array of at least one entry, or ``ParameterError``."""
+    a = np.asarray(x, np.float64)
+    if a.ndim != 1 or a.size < 1:
+        raise ParameterError(f"{name} must be a 1-D array, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ParameterError(f"{name} has a NaN or infinite entry at {int(np.argmax(~np.isfinite(a)))}")
+    return a
+
+
+def check_same_length(**arrays) -> None:
+    """``ParameterError`` unless the named arrays have the same number of entries."""
+    sizes = {k: v.size for k, v in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise ParameterError(f"mismatched lengths: {sizes}; allowed: one entry per constituent")
+
+
+def check_correlation(corr, n: int | None = None) -> np.ndarray:
+    """A correlation matrix: square, symmetric, unit diagonal, entries in [-1, 1], positive
+    semi-definite (smallest eigenvalue >= -1e-10)."""
+    c = np.asarray(corr, np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ParameterError(f"correlation must be a square matrix, got shape {c.shape}")
+    if n is not None and c.shape[0] != n:
+        raise ParameterError(f"mismatched lengths: correlation is {c.shape[0]}x{c.shape[0]}, {n} constituents")
+    if not np.all(np.isfinite(c)):
+        raise ParameterError("correlation has a NaN or infinite entry")
+    if not np.allclose(c, c.T, atol=1e-12):
+        raise ParameterError("correlation must be symmetric")
+    if not np.allclose(np.diag(c), 1.0, atol=1e-12) or np.any(np.abs(c) > 1 + 1e-12):
+        raise ParameterError("correlation must have a unit diagonal and entries in [-1, 1]")
+    low = float(np.linalg.eigvalsh(c).min())
+    if low < -1e-10:
+        raise ParameterError(f"correlation is not positive semi-definite (smallest eigenvalue {low:.3g}); allowed: "
+                             "a PSD matrix")
+    return c

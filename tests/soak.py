@@ -42,7 +42,7 @@ def kernels() -> dict:
     for proc in (processes.StudentT(0.08, 0.2, 3.0), processes.Merton(), processes.GarchT(),
                  processes.RegimeSwitching(), processes.Gaussian(0.05, 0.2)):
         out[f"engine/{type(proc).__name__}"] = (
-            lambda p=proc: _sim_digest(engine.simulate(p, policy=engine.Policy(1.5, 0.0, 0.1), **kw)))
+            lambda p=proc: _sim_digest(engine.simulate(p, policy=engine.ConstantMix(1.5, 0.0, 0.1), **kw)))
 
     def surf():
         nus = np.array([3.0, 5.0])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sim import dispersion as dsp
+from sim import market
 from sim.validation import ParameterError
 
 
@@ -92,9 +93,9 @@ def test_realized_correlation_recovers_a_known_matrix():
 
 def test_bad_input():
     with pytest.raises(ParameterError, match="index"):
-        dsp.cap_weights([1.0, -2.0], [10.0, 10.0])
+        market.cap_weights([1.0, -2.0], [10.0, 10.0])
     with pytest.raises(ParameterError, match="mismatched lengths"):
-        dsp.cap_weights([1.0, 2.0, 3.0], [10.0, 10.0])
+        market.cap_weights([1.0, 2.0, 3.0], [10.0, 10.0])
     bad = np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])
     with pytest.raises(ParameterError, match="positive semi-definite"):
         dsp.index_variance([0.3, 0.3, 0.4], [0.2, 0.2, 0.2], bad)

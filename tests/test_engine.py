@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from sim.engine import Policy, sample_returns, simulate
+from sim.engine import ConstantMix, sample_returns, simulate
 from sim.processes import Binary, GarchT, RegimeSwitching, StudentT
 from sim.stats import NEVER
 
@@ -27,7 +27,7 @@ def assert_same(a, b):
 @pytest.mark.parametrize("process", [StudentT(0.05, 0.3, 3.0), GarchT(), RegimeSwitching()])
 def test_bit_identical_across_chunk_sizes(process):
     kw = dict(seed=3, n_paths=5000, n_steps=64, block_size=1024, snapshot_every=16, record_paths=4,
-              policy=Policy(fraction=1.5, risk_free=0.02))
+              policy=ConstantMix(fraction=1.5, risk_free=0.02))
     a = simulate(process, chunk_paths=1024, **kw)
     b = simulate(process, chunk_paths=3000, **kw)
     assert_same(a, b)
@@ -36,11 +36,11 @@ def test_bit_identical_across_chunk_sizes(process):
 def test_bit_identical_on_one_and_two_devices():
     script = textwrap.dedent("""
         import json, jax, numpy as np
-        from sim.engine import simulate, Policy
+        from sim.engine import simulate, ConstantMix
         from sim.processes import StudentT
         assert jax.device_count() == 2, jax.devices()
         kw = dict(seed=9, n_paths=9000, n_steps=50, block_size=1024, snapshot_every=10,
-                  policy=Policy(fraction=2.0))
+                  policy=ConstantMix(fraction=2.0))
         one = simulate(StudentT(0.05, 0.3, 3.0), devices=jax.devices()[:1], **kw)
         two = simulate(StudentT(0.05, 0.3, 3.0), devices=jax.devices(), **kw)
         same = all(np.array_equal(a, b) for a, b in zip(one.stats, two.stats))
@@ -54,7 +54,7 @@ def test_bit_identical_on_one_and_two_devices():
     assert result["same"]
     # And the single-device run of this process agrees with the 2-device one.
     here = simulate(StudentT(0.05, 0.3, 3.0), seed=9, n_paths=9000, n_steps=50, block_size=1024,
-                    snapshot_every=10, policy=Policy(fraction=2.0))
+                    snapshot_every=10, policy=ConstantMix(fraction=2.0))
     assert float(here.stats.log_wealth.mean()) == result["mean"]
 
 
@@ -86,7 +86,7 @@ def test_engine_matches_numpy_on_the_same_draws(f, floor):
     p = StudentT(mu=0.1, sigma=0.5, nu=2.5)
     kw = dict(seed=11, n_paths=3000, n_steps=100, steps_per_year=52, block_size=1024)
     r = sample_returns(p, **kw)
-    res = simulate(p, policy=Policy(fraction=f, risk_free=0.03, floor=floor), **kw)
+    res = simulate(p, policy=ConstantMix(fraction=f, risk_free=0.03, floor=floor), **kw)
     final, first, mdd = numpy_path_stats(r, f, 0.03, floor, 52)
     np.testing.assert_array_equal(res.stats.ruin_step, first)
     fin = np.isfinite(final)

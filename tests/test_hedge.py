@@ -79,7 +79,7 @@ def test_hedged_paths_do_not_depend_on_chunk_size(monetize):
 def test_zero_budget_is_the_plain_engine():
     proc = processes.Merton()
     kw = dict(seed=4, n_paths=512, n_steps=300, block_size=256)
-    plain = engine.simulate(proc, policy=engine.Policy(0.8, 0.02), **kw)
+    plain = engine.simulate(proc, policy=engine.ConstantMix(0.8, 0.02), **kw)
     ov = hedge.HedgeOverlay(fraction=0.8, risk_free=0.02, program=dataclasses.replace(hedge.HedgeProgram(), budget=0.0))
     hedged = engine.simulate(proc, policy=ov, **kw)
     np.testing.assert_allclose(hedged.stats.log_wealth, plain.stats.log_wealth, atol=2e-5)
@@ -140,7 +140,7 @@ def test_regime_oracle_sells_when_the_crash_ends():
     ov = hedge.HedgeOverlay(monetize=hedge.RegimeOracle())
     res = engine.simulate(proc, seed=1, n_paths=256, n_steps=252, block_size=256, policy=ov)
     assert res.extras["sales"].mean() > 0.5  # about one crash a year ends per path
-    with pytest.raises(ParameterError, match="RegimeSwitching"):
+    with pytest.raises(ParameterError, match="TrueRegime.*RegimeSwitching"):
         engine.simulate(processes.Merton(), n_paths=8, n_steps=100, block_size=8, policy=ov)
 
 

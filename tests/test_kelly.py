@@ -117,8 +117,8 @@ def test_half_kelly_keeps_three_quarters_of_the_growth():
     mu, sigma = 0.1, 0.25
     f = kelly.gaussian_kelly(mu, sigma)
     kw = dict(seed=7, n_paths=1 << 15, n_steps=10 * 252)
-    full = engine.simulate(Gaussian(mu, sigma), policy=engine.Policy(f), **kw)
-    half = engine.simulate(Gaussian(mu, sigma), policy=engine.Policy(0.5 * f), **kw)
+    full = engine.simulate(Gaussian(mu, sigma), policy=engine.ConstantMix(f), **kw)
+    half = engine.simulate(Gaussian(mu, sigma), policy=engine.ConstantMix(0.5 * f), **kw)
     years = full.years
     d = (half.stats.log_wealth.astype(float) - 0.75 * full.stats.log_wealth.astype(float)) / years
     assert abs(d.mean()) < 3 * d.std(ddof=1) / math.sqrt(d.size), (d.mean(), d.std() / math.sqrt(d.size))
@@ -132,7 +132,7 @@ def test_full_kelly_halving_probability_matches_first_passage(years):
     theta, f = mu / sigma, kelly.gaussian_kelly(mu, sigma)
     spy = 252
     res = engine.simulate(Gaussian(mu, sigma), seed=3, n_paths=1 << 14, n_steps=int(years * spy),
-                          steps_per_year=spy, policy=engine.Policy(f, 0.0, 0.5))
+                          steps_per_year=spy, policy=engine.ConstantMix(f, 0.0, 0.5))
     p_sim = (res.stats.ruin_step != -1).mean()
     # Daily monitoring misses crossings between steps: the continuity correction of Broadie,
     # Glasserman and Kou (1997) moves the barrier by exp(-0.5826 s sqrt(dt)), s = f sigma.
@@ -412,7 +412,7 @@ def test_growth_objective_counts_exactly_the_paths_asked_for():
     proc = StudentT(0.08, 0.2, 4.0)
     obj = kelly.GrowthObjective(proc, seed=2, n_paths=1500, n_steps=100, block_size=1024)
     assert obj.n_paths == 1500
-    res = engine.simulate(proc, seed=2, n_paths=1500, n_steps=100, block_size=1024, policy=engine.Policy(0.8))
+    res = engine.simulate(proc, seed=2, n_paths=1500, n_steps=100, block_size=1024, policy=engine.ConstantMix(0.8))
     growth = res.stats.log_wealth.astype(np.float64) / res.years
     g, g_se, grad, _, hess = obj.derivatives(0.8)
     assert g == pytest.approx(growth.mean(), rel=1e-6) and g_se == pytest.approx(growth.std(ddof=1) / math.sqrt(1500))

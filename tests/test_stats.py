@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from sim.stats import NEVER, expected_shortfall, path_stats_from_returns, summarize, value_at_risk
+from sim.engine import path_stats_from_returns
+from sim.stats import NEVER, expected_shortfall, summarize, value_at_risk
 
 
 def test_summary_matches_numpy(rng):
@@ -64,7 +65,8 @@ def test_paired_difference_counts_saved_and_lost_paths_instead_of_dropping_them(
 
 
 def test_summary_with_wiped_out_paths_says_so_and_has_no_nan_quantiles():
-    from sim.stats import path_stats_from_returns, summarize
+    from sim.engine import path_stats_from_returns
+    from sim.stats import summarize
 
     x = np.full((10, 5), 0.01)
     x[:, 3] = -0.005  # a drawdown, so that every survivor has a Calmar ratio

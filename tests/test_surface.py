@@ -32,7 +32,7 @@ def test_surface_points_equal_engine_simulations():
     for i, nu in enumerate(nus):
         for j in range(len(cs)):
             sim = engine.simulate(StudentT(0.08, 0.2, nu), seed=3, n_paths=2048, n_steps=504, block_size=1024,
-                                  policy=engine.Policy(fractions[i, j], 0.0, 0.5))
+                                  policy=engine.ConstantMix(fractions[i, j], 0.0, 0.5))
             s = sim.summary()
             assert res.ruin_probability[i, j] == s["ruin_probability"]
             assert res.p_drawdown[i, j] == s["p_max_drawdown_gt_50"]
@@ -110,7 +110,7 @@ def test_surface_counts_exactly_the_paths_asked_for():
     assert res.n_paths == 1500 and list(res.block_paths) == [1024, 476]
     for j, f in enumerate(fractions[0]):
         sim = engine.simulate(base, seed=4, n_paths=1500, n_steps=252, block_size=1024,
-                              policy=engine.Policy(f, 0.0, 0.5))
+                              policy=engine.ConstantMix(f, 0.0, 0.5))
         s = sim.summary()
         assert res.ruin_probability[0, j] == s["ruin_probability"]
         assert res.ruin_probability[0, j] * 1500 == round(res.ruin_probability[0, j] * 1500)

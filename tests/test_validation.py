@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from sim import data
-from sim.engine import Policy, simulate
+from sim.engine import ConstantMix, simulate
 from sim.processes import Binary, BlockBootstrap, GarchT, Gaussian, Merton, RegimeSwitching, StudentT
 from sim.validation import ParameterError
 
@@ -38,8 +38,8 @@ def test_bad_process_parameters(process, match):
         (dict(n_paths=0), r"n_paths = 0 is out of range; allowed: an integer in \[1, "),
         (dict(n_steps=0), r"n_steps = 0"),
         (dict(n_paths=2.5), r"n_paths = 2\.5 is not an integer"),
-        (dict(policy=Policy(floor=1.0)), r"floor = 1\.0 .*\[0, 1\)"),
-        (dict(policy=Policy(fraction=float("nan"))), r"fraction = nan"),
+        (dict(policy=ConstantMix(floor=1.0)), r"floor = 1\.0 .*\[0, 1\)"),
+        (dict(policy=ConstantMix(fraction=float("nan"))), r"fraction = nan"),
         (dict(steps_per_year=0), r"steps_per_year = 0"),
     ],
 )
