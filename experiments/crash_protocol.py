@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, check_fields, hydra_main  # noqa: E402
-from experiments.hedge_overlay import _POLICIES, _program, _vol_model  # noqa: E402
-from sim import engine, hedge, regime  # noqa: E402
+from experiments.harness import (OutputWriter, build_monetizers, build_portfolio, build_process,  # noqa: E402
+                                 build_program, build_vol_model, hydra_main, instantiate)
+from sim import engine, hedge, protocols, regime  # noqa: E402
 from sim.data import load_sp500_constituents, load_sp500_index, load_sp500_ohlcv, load_vix  # noqa: E402
 from sim.market import Market  # noqa: E402
 from sim.validation import ParameterError, check_int, check_range  # noqa: E402
@@ -52,53 +52,31 @@ STAGE_EVENTS = {"crash_detected": "entered CRASH (HODL)", "partial": "PARTIAL MO
 # --------------------------------------------------------------------------- config -> objects
 
 
-def _make(cls, node, name: str, **extra):
-    """``cls(**node, **extra)``, rejecting keys of ``node`` that are not fields of ``cls``
-    (or that ``extra`` sets) with the list of allowed ones."""
-    spec = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    check_fields(cls, spec, name, exclude=extra)
-    if "signals" in spec:
-        spec["signals"] = tuple(spec["signals"])
-    return cls(**spec, **extra)
-
-
 def build_detector(cfg) -> regime.Detector:
-    d = _make(regime.Detector, cfg.detector, "detector")
+    d = instantiate(cfg.detector, "detector")
     d.validate()
     return d
 
 
 def build_protocol(cfg) -> regime.Protocol:
-    p = _make(regime.Protocol, cfg.protocol, "protocol")
+    p = instantiate(cfg.protocol, "protocol")
     p.validate()
     return p
 
 
 def build_market(cfg, base) -> Market:
-    m = _make(Market, cfg.market, "market", base=base)
+    m = instantiate(cfg.market, "market", base=base)
     m.validate(1.0 / float(cfg.steps_per_year))
     return m
 
 
-def _policies(cfg, process, detector, protocol) -> dict:
-    out = {}
-    is_regime = type(getattr(process, "base", process)).__name__ == "RegimeSwitching"
-    max_lag = check_int("monetize.max_lag", cfg.monetize.max_lag, 1)
-    for name in cfg.monetize.policies:
-        if name == "protocol":
-            out[name] = regime.CrashProtocol(detector=detector, protocol=protocol, max_lag=max_lag,
-                                             diagnostics=is_regime)
-        elif name in _POLICIES:
-            if name == "regime_oracle" and not is_regime:
-                continue
-            params = OmegaConf.to_container(cfg.monetize[name], resolve=True) if name in cfg.monetize else {}
-            out[name] = _POLICIES[name](**params)
-        else:
-            raise ParameterError(f"monetize.policies: unknown policy {name!r}; allowed: "
-                                 f"{sorted([*_POLICIES, 'protocol'])}")
-        out[name].validate()
+def _policies(cfg, process) -> dict:
+    """The monetization policies of ``monetize`` (hold, the simple rules, the protocol, the
+    regime oracle); the protocol keeps lead/lag diagnostics on a model with a regime."""
+    diagnose = protocols.supports(process, protocols.TrueRegime)
+    out = build_monetizers(cfg.monetize, process, diagnostics=diagnose)
     if "hold" not in out:
-        raise ParameterError("monetize.policies must include 'hold' (the baseline of the paired comparisons)")
+        raise ParameterError("monetize must include hold (the baseline of the paired comparisons)")
     return out
 
 
@@ -352,17 +330,17 @@ def run_mc(cfg, detector, protocol, spy: float):
     years = n_steps / spy
     rng = np.random.default_rng(cfg.seed)
     pol_rows, sig_rows = [], []
-    p = cfg.portfolio
+    p = build_portfolio(cfg)
     for model, node in cfg.models.items():
         base = build_process(node, steps_per_year=spy)
         process = build_market(cfg, base)
-        vm = _vol_model(cfg, math.sqrt(base.annual_moments()[1]))
-        overlay = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, floor=p.floor, program=_program(cfg),
-                                     vol_model=vm)
+        vm = build_vol_model(cfg, math.sqrt(base.annual_moments()[1]))
+        overlay = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, floor=p.floor,
+                                     program=build_program(cfg), vol_model=vm)
         results = {}
-        for name, mon in _policies(cfg, process, detector, protocol).items():
+        for name, mon in _policies(cfg, process).items():
             t0 = time.perf_counter()
-            results[name] = res = engine.simulate(process, policy=dataclasses.replace(overlay, monetize=mon), **kw)
+            results[name] = engine.simulate(process, policy=dataclasses.replace(overlay, monetize=mon), **kw)
             log.info("%s / %s: %d paths x %d steps in %.1fs", model, name, n_paths, n_steps, time.perf_counter() - t0)
         pol_rows += mc_policy_rows(model, results, years, rng, n_boot)
         if "protocol" in results and "episodes" in results["protocol"].extras:
@@ -393,10 +371,11 @@ def run(cfg: DictConfig, out_dir) -> dict:
     spy = float(cfg.steps_per_year)
     check_range("steps_per_year", spy, 1.0)
     detector, protocol = build_detector(cfg), build_protocol(cfg)
-    _program(cfg)
-    _vol_model(cfg, 0.2)
+    build_portfolio(cfg)
+    build_program(cfg)
+    build_vol_model(cfg, 0.2)
     for node in cfg.models.values():  # every model, market and policy parameter, before any work
-        _policies(cfg, build_market(cfg, build_process(node, steps_per_year=spy)), detector, protocol)
+        _policies(cfg, build_market(cfg, build_process(node, steps_per_year=spy)))
     check_int("simulation.n_paths", cfg.simulation.n_paths, 2)
     check_int("simulation.bootstrap", cfg.simulation.bootstrap, 0)
     out = OutputWriter(out_dir)

@@ -1,8 +1,9 @@
 """What every experiment needs around the library: config -> objects, and safe output writing.
 
-* ``build_process`` turns a ``conf/process/*.yaml`` node into a model, rejecting unknown keys
-  with the list of allowed ones (Hydra's struct mode already rejects unknown overrides
-  elsewhere in the config), and validates its parameters before any work starts.
+* ``instantiate`` turns any config node with a ``_target_`` (the option files of the config
+  groups that mirror ``sim/``: ``conf/process``, ``conf/hedge``, ``conf/vol_model``,
+  ``conf/monetize``, ``conf/portfolio``) into its object, rejecting unknown keys with the list
+  of allowed ones; ``build_process`` also validates a return model before any work starts.
 * ``OutputWriter`` writes tables (CSV), the JSON summary and PNG figures into the run's
   directory atomically: each file is written to a temporary name and renamed, so a crash
   never leaves half a file behind.
@@ -37,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sim.validation import ParameterError
 
-__all__ = ["build_process", "check_fields", "OutputWriter", "run_info", "to_jsonable", "hydra_main", "run_resumable",
+__all__ = ["instantiate", "build_process", "build_portfolio", "build_program", "build_vol_model", "build_monetizers", "check_fields", "OutputWriter", "run_info", "to_jsonable", "hydra_main", "run_resumable",
            "config_digest", "DONE"]
 
 log = logging.getLogger(__name__)
@@ -45,28 +46,100 @@ log = logging.getLogger(__name__)
 DONE = ".done.json"  # written last and atomically: the run's completion record
 
 
-def _import(target: str):
+def _import(target: str, where: str):
     module, _, name = target.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ParameterError(f"process._target_ = {target!r} cannot be imported: {err}") from None
+        obj = importlib.import_module(module)
+    except ImportError:  # a classmethod factory: module.Class.method
+        module, _, cls = module.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as err:
+            raise ParameterError(f"{where}._target_ = {target!r} cannot be imported: {err}") from None
+    try:
+        return getattr(obj, name)
+    except AttributeError as err:
+        raise ParameterError(f"{where}._target_ = {target!r} cannot be imported: {err}") from None
 
 
-def build_process(node: DictConfig, *, steps_per_year: float):
-    """Instantiate the process described by a config node and validate its parameters."""
-    spec = OmegaConf.to_container(node, resolve=True)
+def instantiate(node, where: str, **given):
+    """The object a config node describes: ``_target_`` names its class (or factory), the
+    other keys are its arguments; nested nodes with a ``_target_`` are built first. Unknown
+    keys are rejected with the allowed ones (``where`` names the node in the message);
+    ``given`` adds arguments the config does not hold (a config value wins over none only).
+    Validation is the caller's, once, on the whole run (``sim.protocols.check_run``)."""
+    spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     if "_target_" not in spec:
-        raise ParameterError("process: missing _target_ (e.g. sim.processes.Gaussian)")
+        raise ParameterError(f"{where}: missing _target_ (the class to build, e.g. sim.processes.Gaussian)")
     target = spec.pop("_target_")
-    factory = _import(target)
-    allowed = [p for p in inspect.signature(factory).parameters]
+    factory = _import(target, where)
+    params = inspect.signature(factory).parameters
+    allowed = [p for p in params if p != "self"]
     unknown = sorted(set(spec) - set(allowed))
     if unknown:
-        raise ParameterError(f"process ({target}): unknown key(s) {unknown}; allowed: {allowed}")
-    process = factory(**spec)
+        raise ParameterError(f"{where} ({target}): unknown key(s) {unknown}; allowed: {allowed}")
+    for key, value in spec.items():
+        if isinstance(value, dict) and "_target_" in value:
+            spec[key] = instantiate(value, f"{where}.{key}")
+        elif isinstance(value, list):  # hashable (a static field) and a pytree alike
+            spec[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    for key, value in given.items():
+        if key in allowed and spec.get(key) is None:
+            spec[key] = value
+    try:
+        return factory(**spec)
+    except TypeError as err:
+        raise ParameterError(f"{where} ({target}): {err}") from None
+
+
+def build_process(node: DictConfig, *, steps_per_year: float, where: str = "process"):
+    """Instantiate the process described by a config node and validate its parameters."""
+    process = instantiate(node, where)
     process.validate(1.0 / steps_per_year)
     return process
+
+
+def build_portfolio(cfg):
+    """``portfolio`` (conf/portfolio): the unhedged constant mix, validated."""
+    p = instantiate(cfg.portfolio, "portfolio")
+    p.validate()
+    return p
+
+
+def build_program(cfg):
+    """``hedge`` (conf/hedge): the put program (validated as it is built)."""
+    return instantiate(cfg.hedge, "hedge")
+
+
+def build_vol_model(cfg, long_run_vol: float, **override):
+    """``vol_model`` (conf/vol_model), its ``long_run_vol`` the model's own where the config
+    leaves it null; ``override`` replaces fields (the real-data runs price from VIX)."""
+    import dataclasses
+
+    vm = dataclasses.replace(instantiate(cfg.vol_model, "vol_model", long_run_vol=long_run_vol), **override)
+    vm.validate()
+    return vm
+
+
+def build_monetizers(node, process, **given) -> dict:
+    """Every policy under ``monetize`` (conf/monetize; ``+monetize@monetize.NAME=OPTION`` adds one,
+    ``~monetize@monetize.NAME`` drops one), validated, in config order. One that needs a
+    capability ``process`` lacks (``requires``, sim.protocols: the regime oracle on a model
+    without a regime) is skipped and the log says so; ``process=None`` only validates."""
+    from sim import protocols
+
+    out = {}
+    for name in node:
+        policy = instantiate(node[name], f"monetize.{name}", **given)
+        if hasattr(policy, "validate"):
+            policy.validate()
+        needs = getattr(policy, "requires", lambda p: ())(process) if process is not None else ()
+        missing = [c.__name__ for c in needs if not protocols.supports(process, c)]
+        if missing:
+            log.info("monetize.%s skipped on %s: needs %s", name, type(process).__name__, ", ".join(missing))
+            continue
+        out[name] = policy
+    return out
 
 
 def check_fields(cls, spec: dict, name: str, exclude=()) -> dict:
@@ -229,6 +302,29 @@ def _join_distributed(cfg) -> None:
                          bind=spec.get("bind"))
 
 
+def use_compilation_cache() -> str | None:
+    """JAX's persistent compilation cache in the user's cache directory
+    (``$XDG_CACHE_HOME/fat-tails-lab/jax``, or ``$FTL_JAX_CACHE``; ``FTL_JAX_CACHE=off`` turns it
+    off): a second run of a config, or another experiment with the same kernels, loads the
+    compiled code instead of compiling it again. Compiled code is the same either way, so the
+    numbers are too. Returns the directory (None when off)."""
+    where = os.environ.get("FTL_JAX_CACHE")
+    if where == "off":
+        return None
+    if not where:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        where = os.path.join(base, "fat-tails-lab", "jax")
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError as err:
+        log.warning("no compilation cache (%s): %s", where, err)
+        return None
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return where
+
+
 def _use_cpu_cores(cfg) -> None:
     """One JAX CPU device per core (``sim.parallel.use_cpu_cores``), or ``+cpu_devices=N``;
     set before JAX's first operation. The numbers do not depend on it, only the speed."""
@@ -282,7 +378,8 @@ def check_known_keys(cfg, hc) -> None:
     from hydra import compose
 
     overrides = list(hc.overrides.task)
-    reference = compose(config_name=hc.job.config_name, overrides=_group_overrides(overrides))
+    search = [o for o in hc.overrides.hydra if o.startswith("hydra.searchpath")]  # the user's config directories
+    reference = compose(config_name=hc.job.config_name, overrides=search + _group_overrides(overrides))
     bad = unknown_keys(cfg, reference)
     if bad:
         def allowed_at(path):
@@ -369,6 +466,7 @@ def hydra_main(run_fn, cfg) -> None:
     try:
         check_known_keys(cfg, hc)
         _use_cpu_cores(cfg)
+        use_compilation_cache()
         _join_distributed(cfg)
         out_dir = hc.runtime.output_dir
         if jax.process_index() == 0:

@@ -37,7 +37,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, build_process, hydra_main  # noqa: E402
+from experiments.harness import (OutputWriter, build_monetizers, build_portfolio, build_process,  # noqa: E402
+                                 build_program, build_vol_model, hydra_main)
 from sim import engine, hedge, stats  # noqa: E402
 from sim.data import load_sp500_index, load_vix, simple_returns  # noqa: E402
 from sim.processes import Replay  # noqa: E402
@@ -45,49 +46,17 @@ from sim.validation import ParameterError, check_int, check_range  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-_POLICIES = {"hold": hedge.Hold, "profit_take": hedge.ProfitTake, "price_level": hedge.PriceLevel,
-             "regime_oracle": hedge.RegimeOracle}
-
-
 # --------------------------------------------------------------------------- config -> objects
-
-
-def _vol_model(cfg: DictConfig, long_run_vol: float, **override) -> hedge.ImpliedVolModel:
-    spec = OmegaConf.to_container(cfg.vol_model, resolve=True)
-    spec["long_run_vol"] = long_run_vol if spec.get("long_run_vol") is None else spec["long_run_vol"]
-    spec.update(override)
-    vm = hedge.ImpliedVolModel(**spec)
-    vm.validate()
-    return vm
-
-
-def _program(cfg: DictConfig) -> hedge.HedgeProgram:
-    h = cfg.hedge
-    return hedge.HedgeProgram.from_years(budget=h.budget, strike=h.strike, strike_mode=h.strike_mode,
-                                         tenor_years=h.tenor_years, roll_years=h.roll_years,
-                                         steps_per_year=float(cfg.steps_per_year), option_cost=h.option_cost)
-
-
-def _monetizers(cfg: DictConfig, process) -> dict:
-    out = {}
-    for name in cfg.monetize.policies:
-        if name not in _POLICIES:
-            raise ParameterError(f"monetize.policies: unknown policy {name!r}; allowed: {sorted(_POLICIES)}")
-        if name == "regime_oracle" and type(process).__name__ != "RegimeSwitching":
-            continue
-        params = OmegaConf.to_container(cfg.monetize[name], resolve=True) if name in cfg.monetize else {}
-        policy = _POLICIES[name](**params)
-        policy.validate()
-        out[name] = policy
-    return out
+# Each node below is an option of a config group that mirrors sim/ (conf/portfolio,
+# conf/hedge, conf/vol_model, conf/monetize): its _target_ names the class.
 
 
 def _overlays(cfg: DictConfig, process, vol_model) -> dict:
-    p = cfg.portfolio
-    base = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, floor=p.floor, program=_program(cfg),
+    p = build_portfolio(cfg)
+    base = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, floor=p.floor, program=build_program(cfg),
                               vol_model=vol_model)
-    strategies = {"unhedged": engine.ConstantMix(p.fraction, p.risk_free, p.floor)}
-    for name, m in _monetizers(cfg, process).items():
+    strategies = {"unhedged": p}
+    for name, m in build_monetizers(cfg.monetize, process).items():
         strategies[f"hedged_{name}"] = dataclasses.replace(base, monetize=m)
     return strategies
 
@@ -183,7 +152,7 @@ def _models_part(cfg, out, spy):
     rows, mdd = [], {}
     for model, node in cfg.models.items():
         process = build_process(node, steps_per_year=spy)
-        vm = _vol_model(cfg, math.sqrt(process.annual_moments()[1]))
+        vm = build_vol_model(cfg, math.sqrt(process.annual_moments()[1]))
         results = {}
         for name, policy in _overlays(cfg, process, vm).items():
             t0 = time.perf_counter()
@@ -222,7 +191,7 @@ def _real_part(cfg, out, spy):
         implied = vix.to_numpy(np.float64)
     process = Replay(returns, implied)
     long_run = float(np.std(returns[: round(5 * spy)]) * math.sqrt(spy))  # the first five years
-    vm = _vol_model(cfg, long_run, source="model")  # realized + vrp, or VIX where it covers the day
+    vm = build_vol_model(cfg, long_run, source="model")  # realized + vrp, or VIX where it covers the day
     n_steps = len(returns)
     navs, rows = {}, []
     for name, policy in _overlays(cfg, process, vm).items():
@@ -281,7 +250,7 @@ def _event_part(cfg, spy):
     implied = np.full(n_flat + 1, e.vol_before)
     implied[-1] = e.vol_after
     process = Replay(r, implied)  # the stated ATM vols; the configured skew on top
-    vm = _vol_model(cfg, e.vol_before, source="model")
+    vm = build_vol_model(cfg, e.vol_before, source="model")
     out = {}
     for name, policy in _overlays(cfg, process, vm).items():
         if name not in ("unhedged", "hedged_hold"):
@@ -302,6 +271,15 @@ def _event_part(cfg, spy):
             "atm_vol_before": e.vol_before, "atm_vol_after": e.vol_after}
 
 
+def _optimized_models(cfg) -> list[str]:
+    names = list(cfg.models) if cfg.optimize.models is None else list(cfg.optimize.models)
+    unknown = [m for m in names if m not in cfg.models]
+    if unknown:
+        raise ParameterError(f"optimize.models: {unknown} not among the models {list(cfg.models)}; allowed: a subset, "
+                             "or null for all")
+    return names
+
+
 def _optimize_part(cfg, spy):
     o = cfg.optimize
     p = cfg.portfolio
@@ -309,10 +287,10 @@ def _optimize_part(cfg, spy):
     bounds = (tuple(b.fraction), tuple(b.budget), tuple(b.strike))
     n_steps = round(o.years * spy)
     rows = []
-    for model, node in cfg.models.items():
-        process = build_process(node, steps_per_year=spy)
-        vm = _vol_model(cfg, math.sqrt(process.annual_moments()[1]))
-        ov = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, program=_program(cfg), vol_model=vm)
+    for model in _optimized_models(cfg):
+        process = build_process(cfg.models[model], steps_per_year=spy)
+        vm = build_vol_model(cfg, math.sqrt(process.annual_moments()[1]))
+        ov = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, program=build_program(cfg), vol_model=vm)
         kw = dict(seed=cfg.seed + 7, n_paths=o.n_paths, n_steps=n_steps, steps_per_year=spy,
                   block_size=min(1024, o.n_paths), max_iter=o.max_iter, gtol=o.gtol)
         t0 = time.perf_counter()
@@ -392,8 +370,12 @@ def run(cfg: DictConfig, out_dir) -> dict:
     spy = float(cfg.steps_per_year)
     check_range("steps_per_year", spy, 1.0)
     check_range("portfolio.fraction", cfg.portfolio.fraction, 0.0, 10.0)
-    _program(cfg)  # every bad hedge parameter fails here, before any simulation
-    _vol_model(cfg, 0.2)
+    build_portfolio(cfg)  # every bad portfolio, hedge, vol-model or policy parameter fails here, before any work
+    build_program(cfg)
+    build_vol_model(cfg, 0.2)
+    build_monetizers(cfg.monetize, None)
+    if cfg.optimize.enabled:
+        _optimized_models(cfg)
     out = OutputWriter(out_dir)
     event = _event_part(cfg, spy)
     log.info("event: a %.0f%% day pays the hedge %.2f%% of NAV, %.2fx the %g years of premium", 100 * event["drop"],

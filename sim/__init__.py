@@ -1,7 +1,6 @@
 """A Monte Carlo laboratory for capital management under fat tails, on JAX."""
 
 from sim.processes import (
-    PROCESSES,
     Binary,
     BlockBootstrap,
     GarchT,
@@ -10,11 +9,12 @@ from sim.processes import (
     RegimeSwitching,
     StudentT,
 )
+from sim.engine import ConstantMix, simulate
 from sim.validation import ParameterError
 
 __all__ = [
-    "PROCESSES",
     "Binary",
+    "ConstantMix",
     "BlockBootstrap",
     "GarchT",
     "Gaussian",
@@ -22,4 +22,5 @@ __all__ = [
     "ParameterError",
     "RegimeSwitching",
     "StudentT",
+    "simulate",
 ]

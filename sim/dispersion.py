@@ -34,7 +34,6 @@ realized cross term ``- sum_{i != j} p_i p_j sigma_i sigma_j n_i n_j`` (see
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -43,7 +42,7 @@ import numpy as np
 
 from sim import options
 from sim.market import Basket, cap_weights
-from sim.pytree import pytree_dataclass
+from sim.pytree import choice_field, choice_index, pytree_dataclass
 from sim.validation import ParameterError, check_correlation, check_range, check_same_length, check_vector
 
 __all__ = [
@@ -242,12 +241,10 @@ def _entry(basket, trade, prices0):
     tenor = jnp.asarray(trade.tenor, dtype)
     gi = options.straddle(spot=level, strike=level, expiry=tenor, vol=index_vol)
     gs = options.straddle(spot=prices0, strike=prices0, expiry=tenor, vol=vols)
-    if trade.sizing == "vega":
-        kappa = gi["vega"] / jnp.sum(w * gs["vega"])
-    elif trade.sizing == "theta":
-        kappa = gi["theta"] / jnp.sum(w * gs["theta"])
-    else:  # dollar gamma
-        kappa = gi["gamma"] * level**2 / jnp.sum(w * gs["gamma"] * prices0**2)
+    kappas = (gi["vega"] / jnp.sum(w * gs["vega"]), gi["theta"] / jnp.sum(w * gs["theta"]),
+              gi["gamma"] * level**2 / jnp.sum(w * gs["gamma"] * prices0**2))  # vega, theta, dollar gamma
+    i = choice_index(trade.sizing, _SIZINGS)
+    kappa = kappas[i] if isinstance(i, int) else jnp.select([i == 0, i == 1], kappas[:2], kappas[2])
     return dict(vols=vols, shares=w, index_vol=index_vol, index_strike=level, strikes=prices0, alpha=kappa * w,
                 kappa=kappa, level=level)
 
@@ -323,14 +320,16 @@ class DispersionTrade:
     tenor: float = 0.25
     vol_scale: float = 1.0
     capital: float = 0.1
-    sizing: str = dataclasses.field(default="vega", metadata=dict(static=True))
-    direction: str = dataclasses.field(default="short_index", metadata=dict(static=True))
+    sizing: str = choice_field("vega", _SIZINGS)  # traced: one compiled kernel for every sizing
+    direction: str = choice_field("short_index", _DIRECTIONS)
     risk_free: float = 0.0
     floor: float = 0.0
 
     @property
-    def sign(self) -> float:
-        return 1.0 if self.direction == "short_index" else -1.0
+    def sign(self):
+        """+1 for short index / long constituents, -1 for the reverse (traced in a kernel)."""
+        i = choice_index(self.direction, _DIRECTIONS)
+        return (1.0 if i == 0 else -1.0) if isinstance(i, int) else jnp.where(i == 0, 1.0, -1.0)
 
     def validate(self, dt: float, n_steps: int) -> None:
         if self.sizing not in _SIZINGS:

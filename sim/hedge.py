@@ -76,7 +76,6 @@ __all__ = [
     "ProfitTake",
     "PriceLevel",
     "RegimeOracle",
-    "MONETIZATION",
     "put_price",
     "with_parameters",
     "optimize_hedge",
@@ -399,7 +398,6 @@ class RegimeOracle:
         return _RegimeMemory(crash), jnp.where(ended, _f(self.fraction), 0.0) * jnp.ones_like(obs.marks)
 
 
-MONETIZATION = {cls.__name__: cls for cls in (Hold, ProfitTake, PriceLevel, RegimeOracle)}
 
 
 # --------------------------------------------------------------------------- the overlay

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import protocols, samplers
-from sim.pytree import pytree_dataclass
+from sim.pytree import choice_field, choice_index, pytree_dataclass
 from sim.units import per_step_mean, per_step_prob, per_step_vol
 from sim.validation import ParameterError, check_int, check_range, check_correlation, check_same_length, check_vector
 
@@ -288,7 +288,7 @@ class Basket:
     crash_vol: float = 2.0
     rate_to_crash: float = 0.1
     rate_to_calm: float = 2.0
-    start: str = dataclasses.field(default="stationary", metadata=dict(static=True))
+    start: str = choice_field("stationary", _STARTS)  # traced: one compiled kernel for every start
 
     # ---- host side
     @property
@@ -369,11 +369,10 @@ class Basket:
     def init(self, key, n: int, dt: float) -> BasketState:
         p0 = self._kernel_params()["prices0"]
         p0 = jnp.broadcast_to(p0, (n, p0.shape[0]))
-        if self.start == "stationary":
-            pc = _f(self.rate_to_crash) / (_f(self.rate_to_crash) + _f(self.rate_to_calm))
-            regime = (samplers.uniform(key, n) <= pc).astype(jnp.int32)
-        else:
-            regime = jnp.full((n,), int(self.start == "crash"), jnp.int32)
+        start = choice_index(self.start, _STARTS)
+        rates = _f(self.rate_to_crash) + _f(self.rate_to_calm)
+        pc = _f(self.rate_to_crash) / jnp.where(rates > 0, rates, 1.0)
+        regime = jnp.where(start == 0, samplers.uniform(key, n) <= pc, start == 2).astype(jnp.int32)
         return BasketState(p0, jnp.zeros_like(p0), regime)
 
     def index_level(self, prices):

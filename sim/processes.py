@@ -56,7 +56,6 @@ __all__ = [
     "MultiAsset",
     "ParameterUncertainty",
     "Replay",
-    "PROCESSES",
 ]
 
 _F32 = jnp.float32
@@ -632,9 +631,3 @@ class ParameterUncertainty:
 class UncertainState(NamedTuple):
     theta: jax.Array  # float32[k, n], each path's parameter draw
     base: tuple  # the base model's state
-
-
-PROCESSES = {
-    cls.__name__: cls
-    for cls in (Gaussian, StudentT, Merton, GarchT, RegimeSwitching, BlockBootstrap, Binary, MultiAsset, Replay)
-}

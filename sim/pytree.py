@@ -30,8 +30,9 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import numpy as np
 
-__all__ = ["pytree_dataclass", "static_field", "REGISTERED"]
+__all__ = ["pytree_dataclass", "static_field", "choice_field", "choice_index", "REGISTERED"]
 
 #: Every class registered by ``pytree_dataclass`` (for the tests that check them pairwise).
 REGISTERED: list[type] = []
@@ -41,6 +42,26 @@ def static_field(default=dataclasses.MISSING, **kwargs):
     """A dataclass field that is static metadata (hashable; part of the treedef), not a leaf."""
     metadata = dict(kwargs.pop("metadata", {}), static=True)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def choice_field(default: str, choices: tuple[str, ...]):
+    """A field holding one of ``choices`` (strings) that is *traced*, not static: it travels
+    through jit as the int32 index of the choice, so one compiled kernel serves every choice
+    (no recompilation per option). On the host it reads as the string; in a kernel as the
+    traced index: branch on it with ``choice_index`` and ``jnp.where``/``lax.switch``."""
+    return dataclasses.field(default=default, metadata=dict(choices=tuple(choices)))
+
+
+def choice_index(value, choices: tuple[str, ...]):
+    """The index of ``value`` in ``choices``: a Python int for a string (on the host), the
+    traced int32 itself inside a kernel."""
+    if isinstance(value, str):
+        if value not in choices:
+            from sim.validation import ParameterError
+
+            raise ParameterError(f"{value!r} is not one of the allowed choices {list(choices)}")
+        return choices.index(value)
+    return value
 
 
 def pytree_dataclass(cls):
@@ -58,11 +79,19 @@ def pytree_dataclass(cls):
     def aux(obj):
         return (cls, tuple(getattr(obj, n) for n in meta), tuple(getattr(cls, n, None) for n in trace_attrs))
 
+    choices = {f.name: f.metadata["choices"] for f in fields if "choices" in f.metadata}
+
+    def leaf(obj, name):
+        value = getattr(obj, name)
+        if name in choices and isinstance(value, str):
+            return np.int32(choice_index(value, choices[name]))
+        return value
+
     def flatten(obj):
-        return [getattr(obj, n) for n in data], aux(obj)
+        return [leaf(obj, n) for n in data], aux(obj)
 
     def flatten_with_keys(obj):
-        return [(k, getattr(obj, n)) for k, n in zip(keys, data)], aux(obj)
+        return [(k, leaf(obj, n)) for k, n in zip(keys, data)], aux(obj)
 
     def unflatten(aux_data, children):
         # Bypass __init__ (and any validation in it): JAX rebuilds nodes with placeholder

@@ -33,11 +33,12 @@ def rng():
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_multirun(module: str, overrides: list[str], sweep_dir, files: list[str]) -> list[dict]:
+def run_multirun(module: str, overrides: list[str], sweep_dir, files: list[str], env=None) -> list[dict]:
     """Run ``python -m module -m overrides`` for real into ``sweep_dir``; check that every job
     directory holds ``files`` (non-empty) and Hydra's saved config; return each job's summary."""
     cmd = [sys.executable, "-m", module, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=None if env is None else {**os.environ, **env})
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = sorted((p for p in pathlib.Path(sweep_dir).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     summaries = []

@@ -7,7 +7,8 @@ import pandas as pd
 
 from tests.conftest import ROOT, run_multirun
 
-TINY = ["~process@models.merton", "~process@models.garch_t", "monetize.policies=[hold,protocol,regime_oracle]",
+TINY = ["~process@models.merton", "~process@models.garch_t", "~monetize@monetize.profit_take",
+        "~monetize@monetize.price_level",
         "simulation.n_paths=256", "simulation.years=2", "simulation.block_size=256", "simulation.bootstrap=20"]
 
 
@@ -34,7 +35,8 @@ def test_crash_protocol_runs_end_to_end(tmp_path):
 def test_crash_protocol_rejects_bad_config_before_work(tmp_path):
     for override, message in [("protocol.partial_fraction=1.5", "protocol.partial_fraction"),
                               ("detector.bogus=1", "detector"),
-                              ("monetize.policies=[hold,guess]", "unknown policy"),
+                              ("+monetize@monetize.guess=guess", "monetize/guess"),
+                              ("monetize.protocol.max_lag=0", "monetize.max_lag"),
                               ("market.n_stocks=1", "Market.n_stocks")]:
         cmd = [sys.executable, "-m", "experiments.crash_protocol", override, f"hydra.run.dir={tmp_path}"]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

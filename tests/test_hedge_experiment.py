@@ -4,7 +4,8 @@ import pandas as pd
 
 from tests.conftest import run_multirun
 
-TINY = ["~process@models.merton", "~process@models.garch_t", "monetize.policies=[hold,regime_oracle]",
+TINY = ["~process@models.merton", "~process@models.garch_t", "~monetize@monetize.profit_take",
+        "~monetize@monetize.price_level",
         "simulation.n_paths=256", "simulation.years=2", "simulation.block_size=256",
         "optimize.n_paths=256", "optimize.years=1", "optimize.max_iter=3"]
 
