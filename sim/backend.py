@@ -25,6 +25,9 @@ The gains, measured in paired benchmarks on the 2-core CPU VM, are in docs/DESIG
 ("Backend workarounds").
 
 ``note_cpu_devices`` tells a user, once per process, how to get one JAX device per core.
+
+For a paired benchmark, ``FTL_NO_TUNING`` (a comma list of ``fences``, ``sums``, ``prefetch``,
+``at_trade``, or ``all``) turns workarounds off on the CPU too, when a kernel is traced.
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ def on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def _tuned(name: str) -> bool:
+    off = {w.strip() for w in os.environ.get("FTL_NO_TUNING", "").split(",")}
+    return on_cpu() and name not in off and "all" not in off
+
+
 def _zeros_like_result(fn):
     def zeros(*args):
         return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, *args))
@@ -56,14 +64,14 @@ def _zeros_like_result(fn):
 def materialize(t, fn, *operands):
     """``fn(*operands)``, computed once and kept in buffers on the CPU (an always-taken
     conditional on the traced step index ``t >= 0``); a plain call elsewhere."""
-    if not on_cpu():
+    if not _tuned("fences"):
         return fn(*operands)
     return lax.cond(t >= 0, fn, _zeros_like_result(fn), *operands)
 
 
 def tranche_sum(x):
     """Sum over the (static, small) leading axis: unrolled adds on the CPU, ``sum`` elsewhere."""
-    if not on_cpu():
+    if not _tuned("sums"):
         return jnp.sum(x, axis=0)
     total = x[0]
     for j in range(1, x.shape[0]):
@@ -73,12 +81,12 @@ def tranche_sum(x):
 
 def prefetch_draws() -> bool:
     """Whether the engine carries the next step's draws (CPU: yes)."""
-    return on_cpu()
+    return _tuned("prefetch")
 
 
 def decide_at_trade(policy) -> bool:
     """Whether a monetization policy is decided inside the trades (it says ``at_trade``, CPU)."""
-    return bool(getattr(policy, "at_trade", False)) and on_cpu()
+    return bool(getattr(policy, "at_trade", False)) and _tuned("at_trade")
 
 
 def note_cpu_devices(devices) -> None:
