@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench data clean
+.PHONY: run test test-fast bench data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,13 @@ run: $(STAMP)
 	$(PY) -m experiments.ruin_surface $(ARGS)
 
 ## Run the test suite (one pytest worker per core: XLA compiles on one thread, so two test
-## processes keep both cores busy; 7-8.5 min on the 2-core CI machine).
+## processes keep both cores busy; the workers share one JAX compilation cache, tests/conftest.py).
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --durations=10 $(ARGS)
+
+## The suite without the tests marked slow (soaks, multi-process and launcher runs, the largest comparisons).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n auto -m "not slow" --durations=10 $(ARGS)
 
 ## Benchmarks (each prints one JSON line): the engine, the ruin-surface grid, the hedge overlay, the crash protocol.
 bench: $(STAMP)

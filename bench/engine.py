@@ -32,6 +32,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The main figures are JAX's plain configuration (one CPU device); ``import sim`` would give
+# one device per core (sim.parallel.default_cpu_devices), which the child measures instead.
+os.environ.setdefault("FTL_CPU_DEVICES", "off")
 
 MU, SIGMA, SPY = 0.08, 0.2, 252.0
 

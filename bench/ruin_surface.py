@@ -21,6 +21,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# JAX's plain configuration (one CPU device), as this benchmark has always measured;
+# FTL_CPU_DEVICES=auto for one device per core (sim.parallel.default_cpu_devices).
+os.environ.setdefault("FTL_CPU_DEVICES", "off")
 
 
 def main() -> None:

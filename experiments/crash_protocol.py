@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from experiments.harness import (OutputWriter, build_monetizers, build_portfolio, build_process,  # noqa: E402
                                  build_program, build_vol_model, hydra_main, instantiate)
-from sim import engine, hedge, protocols, regime  # noqa: E402
+from sim import engine, hedge, protocols, regime, stats  # noqa: E402
 from sim.data import load_sp500_constituents, load_sp500_index, load_sp500_ohlcv, load_vix  # noqa: E402
 from sim.market import Market  # noqa: E402
 from sim.validation import ParameterError, check_int, check_range  # noqa: E402
@@ -233,31 +233,14 @@ def _zoom_plot(frame: pd.DataFrame, a, b, title: str):
 # --------------------------------------------------------------------------- Monte Carlo
 
 
-def _dist(x: np.ndarray, rng, n_boot: int) -> dict:
-    x = x[np.isfinite(x)]
-    qs = (5, 50, 95)
-    if x.size < 2:  # nothing finite to describe (say, every path wiped out)
-        nan = float("nan")
-        return {"mean": nan, "mean_se": nan, **{f"p{q}{s}": nan for q in qs for s in ("", "_se")}, "finite": x.size}
-    out = {"mean": float(x.mean()), "mean_se": float(x.std(ddof=1) / math.sqrt(x.size))}
-    pct = np.percentile(x, qs)
-    if n_boot > 1:
-        boot = np.percentile(x[rng.integers(0, x.size, (n_boot, x.size))], qs, axis=1)
-        se = boot.std(axis=1, ddof=1)
-    else:
-        se = np.full(len(qs), np.nan)
-    for q, v, s in zip(qs, pct, se):
-        out[f"p{q}"] = float(v)
-        out[f"p{q}_se"] = float(s)
-    out["finite"] = x.size
-    return out
-
-
 def _paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    with np.errstate(invalid="ignore"):
-        d = a.astype(np.float64) - b
-    d = d[np.isfinite(d)]
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+    d = stats.paired_difference(a, b)
+    return d["mean"], d["mean_se"]
+
+
+def _net_pnl(res, years: float) -> np.ndarray:
+    """Per path and year: the hedge's net P&L (sim.hedge: proceeds + final mark - premium - costs)."""
+    return res.extras["net_pnl"].astype(np.float64) / years
 
 
 def mc_policy_rows(model: str, results: dict, years: float, rng, n_boot: int) -> list[dict]:
@@ -274,7 +257,7 @@ def mc_policy_rows(model: str, results: dict, years: float, rng, n_boot: int) ->
         row = {"model": model, "policy": name, "n_paths": growth.size}
         for label, x in (("realized_per_year", proceeds), ("net_pnl_per_year", net), ("payoff_multiple", multiple),
                          ("growth", growth)):
-            row.update({f"{label}_{k}": v for k, v in _dist(x, rng, n_boot).items()})
+            row.update({f"{label}_{k}": v for k, v in stats.describe(x, rng=rng, n_boot=n_boot).items()})
         row["net_pnl_vs_hold"], row["net_pnl_vs_hold_se"] = _paired(net, base_net)
         if "protocol" in results:
             row["protocol_net_pnl_gain"], row["protocol_net_pnl_gain_se"] = _paired(
@@ -286,36 +269,6 @@ def mc_policy_rows(model: str, results: dict, years: float, rng, n_boot: int) ->
         row["growth_vs_hold"], row["growth_vs_hold_se"] = _paired(growth, base.stats.log_wealth / years)
         row["sales_per_year"] = float(np.mean(ex["sales"]) / years)
         row["wiped_out"] = float(np.mean(~np.isfinite(growth)))
-        rows.append(row)
-    return rows
-
-
-def _net_pnl(res, years: float) -> np.ndarray:
-    """Per path and year: sale/expiry proceeds + the hedge's final mark - premium - trading
-    costs, each a fraction of the NAV at the time."""
-    ex = res.extras
-    total = ex["proceeds"].astype(np.float64) + ex["hedge_value"] - ex["premium"] - ex["costs"]
-    return total / years
-
-
-def mc_signal_rows(model: str, res, steps_per_year: float) -> list[dict]:
-    ex = res.extras
-    episodes = float(ex["episodes"].sum())
-    calm = float(ex["calm_steps"].sum())
-    rows = []
-    for name in regime.DIAGNOSED:
-        det = float(ex[f"{name}:detected"].sum())
-        row = {"model": model, "signal": name, "episodes": episodes,
-               "detection_rate": det / episodes if episodes else float("nan")}
-        for ref in ("onset", "end"):
-            s, s2 = float(ex[f"{name}:lag_{ref}"].sum()), float(ex[f"{name}:lag_{ref}_sq"].sum())
-            mean = s / det if det else float("nan")
-            var = s2 / det - mean**2 if det > 1 else float("nan")
-            row[f"lag_vs_{ref}_days"] = mean
-            row[f"lag_vs_{ref}_se"] = math.sqrt(max(var, 0.0) / det) if det > 1 else float("nan")
-        fa = float(ex[f"{name}:false_alarms"].sum())
-        row["false_alarm_rate"] = fa / calm if calm else float("nan")
-        row["false_alarms_per_calm_year"] = row["false_alarm_rate"] * steps_per_year
         rows.append(row)
     return rows
 
@@ -344,7 +297,7 @@ def run_mc(cfg, detector, protocol, spy: float):
             log.info("%s / %s: %d paths x %d steps in %.1fs", model, name, n_paths, n_steps, time.perf_counter() - t0)
         pol_rows += mc_policy_rows(model, results, years, rng, n_boot)
         if "protocol" in results and "episodes" in results["protocol"].extras:
-            sig_rows += mc_signal_rows(model, results["protocol"], spy)
+            sig_rows += [{"model": model, **row} for row in regime.signal_lead_lag(results["protocol"].extras, spy)]
     return pd.DataFrame(pol_rows), pd.DataFrame(sig_rows)
 
 

@@ -26,7 +26,6 @@ Outputs:
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import hydra
@@ -43,12 +42,11 @@ from sim import dispersion as dsp  # noqa: E402
 from sim import engine  # noqa: E402
 from sim.data import load_sp500_constituents  # noqa: E402
 from sim.market import Basket  # noqa: E402
-from sim.stats import NEVER  # noqa: E402
 from sim.validation import ParameterError, check_int, check_range  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-TERMS = ["index_own", "correlation", "legs_theta_gamma", "residual"]
+TERMS = list(dsp.ATTRIBUTION_TERMS)
 
 
 # --------------------------------------------------------------------------- config -> objects
@@ -113,32 +111,6 @@ def _simulate(cfg, basket, trade):
                            block_size=int(cfg.simulation.block_size))
 
 
-def _es(loss, level=0.95):
-    k = max(1, math.ceil(loss.size * (1 - level)))
-    return float(np.sort(loss)[-k:].mean())
-
-
-def trade_row(res, rho_real=None) -> dict:
-    ex = {k: v.astype(np.float64) for k, v in res.extras.items()}
-    pnl = ex["pnl"]
-    n = pnl.size
-    row = {"pnl_mean": pnl.mean(), "pnl_se": pnl.std(ddof=1) / math.sqrt(n), "pnl_std": pnl.std(ddof=1),
-           "pnl_p5": np.percentile(pnl, 5), "pnl_p95": np.percentile(pnl, 95), "loss_es95": _es(-pnl),
-           "p_loss": float((pnl < 0).mean()),
-           **{f"{k}_mean": ex[k].mean() for k in ("index_pnl", "legs_pnl", *TERMS, "multiplier")},
-           "rho_implied_mean": ex["rho_implied"].mean(), "rho_realized_mean": ex["rho_realized"].mean()}
-    dd = 1.0 - np.exp(-res.stats.max_drawdown_log.astype(np.float64))
-    row["max_drawdown_median"] = float(np.median(dd))
-    row["max_drawdown_p95"] = float(np.percentile(dd, 95))
-    row["ruin_probability"] = float((res.stats.ruin_step != NEVER).mean())  # equity <= 0
-    if rho_real is not None:
-        theory = (ex["rho_implied"] - rho_real) * ex["multiplier"]
-        d = pnl - theory
-        row.update(theory_mean=theory.mean(), gap=d.mean(), gap_se=d.std(ddof=1) / math.sqrt(n),
-                   gap_z=d.mean() / (d.std(ddof=1) / math.sqrt(n)))
-    return row
-
-
 def run_spread(cfg):
     """Calm baskets over ``spread_grid``: per-path P&L against the correlation spread."""
     trade = build_trade(cfg)
@@ -147,7 +119,7 @@ def run_spread(cfg):
         basket = build_basket(cfg, **(OmegaConf.to_container(cfg.scenarios.calm, resolve=True) or {}), rho=float(rho))
         t0 = time.perf_counter()
         res = _simulate(cfg, basket, trade)
-        row = {"rho_real": float(rho), "rho_implied": float(cfg.trade.rho_implied), **trade_row(res, float(rho))}
+        row = {"rho_real": float(rho), "rho_implied": float(cfg.trade.rho_implied), **dsp.trade_summary(res.extras, res.stats, float(rho))}
         rows.append(row)
         ex = res.extras
         points.append(pd.DataFrame({"rho_real_config": float(rho), "spread": ex["rho_implied"] - ex["rho_realized"],
@@ -169,7 +141,7 @@ def run_trades(cfg, scenarios: dict) -> pd.DataFrame:
                 trade = build_trade(cfg, sizing=sizing, direction=direction)
                 res = _simulate(cfg, basket, trade)
                 rho_real = float(basket.rho) if name == "calm" and basket.rho is not None else None
-                rows.append({"scenario": name, "sizing": sizing, "direction": direction, **trade_row(res, rho_real)})
+                rows.append({"scenario": name, "sizing": sizing, "direction": direction, **dsp.trade_summary(res.extras, res.stats, rho_real)})
                 log.info("trade %d/%d %s %s %s: mean P&L %.5f (SE %.5f), ES95 loss %.5f (%.1fs)", len(rows), total,
                          name, sizing, direction, rows[-1]["pnl_mean"], rows[-1]["pnl_se"], rows[-1]["loss_es95"],
                          time.perf_counter() - t0)

@@ -11,8 +11,8 @@ the fraction ``portfolio.fraction`` is simulated without hedge and with the put 
    against those three years of premium;
 
 plus CAGR, volatility, time-average growth (paired difference: the drag per year), ruin
-probability. Then (``optimize``) the growth-optimal equity fraction, budget and strike per
-model by gradient, against the best unhedged fraction on the same draws: does a hedge raise
+probability. Then (``optimize``; the models of ``optimize.models``, by default the regime
+model) the growth-optimal equity fraction, budget and strike by gradient, against the best unhedged fraction on the same draws: does a hedge raise
 the geometric return ("safe haven")? The answer is measured, not assumed.
 
 Writes ``models.csv`` (model x strategy), ``real.csv`` (S&P 500 strategies), ``real_paths.csv``
@@ -64,16 +64,10 @@ def _overlays(cfg: DictConfig, process, vol_model) -> dict:
 # --------------------------------------------------------------------------- metrics
 
 
-def _annual_returns(res) -> np.ndarray:
-    """Annual simple returns of every path and year, pooled (from yearly snapshots)."""
-    lw = np.concatenate([np.zeros((1, res.snapshots.shape[1]), np.float32), res.snapshots], axis=0)
-    return np.expm1(np.diff(lw.astype(np.float64), axis=0)).ravel()
-
-
 def _mc_metrics(res, base=None) -> dict:
     s = res.summary()
     years, spy = res.years, res.steps_per_year
-    ann = _annual_returns(res)
+    ann = stats.annual_returns(res.snapshots)
     n = res.stats.log_wealth.size
     alive = np.where(res.stats.ruin_step == stats.NEVER, res.n_steps, res.stats.ruin_step).astype(np.float64)
     mean_r = res.stats.sum_r / alive
@@ -105,39 +99,13 @@ def _mc_metrics(res, base=None) -> dict:
         out["paths_lost_by_hedge"] = paired["lost"]
         out["paths_lost_by_hedge_se"] = paired["lost_se"]
         out["growth_vs_unhedged_note"] = stats.PAIRED_NOTE if paired["saved"] or paired["lost"] else ""
-        base_es = stats.expected_shortfall(_annual_returns(base), 0.99)
+        base_es = stats.expected_shortfall(stats.annual_returns(base.snapshots), 0.99)
         out["es99_change"] = out["es99_annual"] - base_es
         out["es99_change_relative"] = out["es99_change"] / base_es
         if out.get("premium_per_year", 0) > 0:
             out["es99_reduction_per_premium"] = -out["es99_change"] / out["premium_per_year"]
     out["n_paths"] = n
     return out
-
-
-def _path_metrics(nav: np.ndarray, dates: pd.DatetimeIndex, spy: float, floor: float) -> dict:
-    """Metrics of one daily NAV path (nav[0] = 1 at the first date)."""
-    r = nav[1:] / nav[:-1] - 1.0
-    years = (len(nav) - 1) / spy
-    peak = np.maximum.accumulate(nav)
-    mdd = float(np.max(1.0 - nav / peak))
-    cagr = float(nav[-1] ** (1.0 / years) - 1.0)
-    yearly = pd.Series(nav, index=dates).resample("YE").last()
-    ann = yearly.pct_change().dropna().to_numpy()
-    ann = np.concatenate([[yearly.iloc[0] / nav[0] - 1.0], ann])
-    vol = float(r.std(ddof=1) * math.sqrt(spy))
-    return {
-        "cagr": cagr,
-        "time_avg_growth": float(math.log(nav[-1]) / years),
-        "volatility": vol,
-        "max_drawdown": mdd,
-        "es99_annual": stats.expected_shortfall(ann, 0.99),
-        "es99_daily": stats.expected_shortfall(r, 0.99),
-        "worst_year": float(ann.min()),
-        "sharpe": float(r.mean() / r.std(ddof=1) * math.sqrt(spy)),
-        "calmar": cagr / mdd if mdd > 0 else float("nan"),
-        "ruined": bool(np.any(nav < floor)),
-        "final_nav": float(nav[-1]),
-    }
 
 
 # --------------------------------------------------------------------------- parts
@@ -199,7 +167,7 @@ def _real_part(cfg, out, spy):
                               record_paths=1, progress=lambda info: None)
         nav = np.exp(res.recorded[:, 0].astype(np.float64))
         navs[name] = nav
-        row = {"strategy": name, **_path_metrics(nav, dates, spy, cfg.portfolio.floor)}
+        row = {"strategy": name, **stats.nav_metrics(nav, dates, steps_per_year=spy, floor=cfg.portfolio.floor)}
         if res.extras:
             row["premium_per_year"] = float(res.extras["premium"][0] / res.years)
             row["proceeds_per_year"] = float(res.extras["proceeds"][0] / res.years)

@@ -107,9 +107,8 @@ def _optimum_note(at_wipeout_edge: bool, at_grid_edge: bool, moves: bool) -> str
     return "; ".join(parts) if parts else INTERIOR
 
 
-def run(cfg: DictConfig, out_dir) -> dict:
-    """Validate everything, compute the surface, write tables, plots and the summary."""
-    t_start = time.perf_counter()
+def _build(cfg: DictConfig):
+    """Validate everything and build the model points and the fraction grid."""
     s = cfg.surface
     check_range("surface.years", s.years, 0.0, 1000.0, lo_closed=False)
     steps_per_year = float(s.steps_per_year)
@@ -133,25 +132,18 @@ def run(cfg: DictConfig, out_dir) -> dict:
     fractions = np.outer(reference, multiples)
     log.info("surface: %s, %s in %s x %d multiples, %d paths x %d steps per point",
              type(base).__name__, s.axis, values.tolist(), len(multiples), n_paths, n_steps)
+    return base, values, processes, multiples, reference, fractions, n_paths, n_steps, steps_per_year
 
-    res = surface.ruin_surface(
-        processes, fractions, axis=s.axis, values=values, seed=cfg.seed, n_paths=n_paths, n_steps=n_steps,
-        steps_per_year=steps_per_year, risk_free=s.risk_free, floor=s.floor, drawdown_level=s.drawdown_level,
-        growth_range=tuple(s.growth_range), n_bins=s.n_bins, block_size=cfg.engine.block_size,
-        progress=lambda i: log.info("chunk %d/%d: %d of %d paths, %.1fs, ETA %.1fs", i["chunk"], i["n_chunks"],
-                                    i["paths_done"], i["n_paths"], i["elapsed_s"], i["eta_s"]),
-    )
-    out = OutputWriter(out_dir)
-    table = res.table()
-    table.insert(1, "kelly_multiple", np.tile(multiples, len(values)))
-    out.table("surface.csv", table)
+
+def _optimum_table(res, axis: str, values, reference, multiples):
+    """The growth-optimal fraction per model point, with its flags, half-sample value and note."""
     flags = res.optimum_flags()
     optimal_f, half_f = flags["fraction"], res.growth_optimal_half_sample()
     grid_step = float(np.diff(multiples).max())
     moves = np.abs(optimal_f - half_f) / reference > grid_step
     notes = [_optimum_note(w, e, m) for w, e, m in zip(flags["at_wipeout_edge"], flags["at_grid_edge"], moves)]
-    optimal = pd.DataFrame({
-        s.axis: values,
+    return pd.DataFrame({
+        axis: values,
         "gaussian_kelly_fraction": reference,
         "growth_optimal_fraction": optimal_f,
         "growth_optimal_multiple": optimal_f / reference,
@@ -163,7 +155,29 @@ def run(cfg: DictConfig, out_dir) -> dict:
         "n_paths": res.n_paths,
         "note": notes,
     })
+
+
+def run(cfg: DictConfig, out_dir) -> dict:
+    """Validate everything, compute the surface, write tables, plots and the summary."""
+    t_start = time.perf_counter()
+    s = cfg.surface
+    base, values, processes, multiples, reference, fractions, n_paths, n_steps, steps_per_year = _build(cfg)
+    res = surface.ruin_surface(
+        processes, fractions, axis=s.axis, values=values, seed=cfg.seed, n_paths=n_paths, n_steps=n_steps,
+        steps_per_year=steps_per_year, risk_free=s.risk_free, floor=s.floor, drawdown_level=s.drawdown_level,
+        growth_range=tuple(s.growth_range), n_bins=s.n_bins, block_size=cfg.engine.block_size,
+        progress=lambda i: log.info("chunk %d/%d: %d of %d paths, %.1fs, ETA %.1fs", i["chunk"], i["n_chunks"],
+                                    i["paths_done"], i["n_paths"], i["elapsed_s"], i["eta_s"]),
+    )
+    out = OutputWriter(out_dir)
+    table = res.table()
+    table.insert(1, "kelly_multiple", np.tile(multiples, len(values)))
+    out.table("surface.csv", table)
+    optimal = _optimum_table(res, s.axis, values, reference, multiples)
     out.table("growth_optimal.csv", optimal)
+    optimal_f = optimal["growth_optimal_fraction"].to_numpy()
+    flags = {k: optimal[k].to_numpy() for k in ("at_wipeout_edge", "at_grid_edge")}
+    notes, grid_step = list(optimal["note"]), float(optimal["grid_step_in_c"].iloc[0])
     c_opt = dict(c=optimal_f / reference, wipeout=flags["at_wipeout_edge"], grid_edge=flags["at_grid_edge"])
 
     _heatmap(out, "ruin_probability.png", res, res.ruin_probability, multiples,
@@ -194,7 +208,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
             "median_growth": dict(zip(map(str, values), res.median_growth[:, i1])),
         },
         "growth_optimal_multiple": dict(zip(map(str, values), optimal_f / reference)),
-        "growth_optimal_multiple_half_sample": dict(zip(map(str, values), half_f / reference)),
+        "growth_optimal_multiple_half_sample": dict(zip(map(str, values), optimal["growth_optimal_multiple_half_sample"])),
         "growth_optimal_note": dict(zip(map(str, values), notes)),
         "warnings": [f"{s.axis} = {v:g}: {n}" for v, n in zip(values, notes) if n != INTERIOR],
         "kernel_seconds": res.wall_seconds,

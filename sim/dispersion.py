@@ -223,6 +223,7 @@ def rolling_correlation(prices, *, window: int = 63, shares=None):
 
 # --------------------------------------------------------------------------- the trade
 
+ATTRIBUTION_TERMS = ("index_own", "correlation", "legs_theta_gamma", "residual")  # they sum to the P&L
 _SIZINGS = ("vega", "theta", "gamma")
 _DIRECTIONS = ("short_index", "long_index")
 
@@ -456,3 +457,31 @@ def attribution_table(basket, trade, prices, *, steps_per_year: float = 252.0, n
     for i, name in enumerate(names):
         out[f"net_{name}"] = net[:, i]
     return out.set_index("step")
+
+
+def trade_summary(outputs: dict, path_stats, rho_real=None) -> dict:
+    """One row of a trade's results over paths, from ``DispersionTrade``'s per-path ``outputs``
+    and the engine's ``PathStats`` (numpy): mean P&L (SE), std, 5th/95th percentiles, ES95 of
+    the loss, P(loss), the attribution's mean terms, the implied and realized correlations, the
+    account's median and 95th-percentile max drawdown and its ruin probability (equity <= 0).
+    With the configured realized correlation ``rho_real``, also the theory ``(rho_implied -
+    rho_real) M`` and the gap to it (mean, SE, z)."""
+    from sim import stats
+
+    ex = {k: np.asarray(v, np.float64) for k, v in outputs.items()}
+    pnl = ex["pnl"]
+    n = pnl.size
+    se = lambda x: float(x.std(ddof=1) / np.sqrt(n))  # noqa: E731
+    row = {"pnl_mean": pnl.mean(), "pnl_se": se(pnl), "pnl_std": pnl.std(ddof=1),
+           "pnl_p5": np.percentile(pnl, 5), "pnl_p95": np.percentile(pnl, 95),
+           "loss_es95": stats.expected_shortfall(pnl, 0.95), "p_loss": float((pnl < 0).mean()),
+           **{f"{k}_mean": ex[k].mean() for k in ("index_pnl", "legs_pnl", *ATTRIBUTION_TERMS, "multiplier")},
+           "rho_implied_mean": ex["rho_implied"].mean(), "rho_realized_mean": ex["rho_realized"].mean()}
+    dd = -np.expm1(-np.asarray(path_stats.max_drawdown_log, np.float64))
+    row.update(max_drawdown_median=float(np.median(dd)), max_drawdown_p95=float(np.percentile(dd, 95)),
+               ruin_probability=float((np.asarray(path_stats.ruin_step) != stats.NEVER).mean()))
+    if rho_real is not None:
+        theory = (ex["rho_implied"] - rho_real) * ex["multiplier"]
+        d = pnl - theory
+        row.update(theory_mean=theory.mean(), gap=d.mean(), gap_se=se(d), gap_z=d.mean() / se(d))
+    return row

@@ -359,13 +359,13 @@ def run_blocks(block_fn: _Bound, operands, *, seed: int, n_paths: int, block_siz
     static = dict(block_fn=block_fn, mesh=mesh, vectorize=mesh.devices.flat[0].platform != "cpu",
                   first_only=tuple(first_only))
 
-    shapes = jax.eval_shape(lambda *a: block_fn(*a), key, jnp.uint32(0), jnp.int32(0), *operands)
-    for k in summed:
-        if not all(jnp.issubdtype(s.dtype, jnp.integer) for s in jax.tree.leaves(shapes[k])):
-            raise TypeError(f"run_blocks: summed output {k!r} must be integer counts (exact in any order)")
-    host = {k: jax.tree.map(lambda s: np.zeros((1 if k in first_only else plan.n_blocks, *s.shape), s.dtype), v)
-            for k, v in shapes.items() if k not in summed}
-    totals = {k: jax.tree.map(lambda s: np.zeros(s.shape, np.int64), shapes[k]) for k in summed}
+    def allocate(shapes):  # host buffers, from the first chunk's outputs (or traced shapes: no chunk here)
+        for k in summed:
+            if not all(jnp.issubdtype(s.dtype, jnp.integer) for s in jax.tree.leaves(shapes[k])):
+                raise TypeError(f"run_blocks: summed output {k!r} must be integer counts (exact in any order)")
+        host = {k: jax.tree.map(lambda s: np.zeros((1 if k in first_only else plan.n_blocks, *s.shape), s.dtype), v)
+                for k, v in shapes.items() if k not in summed}
+        return host, {k: jax.tree.map(lambda s: np.zeros(s.shape, np.int64), shapes[k]) for k in summed}
 
     def launch(c):
         blocks = np.arange(c * plan.chunk_blocks, (c + 1) * plan.chunk_blocks, dtype=np.int64)
@@ -376,6 +376,10 @@ def run_blocks(block_fn: _Bound, operands, *, seed: int, n_paths: int, block_siz
     t0 = time.perf_counter()
     owned = np.zeros(plan.n_blocks, bool)
     pending = launch(plan.mine[0]) if plan.mine else None
+    if pending is None:  # a process with no chunk still gathers: buffers of the right kinds
+        host, totals = allocate(jax.eval_shape(lambda *a: block_fn(*a), key, jnp.uint32(0), jnp.int32(0), *operands))
+    else:
+        host, totals = allocate(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), pending))
     for i, c in enumerate(plan.mine):
         out = pending
         if i + 1 < len(plan.mine):

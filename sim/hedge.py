@@ -673,8 +673,9 @@ class HedgeOverlay:
         return state, x
 
     def outputs(self, s: HedgeState) -> dict:
-        out = dict(premium=s.premium, proceeds=s.proceeds, costs=s.costs, sales=s.sales,
-                   hedge_value=s.hedge_value / _positive(s.nav))
+        hedge_value = s.hedge_value / _positive(s.nav)
+        out = dict(premium=s.premium, proceeds=s.proceeds, costs=s.costs, sales=s.sales, hedge_value=hedge_value,
+                   net_pnl=s.proceeds + hedge_value - s.premium - s.costs)
         if hasattr(self.monetize, "outputs"):
             out.update(self.monetize.outputs(s.monetize))
         return out

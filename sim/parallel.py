@@ -18,7 +18,7 @@ import numpy as np
 
 from sim.validation import ParameterError, check_int
 
-__all__ = ["init_distributed", "gather_paths", "allgather_exact", "use_cpu_cores"]
+__all__ = ["init_distributed", "gather_paths", "allgather_exact", "use_cpu_cores", "default_cpu_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,25 @@ def use_cpu_cores(n: int | None = None) -> int:
         if have != n:
             log.info("JAX was already initialized with %d CPU device(s); keeping them (asked for %d)", have, n)
         return have
+    return n
+
+
+def default_cpu_devices() -> int | None:
+    """What ``import sim`` does: one JAX CPU device per core (``use_cpu_cores``), so that a plain
+    ``sim.simulate`` from a notebook gets the engine's fast configuration, unless the user chose
+    otherwise or JAX has already started (then ``sim.backend`` says once, at the first
+    simulation, how to get it). ``FTL_CPU_DEVICES=N`` asks for ``N``, ``FTL_CPU_DEVICES=off``
+    leaves JAX alone; ``JAX_NUM_CPU_DEVICES`` or a device count in ``XLA_FLAGS`` is the user's
+    choice and kept. Results do not depend on it (tested bit for bit), only the speed."""
+    choice = os.environ.get("FTL_CPU_DEVICES", "auto")
+    if choice == "off" or "JAX_NUM_CPU_DEVICES" in os.environ or \
+            "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    n = None if choice == "auto" else check_int("FTL_CPU_DEVICES", int(choice), 1, 4096)
+    try:
+        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)) if n is None else n)
+    except RuntimeError:  # JAX has started: keep what it has
+        return None
     return n
 
 

@@ -64,6 +64,7 @@ from sim.pytree import pytree_dataclass
 from sim.validation import ParameterError, check_int, check_range
 
 __all__ = [
+    "signal_lead_lag",
     "Ewm", "ewm_init", "ewm_update", "Detector", "DetectorState", "Signals", "Protocol", "ProtocolState",
     "CrashProtocol", "seed_labels", "run_detector", "corwin_schultz_spread", "ARMED", "CRASH", "PARTIAL", "EXIT",
     "STATE_NAMES", "LABEL_NAMES", "SIGNAL_FAMILIES",
@@ -516,6 +517,30 @@ class CrashProtocol:
                             f"{name}:lag_onset_sq": d.lag_onset_sq[i], f"{name}:lag_end": d.lag_end[i],
                             f"{name}:lag_end_sq": d.lag_end_sq[i], f"{name}:false_alarms": d.false_alarms[i]})
         return out
+
+
+def signal_lead_lag(outputs: dict, steps_per_year: float) -> list[dict]:
+    """Per signal of ``DIAGNOSED``, from ``CrashProtocol(diagnostics=True)``'s per-path
+    ``outputs`` (numpy): the crash episodes, the share detected, the mean lag of the first
+    firing after the onset and after the end of an episode (days, with standard errors), and
+    the false-alarm rate on calm steps (per step and per calm year)."""
+    ex = outputs
+    episodes = float(np.sum(ex["episodes"]))
+    calm = float(np.sum(ex["calm_steps"]))
+    rows = []
+    for name in DIAGNOSED:
+        det = float(np.sum(ex[f"{name}:detected"]))
+        row = {"signal": name, "episodes": episodes, "detection_rate": det / episodes if episodes else float("nan")}
+        for ref in ("onset", "end"):
+            s1, s2 = float(np.sum(ex[f"{name}:lag_{ref}"])), float(np.sum(ex[f"{name}:lag_{ref}_sq"]))
+            mean = s1 / det if det else float("nan")
+            var = s2 / det - mean**2 if det > 1 else float("nan")
+            row[f"lag_vs_{ref}_days"] = mean
+            row[f"lag_vs_{ref}_se"] = float(np.sqrt(max(var, 0.0) / det)) if det > 1 else float("nan")
+        row["false_alarm_rate"] = float(np.sum(ex[f"{name}:false_alarms"])) / calm if calm else float("nan")
+        row["false_alarms_per_calm_year"] = row["false_alarm_rate"] * steps_per_year
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- real data

@@ -33,6 +33,9 @@ __all__ = [
     "init_path_stats",
     "update",
     "value_at_risk",
+    "describe",
+    "annual_returns",
+    "nav_metrics",
     "expected_shortfall",
     "summarize",
 ]
@@ -224,3 +227,63 @@ def summarize(stats: PathStats, *, years: float, steps_per_year: float) -> dict:
     out.update({f"time_avg_growth_{k}": v for k, v in _quantiles(growth).items()})
     out.update({f"max_drawdown_{k}": v for k, v in _quantiles(drawdown).items()})
     return out
+
+
+def describe(x, *, rng=None, n_boot: int = 0, qs=(5, 50, 95)) -> dict:
+    """Mean (with its standard error) and percentiles ``qs`` of the finite entries of ``x``,
+    each percentile with a bootstrap standard error over ``n_boot`` resamples (NaN when
+    ``n_boot < 2``); ``finite`` counts the entries used. All NaN below two finite entries."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:  # nothing finite to describe (say, every path wiped out)
+        nan = float("nan")
+        return {"mean": nan, "mean_se": nan, **{f"p{q}{s}": nan for q in qs for s in ("", "_se")}, "finite": x.size}
+    out = {"mean": float(x.mean()), "mean_se": float(x.std(ddof=1) / math.sqrt(x.size))}
+    pct = np.percentile(x, qs)
+    if n_boot > 1:
+        boot = np.percentile(x[rng.integers(0, x.size, (n_boot, x.size))], qs, axis=1)
+        se = boot.std(axis=1, ddof=1)
+    else:
+        se = np.full(len(qs), np.nan)
+    for q, v, e in zip(qs, pct, se):
+        out[f"p{q}"] = float(v)
+        out[f"p{q}_se"] = float(e)
+    out["finite"] = x.size
+    return out
+
+
+def annual_returns(snapshots) -> np.ndarray:
+    """Pooled simple returns of every path and year from yearly log-wealth snapshots
+    ``[K, n]`` (``sim.engine.simulate(snapshot_every=steps_per_year)``), starting at ``W_0 = 1``."""
+    lw = np.asarray(snapshots, np.float64)
+    lw = np.concatenate([np.zeros((1, lw.shape[1])), lw], axis=0)
+    return np.expm1(np.diff(lw, axis=0)).ravel()
+
+
+def nav_metrics(nav, dates, *, steps_per_year: float, floor: float) -> dict:
+    """The usual figures of one NAV series ``[T + 1]`` (from its start, ``dates`` its days):
+    CAGR, time-average growth, volatility, max drawdown, ES99 of calendar-year and daily
+    returns (the first year from the start), worst year, Sharpe (no risk-free), Calmar,
+    whether it fell below ``floor`` x its start, the final NAV."""
+    import pandas as pd
+
+    nav = np.asarray(nav, np.float64)
+    r = nav[1:] / nav[:-1] - 1.0
+    years = (len(nav) - 1) / steps_per_year
+    mdd = float(np.max(1.0 - nav / np.maximum.accumulate(nav)))
+    cagr = float((nav[-1] / nav[0]) ** (1.0 / years) - 1.0)
+    yearly = pd.Series(nav, index=dates).resample("YE").last()
+    ann = np.concatenate([[yearly.iloc[0] / nav[0] - 1.0], yearly.pct_change().dropna().to_numpy()])
+    return {
+        "cagr": cagr,
+        "time_avg_growth": float(math.log(nav[-1] / nav[0]) / years),
+        "volatility": float(r.std(ddof=1) * math.sqrt(steps_per_year)),
+        "max_drawdown": mdd,
+        "es99_annual": expected_shortfall(ann, 0.99),
+        "es99_daily": expected_shortfall(r, 0.99),
+        "worst_year": float(ann.min()),
+        "sharpe": float(r.mean() / r.std(ddof=1) * math.sqrt(steps_per_year)),
+        "calmar": cagr / mdd if mdd > 0 else float("nan"),
+        "ruined": bool(np.any(nav < floor * nav[0])),
+        "final_nav": float(nav[-1]),
+    }

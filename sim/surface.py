@@ -27,6 +27,7 @@ their resolution is the bin width; the probabilities are exact counts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any, Callable, NamedTuple
@@ -231,6 +232,34 @@ class SurfaceSaver:
         )
 
 
+def _check_arguments(fractions, values, floor, drawdown_level, risk_free, steps_per_year, growth_range) -> None:
+    if fractions.ndim != 2 or fractions.shape[0] != values.shape[0]:
+        raise ParameterError(f"fractions must be [P, C] with P = {values.shape[0]} model points, got {fractions.shape}")
+    check_range("fractions", fractions, -100.0, 100.0)
+    check_range("floor", floor, 0.0, 1.0, lo_closed=False, hi_closed=False)
+    check_range("drawdown_level", drawdown_level, 0.0, 1.0, lo_closed=False, hi_closed=False)
+    check_range("risk_free", risk_free, -1.0, 10.0, lo_closed=False)
+    check_range("steps_per_year", steps_per_year, 0.0, lo_closed=False)
+    lo, hi = (float(x) for x in growth_range)
+    if not hi > lo:
+        raise ParameterError(f"growth_range must be (lo, hi) with hi > lo, got {growth_range}")
+
+
+def _histogram_quantile(hist, n: int, lo: float, width: float, n_bins: int, q: float) -> np.ndarray:
+    """Per point: the first bin of ``hist`` ``[..., n_bins + 2]`` (below range, bins, above
+    range) whose cumulative count reaches ``q n``, interpolated linearly inside it; -inf / inf
+    when it falls below / above the histogram's range."""
+    cum = np.cumsum(hist, axis=-1)
+    edges = lo + width * np.arange(n_bins + 1)
+    target = q * n
+    k = np.argmax(cum >= target, axis=-1)  # cum[..., -1] = n >= target, so k exists
+    before = np.take_along_axis(cum, np.maximum(k - 1, 0)[..., None], axis=-1)[..., 0]
+    inside = np.take_along_axis(hist, k[..., None], axis=-1)[..., 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = edges[np.clip(k - 1, 0, n_bins)] + width * (target - before) / inside
+    return np.where(k == 0, -np.inf, np.where(k > n_bins, np.inf, value))
+
+
 def _surface_block(key, block, n_valid, processes, fractions, saver, *, block_size, n_steps, dt, risk_free):
     """One block's counts for every (model point, fraction): the engine's block under a
     ``FractionGrid``, mapped over the model points (a map over the grid, not over time)."""
@@ -275,22 +304,13 @@ def ruin_surface(
     (``sim.parallel.init_distributed``) the blocks are split between processes too. The result
     does not depend on either.
     """
-    fractions = np.asarray(fractions, np.float64)
-    values = np.asarray(values, np.float64)
-    if fractions.ndim != 2 or fractions.shape[0] != values.shape[0]:
-        raise ParameterError(f"fractions must be [P, C] with P = {values.shape[0]} model points, got {fractions.shape}")
-    check_range("fractions", fractions, -100.0, 100.0)
-    check_range("floor", floor, 0.0, 1.0, lo_closed=False, hi_closed=False)
-    check_range("drawdown_level", drawdown_level, 0.0, 1.0, lo_closed=False, hi_closed=False)
-    check_range("risk_free", risk_free, -1.0, 10.0, lo_closed=False)
-    check_range("steps_per_year", steps_per_year, 0.0, lo_closed=False)
+    fractions, values = np.asarray(fractions, np.float64), np.asarray(values, np.float64)
+    _check_arguments(fractions, values, floor, drawdown_level, risk_free, steps_per_year, growth_range)
     n_paths = check_int("n_paths", n_paths, 2)  # a standard error needs two paths
     n_steps = check_int("n_steps", n_steps, 1, 2**31 - 2)
     n_bins = check_int("n_bins", n_bins, 10)
-    lo, hi = (float(x) for x in growth_range)
-    if not hi > lo:
-        raise ParameterError(f"growth_range must be (lo, hi) with hi > lo, got {growth_range}")
     block_size = check_int("block_size", block_size, 1)
+    lo, hi = (float(x) for x in growth_range)
     dt = 1.0 / float(steps_per_year)
     n_blocks = -(-n_paths // block_size)
     years = n_steps * dt
@@ -311,21 +331,7 @@ def ruin_surface(
                   wiped=block_wiped.sum(axis=0), hist=out["hist"])
     hist = totals["hist"]  # [P, C, n_bins + 2]: below range, bins, above range
     width = (hi - lo) / n_bins
-    edges = lo + width * np.arange(n_bins + 1)
-
-    cum = np.cumsum(hist, axis=-1)
-
-    def quantile(q):
-        """Per point: the first bin whose cumulative count reaches ``q n``, interpolated
-        linearly inside it; -inf / inf when it falls below / above the histogram's range."""
-        target = q * n
-        k = np.argmax(cum >= target, axis=-1)  # cum[..., -1] = n >= target, so k exists
-        before = np.take_along_axis(cum, np.maximum(k - 1, 0)[..., None], axis=-1)[..., 0]
-        inside = np.take_along_axis(hist, k[..., None], axis=-1)[..., 0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            value = edges[np.clip(k - 1, 0, n_bins)] + width * (target - before) / inside
-        return np.where(k == 0, -np.inf, np.where(k > n_bins, np.inf, value))
-
+    quantile = functools.partial(_histogram_quantile, hist, n, lo, width, n_bins)
     wiped = totals["wiped"]
     mean_growth = _mean_growth(block_free_sum, block_wiped, block_paths, years)
     return SurfaceResult(

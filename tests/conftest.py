@@ -3,10 +3,30 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 from scipy import stats as sps
+
+
+def _session_compilation_cache() -> None:
+    """One JAX persistent compilation cache for the whole test session, shared by the xdist
+    workers and every experiment they start in a subprocess (the same kernels are compiled
+    once, not once per process), in a fresh directory per session, never the user's cache.
+    ``FTL_TEST_JAX_CACHE=off`` turns it off. Set before JAX is imported (environment)."""
+    if os.environ.get("FTL_TEST_JAX_CACHE") == "off":
+        os.environ["FTL_JAX_CACHE"] = "off"
+        return
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    where = os.path.join(tempfile.gettempdir(), f"ftl-test-jax-cache-{run}")
+    os.makedirs(where, exist_ok=True)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", where)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("FTL_JAX_CACHE", where)  # the experiments' own setting (experiments.harness)
+
+
+_session_compilation_cache()
 
 
 def chi2_uniform_2d(a, b, bins=16):

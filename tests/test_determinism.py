@@ -7,10 +7,13 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import soak  # noqa: E402
 
 
+@pytest.mark.slow
 def test_kernels_hash_identically_across_rounds_orders_and_processes():
     here = soak.run_rounds(rounds=2, order_seed=1)
     # a fresh process: one kernel of each family (the compilations are the cost)

@@ -318,7 +318,7 @@ def _scipy_optimum(proc, n, budget, long_only=True, seed=0):
     (5, 5, 1.0, "face"),        # two held, on the budget face
     (5, 10, 1.0, "corner"),
     (5, 0, 0.4, "corner"),      # a small budget
-    (20, 0, 1.0, "face"),
+    pytest.param(20, 0, 1.0, "face", marks=pytest.mark.slow),
 ])
 def test_constrained_optimum_agrees_with_scipy_on_the_same_draws(d, offset, budget, shape):
     proc = _fitted_stocks(d, offset)

@@ -43,6 +43,7 @@ def _listening(pids) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_two_process_jax_distributed_run_equals_one_process(tmp_path):
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
@@ -89,6 +90,7 @@ def _done(sweep_dir) -> list[pathlib.Path]:
     return sorted(pathlib.Path(sweep_dir).glob("*/.done.json"))
 
 
+@pytest.mark.slow
 def test_killed_multirun_resumes_without_recomputing_finished_points(tmp_path):
     import signal
 
@@ -136,6 +138,7 @@ def test_reproduce_a_saved_run_and_catch_an_edited_number(tmp_path):
     assert cli.returncode == 1 and "MISMATCH" in cli.stdout
 
 
+@pytest.mark.slow
 def test_joblib_and_submitit_local_launchers_run_for_real(tmp_path):
     procs = {"joblib": _multirun(tmp_path / "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                                  "coin.n_players=2000,2100"),
