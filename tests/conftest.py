@@ -68,3 +68,9 @@ def run_multirun(module: str, overrides: list[str], sweep_dir, files: list[str],
         assert (job / ".hydra" / "config.yaml").exists()
         summaries.append(json.loads((job / "summary.json").read_text()))
     return summaries
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, so that the xdist workers do not end on one long test while the
+    other waits (a stable sort: the order within each tier is kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
