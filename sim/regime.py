@@ -577,7 +577,7 @@ def run_detector(detector: Detector, protocol: Protocol, *, x, vix, r, dt: float
     def scan(given):
         x0 = given["x"][:1]
         init = (detector.init(1, dtype), protocol.init(x0))
-        return jax.lax.scan(body, init, given)[1]
+        return jax.lax.scan(body, init, given)[1]  # over a given history's days, not a simulation
 
     if T == 0:
         raise ParameterError("run_detector: the series is empty")

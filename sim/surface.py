@@ -10,14 +10,15 @@ fraction ``f[p, c]`` held at a constant mix, over a horizon of ``n_steps`` steps
 * ``mean_growth``: ``E[log W_T] / T`` without the floor (the growth rate Kelly maximizes;
   ``-inf`` as soon as one path is wiped out), and ``wipeout_probability``.
 
-The kernel is one ``lax.scan`` over time per block of paths whose carry holds the running
-statistics of every (fraction, path) lane; the model points are mapped over sequentially
-inside the same compiled call (``lax.map``), so memory is ``C x block_size`` lanes, never
-paths x steps or the whole grid x paths. At each step the model's draws are made once and
-shared by all ``C`` fractions (they do not depend on the fraction), which is why a grid costs
-less per point-path-step than a single simulation. Path ``i`` of model point ``p`` sees the
-very draws ``sim.engine.simulate`` gives it for the same ``(seed, block_size)``: a surface
-point equals a plain simulation bit for bit.
+The kernel is the engine's block (``sim.engine.simulate_block``, the one loop over time) under
+a ``FractionGrid`` policy (the ``C`` fractions of a model point, sharing its draws) and a
+``SurfaceSaver`` (per (fraction, lane) running statistics, finished into counts and a
+histogram); the model points are mapped over sequentially inside the same compiled call
+(``lax.map``), and the engine's driver runs the blocks (``sim.engine.run_blocks``), so memory
+is ``C x block_size`` lanes, never paths x steps or the whole grid x paths. The draws do not
+depend on the fraction, which is why a grid costs less per point-path-step than a single
+simulation. Path ``i`` of model point ``p`` sees the very draws ``sim.engine.simulate`` gives
+it for the same ``(seed, block_size)``: a surface point equals a plain simulation bit for bit.
 
 Quantiles of the growth come from a fixed histogram accumulated over blocks (exact counts,
 ``n_bins`` bins over ``growth_range`` per year, linear interpolation within a bin), so
