@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments.harness import OutputWriter, check_fields, hydra_main  # noqa: E402
+from experiments.harness import OutputWriter, check_fields, hydra_main, instantiate  # noqa: E402
 from sim import dispersion as dsp  # noqa: E402
 from sim import engine  # noqa: E402
 from sim.data import load_sp500_constituents  # noqa: E402
@@ -52,22 +52,17 @@ TERMS = list(dsp.ATTRIBUTION_TERMS)
 # --------------------------------------------------------------------------- config -> objects
 
 
-def _tuple(x):
-    return tuple(tuple(r) if isinstance(r, list) else r for r in x) if isinstance(x, list) else x
-
-
 def build_basket(cfg, **override) -> Basket:
-    spec = check_fields(Basket, OmegaConf.to_container(cfg.basket, resolve=True), "basket")
+    """``basket`` (conf/basket) with a scenario's ``override`` of its keys, validated."""
     check_fields(Basket, override, "scenario")
-    spec = {k: _tuple(v) for k, v in {**spec, **override}.items()}
-    b = Basket(**spec)
+    b = instantiate({**OmegaConf.to_container(cfg.basket, resolve=True), **override}, "basket")
     b.validate(1.0 / float(cfg.steps_per_year))
     return b
 
 
 def build_trade(cfg, **override) -> dsp.DispersionTrade:
-    spec = check_fields(dsp.DispersionTrade, {**OmegaConf.to_container(cfg.trade, resolve=True), **override}, "trade")
-    return dsp.DispersionTrade(**spec)
+    """``trade`` (conf/trade) with ``override`` (a sizing, a direction)."""
+    return instantiate({**OmegaConf.to_container(cfg.trade, resolve=True), **override}, "trade")
 
 
 def _n_steps(cfg) -> int:

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from experiments.harness import instantiate
-from sim import engine, hedge, market, processes, protocols, regime
+from sim import dispersion, engine, hedge, market, processes, protocols, regime
 from sim.validation import ParameterError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +24,8 @@ GROUPS = {
     "detector": ("crash_protocol", "detector", regime.Detector),
     "protocol": ("crash_protocol", "protocol", regime.Protocol),
     "market": ("crash_protocol", "market", market.Market),
+    "basket": ("dispersion", "basket", market.Basket),
+    "trade": ("dispersion", "trade", dispersion.DispersionTrade),
 }
 
 
@@ -41,8 +43,10 @@ def test_every_option_of_every_group_composes_and_builds(group):
         given = {"market": {"base": processes.Gaussian()}, "vol_model": {"long_run_vol": 0.2}}.get(group, {})
         obj = instantiate(_select(cfg, where), where, **given)
         assert isinstance(obj, kind), (group, option, type(obj))
-        if group in ("process", "market"):
+        if group in ("process", "market", "basket"):
             obj.validate(1 / 252)
+        elif group == "trade":
+            obj.validate(1 / 252, 63)
         elif group == "portfolio":
             obj.validate()
         elif group == "vol_model":
