@@ -100,9 +100,8 @@ def _evaluate(process, fractions: dict, cfg: DictConfig, seed: int, steps_per_ye
     return rows, wealth
 
 
-def run(cfg: DictConfig, out_dir) -> dict:
-    t_start = time.perf_counter()
-    spy = float(cfg.steps_per_year)
+def _check_and_load(cfg, spy: float):
+    """Every parameter checked before any work; the true model and the S&P 500's fit and test parts."""
     check_range("synthetic.sample_years", cfg.synthetic.sample_years, 0.0, lo_closed=False)
     n_datasets = check_int("synthetic.n_datasets", cfg.synthetic.n_datasets, 2)
     check_range("policies.fractional_multiple", cfg.policies.fractional_multiple, 0.0, 10.0, lo_closed=False)
@@ -120,6 +119,79 @@ def run(cfg: DictConfig, out_dir) -> dict:
     test_part = returns.loc[cfg.sp500.fit_end:].iloc[1:].to_numpy()
     if fit_part.size < 252 or test_part.size < 252:
         raise ParameterError(f"sp500.fit_end = {cfg.sp500.fit_end!r} leaves under a year on one side")
+    return true, n_datasets, fit_part, test_part
+
+
+def _shrinkage(cfg, spy: float):
+    """Shrinkage of the Kelly fraction against the sample length: simulated (posterior-averaged
+    growth) vs the closed forms, for an unknown mean and a known sigma."""
+    tau, sh = float(cfg.shrinkage.holding_years), []
+    base = Gaussian(0.06, 0.3)
+    plug = kelly.optimize(kelly.GrowthObjective(base, seed=cfg.seed, n_paths=1 << 16, n_steps=1,
+                                                steps_per_year=1 / tau), x0=0.3)
+    for T in cfg.shrinkage.sample_years:
+        post = ParameterUncertainty(base, names=("mu",), kinds=("normal",), loc=np.array([base.mu]),
+                                    scale=np.array([base.sigma / math.sqrt(T)]), shift=np.array([0.0]))
+        res = kelly.optimize(kelly.GrowthObjective(post, seed=cfg.seed, n_paths=1 << 16, n_steps=1,
+                                                   steps_per_year=1 / tau), x0=0.3)
+        sh.append({"sample_years": T, "simulated": res.full_fraction / plug.full_fraction,
+                   "simulated_se": res.fraction_se / plug.full_fraction,
+                   "bayes_closed_form": kelly.bayes_shrinkage(T, tau),
+                   "bayes_daily_rebalancing": kelly.bayes_shrinkage(T, 1 / spy),
+                   "frequentist_optimum": kelly.frequentist_shrinkage(base.mu / base.sigma, T)})
+    shrink = pd.DataFrame(sh)
+    return shrink, tau, base
+
+
+def _plots(out, curve: pd.DataFrame, parts: dict, shrink: pd.DataFrame, tau: float, spy: float, base, years) -> None:
+    """The growth curves with each policy's fraction, the terminal wealth per policy, the shrinkage."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (part, sub) in zip(axes, curve.groupby("part", sort=False)):
+        ax.plot(sub.fraction, sub.growth, color="k", label="g(f) on the evaluation model")
+        ax.fill_between(sub.fraction, sub.growth - 1.96 * sub.growth_se, sub.growth + 1.96 * sub.growth_se,
+                        color="k", alpha=0.15, label="95% band (per-path spread)")
+        for i, (name, f) in enumerate(parts[part]["fractions"].items()):
+            ax.axvline(f, color=f"C{i}", ls="--", label=f"{name} f = {f:.2f}")
+        wiped = sub.fraction[~np.isfinite(sub.growth)]
+        if len(wiped):
+            ax.axvspan(wiped.min(), sub.fraction.max(), color="C3", alpha=0.1,
+                       label=f"g = -inf: some path wiped out (f >= {wiped.min():.2f})")
+        finite = sub.growth[np.isfinite(sub.growth)]
+        if len(finite):
+            ax.set_ylim(max(finite.min(), finite.max() - 0.3), finite.max() + 0.02)
+        ax.set_title(f"{part}: growth per year vs fraction")
+        ax.set_xlabel("fraction f")
+        ax.legend(fontsize=7)
+    out.figure("growth_curve.png", fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (part, w) in zip(axes, ((k, v["wealth"]) for k, v in parts.items())):
+        data = [np.clip(v / math.log(10), -3, None) for v in w.values()]
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks(range(1, len(w) + 1), list(w))
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel(f"log10 terminal wealth after {years} years")
+        ax.set_title(f"{part}: terminal wealth per policy")
+    out.figure("terminal_wealth.png", fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.errorbar(shrink.sample_years, shrink.simulated, yerr=1.96 * shrink.simulated_se, fmt="o", label="simulated (posterior-averaged growth)")
+    Ts = np.geomspace(min(shrink.sample_years), max(shrink.sample_years), 100)
+    ax.plot(Ts, kelly.bayes_shrinkage(Ts, tau), label=f"T / (T + tau), tau = {tau:g} y")
+    ax.plot(Ts, kelly.bayes_shrinkage(Ts, 1 / spy), label="same, daily rebalancing")
+    ax.plot(Ts, kelly.frequentist_shrinkage(base.mu / base.sigma, Ts), label="frequentist optimum k*")
+    ax.set_xscale("log")
+    ax.set_xlabel("sample length T (years)")
+    ax.set_ylabel("Kelly fraction / plug-in")
+    ax.set_title(f"Unknown mean, known sigma (mu {base.mu}, sigma {base.sigma})")
+    ax.legend(fontsize=7)
+    out.figure("shrinkage.png", fig)
+
+
+def run(cfg: DictConfig, out_dir) -> dict:
+    t_start = time.perf_counter()
+    spy = float(cfg.steps_per_year)
+    true, n_datasets, fit_part, test_part = _check_and_load(cfg, spy)
     out = OutputWriter(out_dir)
 
     # (a) synthetic: one observed sample, fitted, policies, evaluated on the truth.
@@ -148,22 +220,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
                grid_hi=0.0)
     parts = {"synthetic": synth, "sp500_out_of_sample": sp}
 
-    # Shrinkage against the sample length: simulated (posterior-averaged) vs closed forms.
-    tau, sh = float(cfg.shrinkage.holding_years), []
-    base = Gaussian(0.06, 0.3)
-    plug = kelly.optimize(kelly.GrowthObjective(base, seed=cfg.seed, n_paths=1 << 16, n_steps=1,
-                                                steps_per_year=1 / tau), x0=0.3)
-    for T in cfg.shrinkage.sample_years:
-        post = ParameterUncertainty(base, names=("mu",), kinds=("normal",), loc=np.array([base.mu]),
-                                    scale=np.array([base.sigma / math.sqrt(T)]), shift=np.array([0.0]))
-        res = kelly.optimize(kelly.GrowthObjective(post, seed=cfg.seed, n_paths=1 << 16, n_steps=1,
-                                                   steps_per_year=1 / tau), x0=0.3)
-        sh.append({"sample_years": T, "simulated": res.full_fraction / plug.full_fraction,
-                   "simulated_se": res.fraction_se / plug.full_fraction,
-                   "bayes_closed_form": kelly.bayes_shrinkage(T, tau),
-                   "bayes_daily_rebalancing": kelly.bayes_shrinkage(T, 1 / spy),
-                   "frequentist_optimum": kelly.frequentist_shrinkage(base.mu / base.sigma, T)})
-    shrink = pd.DataFrame(sh)
+    shrink, tau, base = _shrinkage(cfg, spy)
 
     table = pd.DataFrame([r for part in parts.values() for r in part["rows"]])
     curve = pd.concat([part["curve"] for part in parts.values()], ignore_index=True)
@@ -171,47 +228,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     out.table("growth_curve.csv", curve)
     out.table("shrinkage.csv", shrink)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, (part, sub) in zip(axes, curve.groupby("part", sort=False)):
-        ax.plot(sub.fraction, sub.growth, color="k", label="g(f) on the evaluation model")
-        ax.fill_between(sub.fraction, sub.growth - 1.96 * sub.growth_se, sub.growth + 1.96 * sub.growth_se,
-                        color="k", alpha=0.15, label="95% band (per-path spread)")
-        for i, (name, f) in enumerate(parts[part]["fractions"].items()):
-            ax.axvline(f, color=f"C{i}", ls="--", label=f"{name} f = {f:.2f}")
-        wiped = sub.fraction[~np.isfinite(sub.growth)]
-        if len(wiped):
-            ax.axvspan(wiped.min(), sub.fraction.max(), color="C3", alpha=0.1,
-                       label=f"g = -inf: some path wiped out (f >= {wiped.min():.2f})")
-        finite = sub.growth[np.isfinite(sub.growth)]
-        if len(finite):
-            ax.set_ylim(max(finite.min(), finite.max() - 0.3), finite.max() + 0.02)
-        ax.set_title(f"{part}: growth per year vs fraction")
-        ax.set_xlabel("fraction f")
-        ax.legend(fontsize=7)
-    out.figure("growth_curve.png", fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, (part, w) in zip(axes, ((k, v["wealth"]) for k, v in parts.items())):
-        data = [np.clip(v / math.log(10), -3, None) for v in w.values()]
-        ax.boxplot(data, showfliers=False)
-        ax.set_xticks(range(1, len(w) + 1), list(w))
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_ylabel(f"log10 terminal wealth after {cfg.evaluation.years} years")
-        ax.set_title(f"{part}: terminal wealth per policy")
-    out.figure("terminal_wealth.png", fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.errorbar(shrink.sample_years, shrink.simulated, yerr=1.96 * shrink.simulated_se, fmt="o", label="simulated (posterior-averaged growth)")
-    Ts = np.geomspace(min(shrink.sample_years), max(shrink.sample_years), 100)
-    ax.plot(Ts, kelly.bayes_shrinkage(Ts, tau), label=f"T / (T + tau), tau = {tau:g} y")
-    ax.plot(Ts, kelly.bayes_shrinkage(Ts, 1 / spy), label="same, daily rebalancing")
-    ax.plot(Ts, kelly.frequentist_shrinkage(base.mu / base.sigma, Ts), label="frequentist optimum k*")
-    ax.set_xscale("log")
-    ax.set_xlabel("sample length T (years)")
-    ax.set_ylabel("Kelly fraction / plug-in")
-    ax.set_title(f"Unknown mean, known sigma (mu {base.mu}, sigma {base.sigma})")
-    ax.legend(fontsize=7)
-    out.figure("shrinkage.png", fig)
+    _plots(out, curve, parts, shrink, tau, spy, base, cfg.evaluation.years)
 
     summary = {
         "experiment": "kelly",

@@ -33,7 +33,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from experiments.harness import OutputWriter, build_process, hydra_main  # noqa: E402
 from sim.engine import ConstantMix, SimResult, simulate  # noqa: E402
-from sim.processes import Binary  # noqa: E402
+from sim.processes import Binary, Gaussian  # noqa: E402
 from sim.validation import check_int  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -101,27 +101,9 @@ def _histogram(growth: np.ndarray, bins: int = 80):
     return counts, edges
 
 
-def run(cfg: DictConfig, out_dir) -> dict:
-    """Run the experiment described by ``cfg`` and write its outputs into ``out_dir``."""
-    t_start = time.perf_counter()
-    # Validate everything before any compilation.
-    coin = Binary(p=cfg.coin.p, up=cfg.coin.up, down=cfg.coin.down)
-    coin.validate(1.0)
-    n_players = check_int("coin.n_players", cfg.coin.n_players, 1)
-    n_rounds = check_int("coin.n_rounds", cfg.coin.n_rounds, 1)
-    m = cfg.market
-    steps_per_year = check_int("market.steps_per_year", m.steps_per_year, 1)
-    n_steps = check_int("market.years * market.steps_per_year", round(m.years * steps_per_year), 1)
-    n_paths = check_int("market.n_paths", m.n_paths, 1)
-    process = build_process(cfg.process, steps_per_year=steps_per_year)
-    policy = ConstantMix(fraction=m.fraction, risk_free=m.risk_free, floor=m.floor)
-    policy.validate()
-    n_snap = check_int("engine.n_snapshots", cfg.engine.n_snapshots, 1)
-    engine = dict(block_size=cfg.engine.block_size, chunk_paths=cfg.engine.chunk_paths, record_paths=20)
-
-    out = OutputWriter(out_dir)
-
-    # Part 1: the coin game (one round is one time unit).
+def _coin_part(cfg, coin, n_players: int, n_rounds: int, n_snap: int, engine: dict):
+    """The coin game (one round is one time unit): the simulation, its fan, and its figures
+    against the exact ones."""
     log.info("coin game: %d players x %d rounds", n_players, n_rounds)
     coin_res = simulate(
         coin, seed=cfg.seed, n_paths=n_players, n_steps=n_rounds, steps_per_year=1.0,
@@ -144,6 +126,51 @@ def run(cfg: DictConfig, out_dir) -> dict:
         },
     }
 
+    return coin_res, coin_fan, coin_summary, lw_coin, exact
+
+
+def _plot_histograms(out, hist: pd.DataFrame, coin_summary: dict, exact: dict, market_summary: dict) -> None:
+    """Per-path growth rates of both parts, with the time and the ensemble average marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (part, sub), (ta, ens, unit) in zip(
+        axes,
+        hist.groupby("part", sort=False),
+        (
+            (coin_summary["simulated"]["time_avg_growth_per_round"], exact["ensemble_growth_per_round"], "per round"),
+            (market_summary["time_avg_growth"], market_summary["ensemble_growth"], "per year"),
+        ),
+    ):
+        ax.bar(sub["bin_left"], sub["count"], width=sub["bin_right"] - sub["bin_left"], align="edge", color="C0", alpha=0.7)
+        ax.axvline(ta, color="C0", lw=2, label=f"time average {ta:.4f}")
+        ax.axvline(ens, color="C3", lw=2, label=f"ensemble {ens:.4f}")
+        ax.set_title(f"{part}: per-path growth rate {unit}")
+        ax.set_xlabel("log(W_T / W_0) / T")
+        ax.legend(fontsize=8)
+    out.figure("growth_histogram.png", fig)
+
+
+def run(cfg: DictConfig, out_dir) -> dict:
+    """Run the experiment described by ``cfg`` and write its outputs into ``out_dir``."""
+    t_start = time.perf_counter()
+    # Validate everything before any compilation.
+    coin = Binary(p=cfg.coin.p, up=cfg.coin.up, down=cfg.coin.down)
+    coin.validate(1.0)
+    n_players = check_int("coin.n_players", cfg.coin.n_players, 1)
+    n_rounds = check_int("coin.n_rounds", cfg.coin.n_rounds, 1)
+    m = cfg.market
+    steps_per_year = check_int("market.steps_per_year", m.steps_per_year, 1)
+    n_steps = check_int("market.years * market.steps_per_year", round(m.years * steps_per_year), 1)
+    n_paths = check_int("market.n_paths", m.n_paths, 1)
+    process = build_process(cfg.process, steps_per_year=steps_per_year)
+    policy = ConstantMix(fraction=m.fraction, risk_free=m.risk_free, floor=m.floor)
+    policy.validate()
+    n_snap = check_int("engine.n_snapshots", cfg.engine.n_snapshots, 1)
+    engine = dict(block_size=cfg.engine.block_size, chunk_paths=cfg.engine.chunk_paths, record_paths=20)
+
+    out = OutputWriter(out_dir)
+
+    coin_res, coin_fan, coin_summary, lw_coin, exact = _coin_part(cfg, coin, n_players, n_rounds, n_snap, engine)
+
     # Part 2: the continuous model.
     log.info("%s: %d paths x %d steps", type(process).__name__, n_paths, n_steps)
     mkt = simulate(
@@ -151,7 +178,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
         policy=policy, snapshot_every=max(1, n_steps // n_snap), **engine,
     )
     market_summary = mkt.summary()
-    if type(process).__name__ == "Gaussian":
+    if isinstance(process, Gaussian):
         mu, sigma, f = float(process.mu), float(process.sigma), float(m.fraction)
         market_summary["continuous_time_growth_theory"] = f * mu - 0.5 * (f * sigma) ** 2 + (1 - f) * float(m.risk_free)
     mkt_fan = fan_table(mkt, steps_per_year)
@@ -176,22 +203,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     _plot_fan(ax, mkt_fan, mkt.recorded, steps_per_year, f"{type(process).__name__}: {n_paths} paths")
     ax.set_xlabel("years")
     out.figure("market_fan.png", fig)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (part, sub), (ta, ens, unit) in zip(
-        axes,
-        hist.groupby("part", sort=False),
-        (
-            (coin_summary["simulated"]["time_avg_growth_per_round"], exact["ensemble_growth_per_round"], "per round"),
-            (market_summary["time_avg_growth"], market_summary["ensemble_growth"], "per year"),
-        ),
-    ):
-        ax.bar(sub["bin_left"], sub["count"], width=sub["bin_right"] - sub["bin_left"], align="edge", color="C0", alpha=0.7)
-        ax.axvline(ta, color="C0", lw=2, label=f"time average {ta:.4f}")
-        ax.axvline(ens, color="C3", lw=2, label=f"ensemble {ens:.4f}")
-        ax.set_title(f"{part}: per-path growth rate {unit}")
-        ax.set_xlabel("log(W_T / W_0) / T")
-        ax.legend(fontsize=8)
-    out.figure("growth_histogram.png", fig)
+    _plot_histograms(out, hist, coin_summary, exact, market_summary)
 
     summary = {
         "experiment": "time_vs_ensemble",
