@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import options
+from sim import options, stats
 from sim.market import Basket, cap_weights
 from sim.pytree import choice_field, choice_index, pytree_dataclass
 from sim.validation import ParameterError, check_correlation, check_range, check_same_length, check_vector
@@ -466,8 +466,6 @@ def trade_summary(outputs: dict, path_stats, rho_real=None) -> dict:
     account's median and 95th-percentile max drawdown and its ruin probability (equity <= 0).
     With the configured realized correlation ``rho_real``, also the theory ``(rho_implied -
     rho_real) M`` and the gap to it (mean, SE, z)."""
-    from sim import stats
-
     ex = {k: np.asarray(v, np.float64) for k, v in outputs.items()}
     pnl = ex["pnl"]
     n = pnl.size

@@ -53,6 +53,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sim import backend
 from sim import protocols
 from sim import stats as stats_lib
+from sim.pytree import pytree_dataclass, static_field
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
 
@@ -135,7 +136,7 @@ class PathStatsSaver(NamedTuple):
         return {"stats": acc}
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree_dataclass
 class PathRecorder:
     """``PathStats`` plus, every ``snapshot_every`` steps, every path's log-wealth (``n_snap``
     snapshots: paths x a handful of times, for cross-sectional quantiles and annual returns)
@@ -145,10 +146,10 @@ class PathRecorder:
     """
 
     floor: Any
-    snapshot_every: int
-    n_snap: int
-    record_paths: int
-    n_steps: int
+    snapshot_every: int = static_field()
+    n_snap: int = static_field()
+    record_paths: int = static_field()
+    n_steps: int = static_field()
 
     def init(self, n: int):
         return (stats_lib.init_path_stats(n), jnp.zeros((self.n_snap, n), jnp.float32),
@@ -169,13 +170,6 @@ class PathRecorder:
     def finish(self, acc, valid) -> dict:
         st, snaps, rec = acc
         return {"stats": st, "snapshots": snaps, "recorded": rec}
-
-
-jax.tree_util.register_pytree_node(
-    PathRecorder,
-    lambda s: ((s.floor,), (PathRecorder, s.snapshot_every, s.n_snap, s.record_paths, s.n_steps)),
-    lambda aux, ch: PathRecorder(ch[0], *aux[1:]),
-)
 
 
 def portfolio_return(f: jax.Array, r: jax.Array, rf: jax.Array) -> jax.Array:

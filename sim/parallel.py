@@ -23,7 +23,7 @@ __all__ = ["init_distributed", "gather_paths", "allgather_exact", "use_cpu_cores
 log = logging.getLogger(__name__)
 
 
-def use_cpu_cores(n: int | None = None) -> int:
+def use_cpu_cores(n: int | None = None, *, quiet: bool = False) -> int:
     """Give JAX ``n`` CPU devices (default: one per core this process may run on), so that the
     engine steps one block per core, its state in that core's cache: on the 2-core VM the
     engine's kernels ran 1.4-2.5x faster than on JAX's single CPU device (docs/DESIGN.md,
@@ -38,7 +38,7 @@ def use_cpu_cores(n: int | None = None) -> int:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:
         have = len(jax.devices("cpu"))
-        if have != n:
+        if have != n and not quiet:
             log.info("JAX was already initialized with %d CPU device(s); keeping them (asked for %d)", have, n)
         return have
     return n
@@ -55,12 +55,7 @@ def default_cpu_devices() -> int | None:
     if choice == "off" or "JAX_NUM_CPU_DEVICES" in os.environ or \
             "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return None
-    n = None if choice == "auto" else check_int("FTL_CPU_DEVICES", int(choice), 1, 4096)
-    try:
-        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)) if n is None else n)
-    except RuntimeError:  # JAX has started: keep what it has
-        return None
-    return n
+    return use_cpu_cores(None if choice == "auto" else int(choice), quiet=True)
 
 
 def init_distributed(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,

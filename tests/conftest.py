@@ -10,20 +10,34 @@ import pytest
 from scipy import stats as sps
 
 
+_CREATED: list[str] = []
+
+
 def _session_compilation_cache() -> None:
     """One JAX persistent compilation cache for the whole test session, shared by the xdist
     workers and every experiment they start in a subprocess (the same kernels are compiled
     once, not once per process), in a fresh directory per session, never the user's cache.
-    ``FTL_TEST_JAX_CACHE=off`` turns it off. Set before JAX is imported (environment)."""
+    The first process of the session (pytest's controller, or a run without workers) makes
+    the directory and puts it in the environment, which the workers inherit; it removes it at
+    the end. ``FTL_TEST_JAX_CACHE=off`` turns it off. Set before JAX is imported."""
     if os.environ.get("FTL_TEST_JAX_CACHE") == "off":
         os.environ["FTL_JAX_CACHE"] = "off"
         return
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
-    where = os.path.join(tempfile.gettempdir(), f"ftl-test-jax-cache-{run}")
-    os.makedirs(where, exist_ok=True)
+    where = os.environ.get("FTL_TEST_JAX_CACHE_DIR")
+    if not where:
+        where = tempfile.mkdtemp(prefix="ftl-test-jax-cache-")
+        os.environ["FTL_TEST_JAX_CACHE_DIR"] = where
+        _CREATED.append(where)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", where)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     os.environ.setdefault("FTL_JAX_CACHE", where)  # the experiments' own setting (experiments.harness)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for where in _CREATED:  # only the process that made it (the workers inherit it)
+        shutil.rmtree(where, ignore_errors=True)
 
 
 _session_compilation_cache()
