@@ -21,7 +21,10 @@ A policy (turns a step's returns into the portfolio's simple return ``x``)::
 ``step`` sees the step's return ``r``, the process state after drawing it (for a regime
 model, the regime in force now) and the 1-based step index ``t``; every policy also has the
 fields ``risk_free`` and ``floor`` (the default saver's ruin floor). A policy that needs a
-capability of the process lists it in ``requires(process)`` (a tuple of capability protocols).
+capability of the process lists it in ``requires(process)`` (a tuple of capability protocols);
+a check that needs the process itself beyond a capability (``DispersionTrade`` needs a
+``Basket`` and a positive index variance at its implied correlation) goes in
+``check_process(process)``, which ``check_run`` calls last.
 
 A saver (what a run keeps of ``x``; ``sim.engine.PathStatsSaver`` by default)::
 
