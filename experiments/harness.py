@@ -1,13 +1,9 @@
-"""What every experiment needs around the library: config -> objects, and safe output writing.
+"""What every experiment needs around the library: config -> objects, and the Hydra run.
 
-* ``instantiate`` turns any config node with a ``_target_`` (the option files of the config
-  groups that mirror ``sim/``: ``conf/process``, ``conf/hedge``, ``conf/vol_model``,
-  ``conf/monetize``, ``conf/portfolio``) into its object, rejecting unknown keys with the list
-  of allowed ones; ``build_process`` also validates a return model before any work starts.
-* ``OutputWriter`` writes tables (CSV), the JSON summary and PNG figures into the run's
-  directory atomically: each file is written to a temporary name and renamed, so a crash
-  never leaves half a file behind.
-* ``run_info`` records the package versions, JAX backend and device count.
+* ``instantiate`` (``sim.config``) turns any config node with a ``_target_`` (the option files
+  of the config groups that mirror ``sim/``) into its object, rejecting unknown keys with the
+  list of allowed ones; ``build`` and ``build_process`` also validate it before any work.
+* ``OutputWriter`` (``sim.outputs``) writes tables, the JSON summary and figures atomically.
 * ``hydra_main`` is every experiment's entry point: it makes a run resumable (a job whose
   directory already holds a completion record for the same config is skipped, so an
   interrupted multirun restarted into the same sweep directory recomputes only the missing
@@ -19,26 +15,21 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 import logging
-import math
 import os
 import pathlib
-import platform
 import tempfile
 import time
-from importlib import metadata
 
 import jax
-import numpy as np
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from sim.config import check_fields, instantiate
+from sim.outputs import OutputWriter, atomic_write, run_info, to_jsonable
 from sim.validation import ParameterError
 
-__all__ = ["instantiate", "build_process", "build_portfolio", "build_program", "build_vol_model", "build_monetizers", "check_fields", "OutputWriter", "run_info", "to_jsonable", "hydra_main", "run_resumable",
+__all__ = ["instantiate", "build", "build_process", "build_portfolio", "build_program", "build_vol_model", "build_monetizers", "check_fields", "OutputWriter", "run_info", "to_jsonable", "hydra_main", "run_resumable",
            "config_digest", "DONE"]
 
 log = logging.getLogger(__name__)
@@ -46,50 +37,11 @@ log = logging.getLogger(__name__)
 DONE = ".done.json"  # written last and atomically: the run's completion record
 
 
-def _import(target: str, where: str):
-    module, _, name = target.rpartition(".")
-    try:
-        obj = importlib.import_module(module)
-    except ImportError:  # a classmethod factory: module.Class.method
-        module, _, cls = module.rpartition(".")
-        try:
-            obj = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError) as err:
-            raise ParameterError(f"{where}._target_ = {target!r} cannot be imported: {err}") from None
-    try:
-        return getattr(obj, name)
-    except AttributeError as err:
-        raise ParameterError(f"{where}._target_ = {target!r} cannot be imported: {err}") from None
-
-
-def instantiate(node, where: str, **given):
-    """The object a config node describes: ``_target_`` names its class (or factory), the
-    other keys are its arguments; nested nodes with a ``_target_`` are built first. Unknown
-    keys are rejected with the allowed ones (``where`` names the node in the message);
-    ``given`` adds arguments the config does not hold (a config value wins over none only).
-    Validation is the caller's, once, on the whole run (``sim.protocols.check_run``)."""
-    spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-    if "_target_" not in spec:
-        raise ParameterError(f"{where}: missing _target_ (the class to build, e.g. sim.processes.Gaussian)")
-    target = spec.pop("_target_")
-    factory = _import(target, where)
-    params = inspect.signature(factory).parameters
-    allowed = [p for p in params if p != "self"]
-    unknown = sorted(set(spec) - set(allowed))
-    if unknown:
-        raise ParameterError(f"{where} ({target}): unknown key(s) {unknown}; allowed: {allowed}")
-    for key, value in spec.items():
-        if isinstance(value, dict) and "_target_" in value:
-            spec[key] = instantiate(value, f"{where}.{key}")
-        elif isinstance(value, list):  # hashable (a static field) and a pytree alike
-            spec[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    for key, value in given.items():
-        if key in allowed and spec.get(key) is None:
-            spec[key] = value
-    try:
-        return factory(**spec)
-    except TypeError as err:
-        raise ParameterError(f"{where} ({target}): {err}") from None
+def build(node, where: str, *validate_args, **given):
+    """``instantiate(node, where, **given)``, then its ``validate(*validate_args)``."""
+    obj = instantiate(node, where, **given)
+    obj.validate(*validate_args)
+    return obj
 
 
 def build_process(node: DictConfig, *, steps_per_year: float, where: str = "process"):
@@ -140,102 +92,6 @@ def build_monetizers(node, process, **given) -> dict:
             continue
         out[name] = policy
     return out
-
-
-def check_fields(cls, spec: dict, name: str, exclude=()) -> dict:
-    """``spec`` unchanged if every key is a field of the dataclass ``cls`` (bar ``exclude``);
-    else a ``ParameterError`` naming the unknown keys and the allowed ones."""
-    import dataclasses
-
-    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
-    unknown = sorted(set(spec) - set(allowed))
-    if unknown:
-        raise ParameterError(f"{name}: unknown key(s) {unknown}; allowed: {allowed}")
-    return spec
-
-
-def to_jsonable(obj):
-    """Plain JSON types; non-finite floats become the strings 'inf', '-inf', 'nan'."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        x = float(obj)
-        return x if math.isfinite(x) else repr(x)
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    return obj
-
-
-def run_info() -> dict:
-    versions = {}
-    for pkg in ("jax", "jaxlib", "numpy", "pandas", "optax", "hydra-core", "matplotlib", "hydra-joblib-launcher",
-                "hydra-submitit-launcher"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "python": platform.python_version(),
-        "versions": versions,
-        "backend": jax.default_backend(),
-        "device_count": jax.device_count(),
-        "process_count": jax.process_count(),
-    }
-
-
-def atomic_write(final: pathlib.Path, write) -> pathlib.Path:
-    """``write(tmp_path)`` into a temporary file beside ``final``, then rename it to ``final``:
-    a crash never leaves half a file under the final name."""
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return final
-
-
-class OutputWriter:
-    """Atomic writes into one run directory."""
-
-    def __init__(self, directory):
-        self.dir = pathlib.Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.written: list[str] = []
-
-    def _atomic(self, name: str, write) -> pathlib.Path:
-        final = atomic_write(self.dir / name, write)
-        self.written.append(name)
-        return final
-
-    def table(self, name: str, frame: pd.DataFrame) -> pathlib.Path:
-        return self._atomic(name, lambda p: frame.to_csv(p, index=False, float_format="%.10g"))
-
-    def json(self, name: str, payload: dict) -> pathlib.Path:
-        text = json.dumps(to_jsonable(payload), indent=2, sort_keys=False)
-        return self._atomic(name, lambda p: pathlib.Path(p).write_text(text + "\n"))
-
-    def finish(self, summary: dict, t_start: float) -> dict:
-        """Add the run's ``run`` block (versions, backend, devices, wall time since
-        ``t_start``, a ``time.perf_counter()``) to ``summary``, write it as ``summary.json``
-        last, log what was written; return ``summary``."""
-        summary["run"] = {**run_info(), "wall_seconds": time.perf_counter() - t_start}
-        self.json("summary.json", summary)
-        log.info("wrote %s into %s in %.1fs", ", ".join(self.written), self.dir, summary["run"]["wall_seconds"])
-        return summary
-
-    def figure(self, name: str, fig) -> pathlib.Path:
-        import matplotlib.pyplot as plt
-
-        path = self._atomic(name, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
-        plt.close(fig)
-        return path
 
 
 # --------------------------------------------------------------------------- resumable runs

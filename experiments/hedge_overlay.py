@@ -29,20 +29,16 @@ import math
 import time
 
 import hydra
-import matplotlib
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from experiments.harness import (OutputWriter, build_monetizers, build_portfolio, build_process,  # noqa: E402
-                                 build_program, build_vol_model, hydra_main)
-from sim import engine, hedge, stats  # noqa: E402
-from sim.data import load_sp500_index, load_vix, simple_returns  # noqa: E402
-from sim.processes import Replay  # noqa: E402
-from sim.validation import ParameterError, check_int, check_range  # noqa: E402
+from experiments.harness import (OutputWriter, build_monetizers, build_portfolio, build_process, build_program,
+                                 build_vol_model, hydra_main)
+from sim import engine, hedge, plots, stats
+from sim.data import load_sp500_index, load_vix, simple_returns
+from sim.processes import Replay
+from sim.validation import ParameterError, check_int, check_range
 
 log = logging.getLogger(__name__)
 
@@ -59,53 +55,6 @@ def _overlays(cfg: DictConfig, process, vol_model) -> dict:
     for name, m in build_monetizers(cfg.monetize, process).items():
         strategies[f"hedged_{name}"] = dataclasses.replace(base, monetize=m)
     return strategies
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def _mc_metrics(res, base=None) -> dict:
-    s = res.summary()
-    years, spy = res.years, res.steps_per_year
-    ann = stats.annual_returns(res.snapshots)
-    n = res.stats.log_wealth.size
-    alive = np.where(res.stats.ruin_step == stats.NEVER, res.n_steps, res.stats.ruin_step).astype(np.float64)
-    mean_r = res.stats.sum_r / alive
-    vol = np.sqrt(np.maximum(res.stats.sum_r2 / alive - mean_r**2, 0.0) * spy)
-    out = {
-        "cagr_median": s["cagr_median"],
-        "time_avg_growth": s["time_avg_growth"],
-        "time_avg_growth_se": s["time_avg_growth_se"],
-        "time_avg_growth_median": s["time_avg_growth_median"],
-        "wiped_out": float(np.mean(~np.isfinite(res.stats.log_wealth))),
-        "volatility": float(np.mean(vol)),
-        "max_drawdown_mean": s["max_drawdown_mean"],
-        "max_drawdown_median": s["max_drawdown_median"],
-        "max_drawdown_q95": s["max_drawdown_q95"],
-        "es99_annual": stats.expected_shortfall(ann, 0.99),
-        "sharpe_median": s["sharpe_median"],
-        "calmar_median": s["calmar_median"],
-        "ruin_probability": s["ruin_probability"],
-    }
-    if res.extras:
-        for k in ("premium", "proceeds", "costs", "sales"):
-            out[f"{k}_per_year"] = float(np.nanmean(res.extras[k]) / years)
-    if base is not None:
-        paired = stats.paired_difference(res.stats.log_wealth / years, base.stats.log_wealth / years)
-        out["growth_vs_unhedged"] = paired["mean"]  # over the paths finite in both runs
-        out["growth_vs_unhedged_se"] = paired["mean_se"]
-        out["paths_saved_by_hedge"] = paired["saved"]  # unhedged wiped out, hedged not
-        out["paths_saved_by_hedge_se"] = paired["saved_se"]
-        out["paths_lost_by_hedge"] = paired["lost"]
-        out["paths_lost_by_hedge_se"] = paired["lost_se"]
-        out["growth_vs_unhedged_note"] = stats.PAIRED_NOTE if paired["saved"] or paired["lost"] else ""
-        base_es = stats.expected_shortfall(stats.annual_returns(base.snapshots), 0.99)
-        out["es99_change"] = out["es99_annual"] - base_es
-        out["es99_change_relative"] = out["es99_change"] / base_es
-        if out.get("premium_per_year", 0) > 0:
-            out["es99_reduction_per_premium"] = -out["es99_change"] / out["premium_per_year"]
-    out["n_paths"] = n
-    return out
 
 
 # --------------------------------------------------------------------------- parts
@@ -129,19 +78,11 @@ def _models_part(cfg, out, spy):
         base = results["unhedged"]
         for name, res in results.items():
             rows.append({"model": model, "strategy": name,
-                         **_mc_metrics(res, None if name == "unhedged" else base)})
+                         **stats.strategy_metrics(res, None if name == "unhedged" else base)})
         mdd[model] = {name: -np.expm1(-res.stats.max_drawdown_log.astype(np.float64)) for name, res in results.items()}
     table = pd.DataFrame(rows)
     out.table("models.csv", table)
-    fig, axes = plt.subplots(1, len(mdd), figsize=(5 * len(mdd), 3.8), squeeze=False)
-    for ax, (model, per) in zip(axes[0], mdd.items()):
-        bins = np.linspace(0, 1, 51)
-        for name, x in per.items():
-            ax.hist(x, bins=bins, histtype="step", density=True, lw=1.4 if name == "unhedged" else 1.0, label=name)
-        ax.set_title(f"{model}: max drawdown over {sim_cfg.years:g} y")
-        ax.set_xlabel("max drawdown")
-        ax.legend(fontsize=7)
-    out.figure("max_drawdown.png", fig)
+    out.figure("max_drawdown.png", plots.drawdown_histograms(mdd, sim_cfg.years))
     return table
 
 
@@ -163,9 +104,7 @@ def _real_part(cfg, out, spy):
     n_steps = len(returns)
     navs, rows = {}, []
     for name, policy in _overlays(cfg, process, vm).items():
-        res = engine.simulate(process, policy=policy, n_paths=1, n_steps=n_steps, steps_per_year=spy, block_size=1,
-                              record_paths=1, progress=lambda info: None)
-        nav = np.exp(res.recorded[:, 0].astype(np.float64))
+        nav, res = hedge.replay_nav(process, policy, n_steps=n_steps, steps_per_year=spy)
         navs[name] = nav
         row = {"strategy": name, **stats.nav_metrics(nav, dates, steps_per_year=spy, floor=cfg.portfolio.floor)}
         if res.extras:
@@ -179,64 +118,22 @@ def _real_part(cfg, out, spy):
     table["es99_annual_change"] = table.es99_annual - base.es99_annual
     out.table("real.csv", table)
     out.table("real_paths.csv", pd.DataFrame({"date": dates, **navs}))
-    _plot_real(out, navs, dates, r_cfg.zooms)
+    out.figure("real_equity.png", plots.nav_and_drawdown(navs, dates, dates[0], dates[-1],
+                                                         "S&P 500 price index: with and without the put program"))
+    for tag, (lo, hi) in r_cfg.zooms.items():
+        out.figure(f"real_zoom_{tag}.png", plots.nav_and_drawdown(navs, dates, lo, hi, f"S&P 500 {lo} .. {hi}"))
     covered = int(np.isfinite(implied).sum()) if implied is not None else 0
     return table, {"days": n_steps, "first": str(dates[0].date()), "last": str(dates[-1].date()),
                    "days_priced_from_vix": covered, "long_run_vol": long_run}
 
 
-def _plot_real(out, navs, dates, zooms):
-    def draw(name, lo, hi, title):
-        sel = (dates >= pd.Timestamp(lo)) & (dates <= pd.Timestamp(hi))
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, gridspec_kw=dict(height_ratios=[2, 1]))
-        for label, nav in navs.items():
-            x = nav[sel] / nav[sel][0]
-            ax1.plot(dates[sel], x, lw=1.5 if label == "unhedged" else 1.0, label=label)
-            ax2.plot(dates[sel], x / np.maximum.accumulate(x) - 1.0, lw=1.0)
-        ax1.set_yscale("log")
-        ax1.set_ylabel("NAV (start = 1)")
-        ax1.set_title(title)
-        ax1.legend(fontsize=7)
-        ax2.set_ylabel("drawdown")
-        out.figure(name, fig)
-
-    draw("real_equity.png", dates[0], dates[-1], "S&P 500 price index: with and without the put program")
-    for tag, (lo, hi) in zooms.items():
-        draw(f"real_zoom_{tag}.png", lo, hi, f"S&P 500 {lo} .. {hi}")
-
-
 def _event_part(cfg, spy):
-    """A flat market for ``premium_years`` years, then one day of ``drop``: the hedge's gain
-    on that day (hedged minus unhedged return, as a fraction of NAV) against the premium paid."""
+    """A flat market, then one crash day: the hedge's payoff against its premium."""
     e = cfg.event
-    check_range("event.drop", e.drop, -0.99, 0.0, hi_closed=False)
-    check_range("event.vol_before", e.vol_before, 0.0, 5.0, lo_closed=False)
-    check_range("event.vol_after", e.vol_after, 0.0, 5.0, lo_closed=False)
-    n_flat = round(e.premium_years * spy)
-    r = np.zeros(n_flat + 1)
-    r[-1] = e.drop
-    implied = np.full(n_flat + 1, e.vol_before)
-    implied[-1] = e.vol_after
-    process = Replay(r, implied)  # the stated ATM vols; the configured skew on top
-    vm = build_vol_model(cfg, e.vol_before, source="model")
-    out = {}
-    for name, policy in _overlays(cfg, process, vm).items():
-        if name not in ("unhedged", "hedged_hold"):
-            continue
-        res = engine.simulate(process, policy=policy, n_paths=1, n_steps=n_flat + 1, steps_per_year=spy, block_size=1,
-                              record_paths=1, progress=lambda info: None)
-        nav = np.exp(res.recorded[:, 0].astype(np.float64))
-        out[name] = {"nav_before": nav[-2], "nav_after": nav[-1], "day_return": nav[-1] / nav[-2] - 1.0,
-                     "premium_paid": float(res.extras["premium"][0]) if res.extras else 0.0}
-    h, u = out["hedged_hold"], out["unhedged"]
-    gain = h["day_return"] - u["day_return"]
-    premium = cfg.hedge.budget * e.premium_years
-    return {"drop": e.drop, "premium_years": e.premium_years, "premium_budgeted": premium,
-            "premium_paid_fraction_of_nav": h["premium_paid"],
-            "hedged_day_return": h["day_return"], "unhedged_day_return": u["day_return"],
-            "hedge_gain_fraction_of_nav": gain, "payoff_over_premium": gain / premium if premium > 0 else float("nan"),
-            "hedged_nav_after_vs_unhedged": h["nav_after"] / u["nav_after"] - 1.0,
-            "atm_vol_before": e.vol_before, "atm_vol_after": e.vol_after}
+    strategies = _overlays(cfg, None, build_vol_model(cfg, e.vol_before, source="model"))
+    return hedge.crash_day(strategies["unhedged"], strategies["hedged_hold"], drop=e.drop,
+                           premium_years=e.premium_years, vol_before=e.vol_before, vol_after=e.vol_after,
+                           steps_per_year=spy)
 
 
 def _optimized_models(cfg) -> list[str]:
@@ -272,27 +169,14 @@ def _optimize_part(cfg, spy):
         best = hedge.optimize_hedge(process, ov, bounds=bounds, progress=progress("hedged"), **kw)
         plain = hedge.optimize_hedge(process, hedge.with_parameters(ov, budget=0.0),
                                      bounds=(bounds[0], (0.0, 1e-9), bounds[2]), progress=progress("unhedged"), **kw)
-        # optimize_hedge's converged includes its check against a local grid on the same draws
-        converged = best.converged and plain.converged
         # Paired difference on the same draws: the hedged optimum against the unhedged one.
-        n_blocks = -(-o.n_paths // kw["block_size"])
-        args = (kw["seed"], process, ov, n_blocks, kw["block_size"], n_steps, 1.0 / spy)
-        diff = _paired_growth_difference(np.array([best.fraction, best.budget, best.strike], np.float32),
-                                         np.array([plain.fraction, 0.0, best.strike], np.float32), args)
-        rows.append({
-            "model": model, "fraction": best.fraction, "budget": best.budget,
-            "strike": best.strike if best.budget > 1e-6 else float("nan"), "growth": best.growth,
-            "growth_se": best.growth_se, "converged": converged, "iterations": best.iterations,
-            "unhedged_converged": plain.converged, "grid_check_best_gain": best.grid_check_gain,
-            "status": "optimum" if converged else "NOT CONVERGED: the best point found, not an optimum",
-            "unhedged_fraction": plain.fraction, "unhedged_growth": plain.growth,
-            "growth_gain": diff["mean"], "growth_gain_se": diff["mean_se"],
-            "paths_saved_by_hedge": diff["saved"], "paths_lost_by_hedge": diff["lost"],
-            # only stated for a converged optimum (NaN otherwise: not known)
-            "hedge_raises_growth": (bool(best.budget > 1e-4 and diff["mean"] > 2 * diff["mean_se"]) if converged
-                                    else float("nan")),
-            "seconds": time.perf_counter() - t0,
-        })
+        bs = kw["block_size"]
+        diff = hedge.paired_growth_difference(
+            process, ov, [best.fraction, best.budget, best.strike], [plain.fraction, 0.0, best.strike],
+            seed=kw["seed"], n_paths=-(-o.n_paths // bs) * bs, block_size=bs, n_steps=n_steps, steps_per_year=spy)
+        row = {"model": model, **hedge.compare_optima(best, plain, diff), "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        converged = row["converged"]
         strike = f"{best.strike:.3f}" if best.budget > 1e-6 else "n/a (no budget)"
         log.log(logging.INFO if converged else logging.WARNING,
                 "%s: %s f %.3f budget %.4f strike %s growth %.4f; unhedged f %.3f growth %.4f%s", model,
@@ -317,17 +201,6 @@ def _warnings(models: pd.DataFrame, optimum) -> list[str]:
                            f"lost {row['paths_lost_by_hedge']:.4%} of paths from a wipe-out; growth_vs_unhedged is "
                            "over the paths finite in both")
     return out
-
-
-def _paired_growth_difference(theta_a, theta_b, args):
-    seed, process, ov, n_blocks, block_size, n_steps, dt = args
-
-    def per_path(theta):
-        o = hedge.with_parameters(ov, fraction=theta[0], budget=theta[1], strike=theta[2])
-        return np.asarray(engine.path_growth(seed, process, o, n_paths=n_blocks * block_size, block_size=block_size,
-                                             n_steps=n_steps, dt=dt, sequential=True), np.float64)
-
-    return stats.paired_difference(per_path(np.asarray(theta_a, np.float32)), per_path(np.asarray(theta_b, np.float32)))
 
 
 # --------------------------------------------------------------------------- entry point

@@ -25,86 +25,23 @@ the Hydra run directory: ``surface.csv`` (the table behind the plots), ``growth_
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
 import hydra
-import matplotlib
+import numpy as np
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from experiments.harness import OutputWriter, build_process, hydra_main  # noqa: E402
-from sim import kelly, surface  # noqa: E402
-from sim.validation import ParameterError, check_int, check_range  # noqa: E402
+from experiments.harness import OutputWriter, build_process, hydra_main
+from sim import plots, surface
+from sim.validation import check_int, check_range
 
 log = logging.getLogger(__name__)
-
-
-def _multiples(node) -> np.ndarray:
-    if OmegaConf.is_list(node) or isinstance(node, (list, tuple)):
-        c = np.asarray(list(node), float)
-    else:
-        num = check_int("surface.multiples.num", node.num, 2, 4096)
-        c = np.linspace(float(node.start), float(node.stop), num)
-    check_range("surface.multiples (Kelly multiple c)", c, 0.0, 50.0, lo_closed=False)
-    return c
-
-
-def _heatmap(out: OutputWriter, name: str, res: surface.SurfaceResult, grid: np.ndarray, multiples, title: str,
-             levels, cmap: str, optimal_c=None, fmt="%.2f"):
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    y = np.arange(len(res.values))
-    finite = np.where(np.isfinite(grid), grid, np.nan)
-    mesh = ax.pcolormesh(multiples, y, finite, shading="nearest", cmap=cmap)
-    fig.colorbar(mesh, ax=ax, label=title)
-    try:
-        cs = ax.contour(multiples, y, finite, levels=levels, colors="k", linewidths=0.8)
-        ax.clabel(cs, fmt=fmt, fontsize=7)
-    except (ValueError, TypeError):  # a constant field has no contour lines
-        pass
-    ax.axvline(1.0, color="w", ls="--", lw=1, label="c = 1 (Gaussian Kelly)")
-    if optimal_c is not None:
-        c, pinned, edge = optimal_c["c"], optimal_c["wipeout"], optimal_c["grid_edge"]
-        ax.plot(c, y, "-", color="C1", lw=1.2, label="growth-optimal c: max E[log W_T] on these draws")
-        free = ~pinned & ~edge
-        ax.plot(c[free], y[free], "o", color="C1", ms=4)
-        if pinned.any():
-            ax.plot(c[pinned], y[pinned], "x", color="C3", ms=7, mew=2,
-                    label="pinned below the first wipe-out (moves with n_paths)")
-        if edge.any():
-            ax.plot(c[edge], y[edge], ">", color="C0", ms=7, label="at the grid's edge (optimum may lie beyond)")
-    ax.set_yticks(y, [f"{v:g}" for v in res.values])
-    ax.set_xlabel("Kelly multiple c  (f = c (mu - r) / variance)")
-    ax.set_ylabel(res.axis)
-    ax.set_title(f"{title}, {res.years:g} years, {res.n_paths} paths per point")
-    ax.legend(fontsize=7, loc="upper right")
-    out.figure(name, fig)
 
 
 def _tag(pinned: bool, edge: bool) -> str:
     tags = [name for name, on in (("pinned", pinned), ("edge", edge)) if on]
     return f" ({', '.join(tags)})" if tags else ""
-
-
-INTERIOR = "interior optimum"
-
-
-def _optimum_note(at_wipeout_edge: bool, at_grid_edge: bool, moves: bool) -> str:
-    """One plain sentence per model point on what its growth-optimal c is."""
-    parts = []
-    if at_wipeout_edge:
-        parts.append("pinned just below the first fraction with a wipe-out on these draws (not a "
-                     "smooth optimum; it moves with the number of paths)")
-    if at_grid_edge:
-        parts.append("best at the edge of the grid of c (the optimum may lie beyond it)")
-    if moves and not at_wipeout_edge:
-        parts.append("differs by more than a grid step on half of the paths (sample-size dependent)")
-    return "; ".join(parts) if parts else INTERIOR
 
 
 def _build(cfg: DictConfig):
@@ -121,40 +58,12 @@ def _build(cfg: DictConfig):
     base = build_process(cfg.process, steps_per_year=steps_per_year)
     values = np.asarray(list(s["values"]), float)
     processes = surface.batch_process(base, s.axis, values, dt=dt)  # validates every point
-    multiples = _multiples(s.multiples)
-    reference = np.array([
-        float(kelly.reference_kelly(dataclasses.replace(base, **{s.axis: v}), s.risk_free)) for v in values
-    ])
-    if not np.all(reference > 0):
-        raise ParameterError(
-            f"the Kelly multiple axis needs a positive reference fraction (mu > risk_free); got {reference}"
-        )
+    multiples = surface.kelly_multiples(s.multiples)
+    reference = surface.reference_fractions(base, s.axis, values, s.risk_free)
     fractions = np.outer(reference, multiples)
     log.info("surface: %s, %s in %s x %d multiples, %d paths x %d steps per point",
              type(base).__name__, s.axis, values.tolist(), len(multiples), n_paths, n_steps)
     return base, values, processes, multiples, reference, fractions, n_paths, n_steps, steps_per_year
-
-
-def _optimum_table(res, axis: str, values, reference, multiples):
-    """The growth-optimal fraction per model point, with its flags, half-sample value and note."""
-    flags = res.optimum_flags()
-    optimal_f, half_f = flags["fraction"], res.growth_optimal_half_sample()
-    grid_step = float(np.diff(multiples).max())
-    moves = np.abs(optimal_f - half_f) / reference > grid_step
-    notes = [_optimum_note(w, e, m) for w, e, m in zip(flags["at_wipeout_edge"], flags["at_grid_edge"], moves)]
-    return pd.DataFrame({
-        axis: values,
-        "gaussian_kelly_fraction": reference,
-        "growth_optimal_fraction": optimal_f,
-        "growth_optimal_multiple": optimal_f / reference,
-        "growth_optimal_multiple_half_sample": half_f / reference,
-        "at_wipeout_edge": flags["at_wipeout_edge"],
-        "at_grid_edge": flags["at_grid_edge"],
-        "moves_with_sample_size": moves,
-        "grid_step_in_c": grid_step,
-        "n_paths": res.n_paths,
-        "note": notes,
-    })
 
 
 def run(cfg: DictConfig, out_dir) -> dict:
@@ -173,21 +82,22 @@ def run(cfg: DictConfig, out_dir) -> dict:
     table = res.table()
     table.insert(1, "kelly_multiple", np.tile(multiples, len(values)))
     out.table("surface.csv", table)
-    optimal = _optimum_table(res, s.axis, values, reference, multiples)
+    optimal = res.optimum_table(reference, multiples)
     out.table("growth_optimal.csv", optimal)
     optimal_f = optimal["growth_optimal_fraction"].to_numpy()
     flags = {k: optimal[k].to_numpy() for k in ("at_wipeout_edge", "at_grid_edge")}
     notes, grid_step = list(optimal["note"]), float(optimal["grid_step_in_c"].iloc[0])
     c_opt = dict(c=optimal_f / reference, wipeout=flags["at_wipeout_edge"], grid_edge=flags["at_grid_edge"])
 
-    _heatmap(out, "ruin_probability.png", res, res.ruin_probability, multiples,
-             f"P(wealth < {s.floor:g} x initial)", [0.01, 0.05, 0.1, 0.25, 0.5, 0.9], "magma_r", c_opt)
-    _heatmap(out, "p_drawdown.png", res, res.p_drawdown, multiples,
-             f"P(max drawdown > {s.drawdown_level:.0%})", [0.05, 0.1, 0.25, 0.5, 0.75, 0.95], "magma_r", c_opt)
-    _heatmap(out, "median_growth.png", res, res.median_growth, multiples, "median time-average growth / yr",
-             [-0.2, -0.1, -0.05, 0.0, 0.05, 0.1], "RdYlGn", c_opt, fmt="%.2f")
+    for name, grid, title, levels, cmap in (
+            ("ruin_probability.png", res.ruin_probability, f"P(wealth < {s.floor:g} x initial)",
+             [0.01, 0.05, 0.1, 0.25, 0.5, 0.9], "magma_r"),
+            ("p_drawdown.png", res.p_drawdown, f"P(max drawdown > {s.drawdown_level:.0%})",
+             [0.05, 0.1, 0.25, 0.5, 0.75, 0.95], "magma_r"),
+            ("median_growth.png", res.median_growth, "median time-average growth / yr",
+             [-0.2, -0.1, -0.05, 0.0, 0.05, 0.1], "RdYlGn")):
+        out.figure(name, plots.surface_heatmap(res, grid, multiples, title, levels, cmap, c_opt))
 
-    i1 = int(np.argmin(np.abs(multiples - 1.0)))
     summary = {
         "experiment": "ruin_surface",
         "seed": cfg.seed,
@@ -201,16 +111,11 @@ def run(cfg: DictConfig, out_dir) -> dict:
         "floor": s.floor,
         "drawdown_level": s.drawdown_level,
         "growth_bin_width": res.bin_width,
-        "at_multiple_nearest_1": {
-            "multiple": multiples[i1],
-            "ruin_probability": dict(zip(map(str, values), res.ruin_probability[:, i1])),
-            "p_drawdown": dict(zip(map(str, values), res.p_drawdown[:, i1])),
-            "median_growth": dict(zip(map(str, values), res.median_growth[:, i1])),
-        },
+        "at_multiple_nearest_1": res.at_multiple(multiples, 1.0),
         "growth_optimal_multiple": dict(zip(map(str, values), optimal_f / reference)),
         "growth_optimal_multiple_half_sample": dict(zip(map(str, values), optimal["growth_optimal_multiple_half_sample"])),
         "growth_optimal_note": dict(zip(map(str, values), notes)),
-        "warnings": [f"{s.axis} = {v:g}: {n}" for v, n in zip(values, notes) if n != INTERIOR],
+        "warnings": [f"{s.axis} = {v:g}: {n}" for v, n in zip(values, notes) if n != surface.OPTIMUM_INTERIOR],
         "kernel_seconds": res.wall_seconds,
         "point_path_steps_per_second": res.fractions.size * res.n_paths * n_steps / res.wall_seconds,
     }

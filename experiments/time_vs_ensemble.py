@@ -19,134 +19,20 @@ Writes into the Hydra run directory: ``summary.json``, ``coin_fan.csv``, ``marke
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import hydra
-import matplotlib
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from experiments.harness import OutputWriter, build_process, hydra_main  # noqa: E402
-from sim.engine import ConstantMix, SimResult, simulate  # noqa: E402
-from sim.processes import Binary, Gaussian  # noqa: E402
-from sim.validation import check_int  # noqa: E402
+from experiments.harness import OutputWriter, build_process, hydra_main
+from sim import plots, stats
+from sim.engine import ConstantMix, simulate
+from sim.processes import Binary, Gaussian
+from sim.validation import check_int
 
 log = logging.getLogger(__name__)
-
-_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-
-
-def coin_exact(p: float, up: float, down: float, n_rounds: int) -> dict:
-    """Exact laws of the coin game after ``n_rounds`` from the binomial distribution."""
-    k = np.arange(n_rounds + 1)
-    log_pmf = np.array(
-        [math.lgamma(n_rounds + 1) - math.lgamma(i + 1) - math.lgamma(n_rounds - i + 1) for i in k]
-    ) + k * _log(p) + (n_rounds - k) * _log(1 - p)
-    pmf = np.exp(log_pmf)
-    log_w = k * math.log1p(up) + (n_rounds - k) * math.log1p(down)
-    order = np.argsort(log_w, kind="stable")
-    cdf = np.cumsum(pmf[order])
-    median_log_w = log_w[order][np.searchsorted(cdf, 0.5)]
-    return {
-        "ensemble_growth_per_round": math.log(p * (1 + up) + (1 - p) * (1 + down)),
-        "time_avg_growth_per_round": p * math.log1p(up) + (1 - p) * math.log1p(down),
-        "median_wealth": float(math.exp(median_log_w)),
-        "fraction_below_1": float(pmf[log_w < 0].sum()),
-        "mean_wealth": float((p * (1 + up) + (1 - p) * (1 + down)) ** n_rounds),
-    }
-
-
-def _log(x: float) -> float:
-    return math.log(x) if x > 0 else -math.inf
-
-
-def fan_table(result: SimResult, time_unit: float) -> pd.DataFrame:
-    """Cross-sectional mean and quantiles of wealth at the snapshot times (plus t = 0)."""
-    lw = result.snapshots.astype(np.float64)
-    n = lw.shape[1]
-    mean = np.exp(np.logaddexp.reduce(lw, axis=1) - math.log(n))
-    q = np.exp(np.quantile(lw, _QUANTILES, axis=1))
-    frame = pd.DataFrame({"time": result.snapshot_steps / time_unit, "mean_wealth": mean})
-    for qi, row in zip(_QUANTILES, q):
-        frame[f"q{round(qi * 100):02d}_wealth"] = row
-    start = pd.DataFrame({c: [0.0 if c == "time" else 1.0] for c in frame.columns})
-    return pd.concat([start, frame], ignore_index=True)
-
-
-def _plot_fan(ax, fan: pd.DataFrame, recorded: np.ndarray, time_unit: float, title: str, exact_mean=None):
-    t = fan["time"]
-    ax.fill_between(t, fan["q05_wealth"], fan["q95_wealth"], alpha=0.15, color="C0", label="5-95% of paths")
-    ax.fill_between(t, fan["q25_wealth"], fan["q75_wealth"], alpha=0.3, color="C0", label="25-75% of paths")
-    ax.plot(t, fan["q50_wealth"], color="C0", lw=2, label="median path")
-    ax.plot(t, fan["mean_wealth"], color="C3", lw=2, label="sample mean (ensemble)")
-    if exact_mean is not None:
-        ax.plot(t, exact_mean, color="k", ls="--", lw=1, label="expected wealth (exact)")
-    steps = np.arange(recorded.shape[0]) / time_unit
-    for i in range(recorded.shape[1]):
-        ax.plot(steps, np.exp(recorded[:, i]), color="grey", lw=0.5, alpha=0.7)
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.set_ylabel("wealth (W0 = 1)")
-    ax.legend(fontsize=8, loc="lower left")
-
-
-def _histogram(growth: np.ndarray, bins: int = 80):
-    finite = growth[np.isfinite(growth)]
-    counts, edges = np.histogram(finite, bins=bins)
-    return counts, edges
-
-
-def _coin_part(cfg, coin, n_players: int, n_rounds: int, n_snap: int, engine: dict):
-    """The coin game (one round is one time unit): the simulation, its fan, and its figures
-    against the exact ones."""
-    log.info("coin game: %d players x %d rounds", n_players, n_rounds)
-    coin_res = simulate(
-        coin, seed=cfg.seed, n_paths=n_players, n_steps=n_rounds, steps_per_year=1.0,
-        snapshot_every=max(1, n_rounds // n_snap), **engine,
-    )
-    exact = coin_exact(cfg.coin.p, cfg.coin.up, cfg.coin.down, n_rounds)
-    lw_coin = coin_res.stats.log_wealth.astype(np.float64)
-    coin_fan = fan_table(coin_res, 1.0)
-    coin_fan["expected_wealth_exact"] = np.exp(exact["ensemble_growth_per_round"] * coin_fan["time"])
-    coin_summary = {
-        "exact": exact,
-        "simulated": {
-            "median_wealth": float(np.exp(np.median(lw_coin))),
-            "fraction_below_1": float((lw_coin < 0).mean()),
-            "fraction_below_1_se": float(math.sqrt(exact["fraction_below_1"] * (1 - exact["fraction_below_1"]) / n_players)),
-            "mean_wealth": float(np.exp(np.logaddexp.reduce(lw_coin) - math.log(n_players))),
-            "time_avg_growth_per_round": float(lw_coin.mean() / n_rounds),
-            "time_avg_growth_per_round_se": float(lw_coin.std(ddof=1) / n_rounds / math.sqrt(n_players)),
-            "ensemble_growth_per_round": float((np.logaddexp.reduce(lw_coin) - math.log(n_players)) / n_rounds),
-        },
-    }
-
-    return coin_res, coin_fan, coin_summary, lw_coin, exact
-
-
-def _plot_histograms(out, hist: pd.DataFrame, coin_summary: dict, exact: dict, market_summary: dict) -> None:
-    """Per-path growth rates of both parts, with the time and the ensemble average marked."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (part, sub), (ta, ens, unit) in zip(
-        axes,
-        hist.groupby("part", sort=False),
-        (
-            (coin_summary["simulated"]["time_avg_growth_per_round"], exact["ensemble_growth_per_round"], "per round"),
-            (market_summary["time_avg_growth"], market_summary["ensemble_growth"], "per year"),
-        ),
-    ):
-        ax.bar(sub["bin_left"], sub["count"], width=sub["bin_right"] - sub["bin_left"], align="edge", color="C0", alpha=0.7)
-        ax.axvline(ta, color="C0", lw=2, label=f"time average {ta:.4f}")
-        ax.axvline(ens, color="C3", lw=2, label=f"ensemble {ens:.4f}")
-        ax.set_title(f"{part}: per-path growth rate {unit}")
-        ax.set_xlabel("log(W_T / W_0) / T")
-        ax.legend(fontsize=8)
-    out.figure("growth_histogram.png", fig)
 
 
 def run(cfg: DictConfig, out_dir) -> dict:
@@ -169,7 +55,15 @@ def run(cfg: DictConfig, out_dir) -> dict:
 
     out = OutputWriter(out_dir)
 
-    coin_res, coin_fan, coin_summary, lw_coin, exact = _coin_part(cfg, coin, n_players, n_rounds, n_snap, engine)
+    # Part 1: the coin game (one round is one time unit), against its exact laws.
+    log.info("coin game: %d players x %d rounds", n_players, n_rounds)
+    coin_res = simulate(coin, seed=cfg.seed, n_paths=n_players, n_steps=n_rounds, steps_per_year=1.0,
+                        snapshot_every=max(1, n_rounds // n_snap), **engine)
+    exact = stats.binary_game_exact(cfg.coin.p, cfg.coin.up, cfg.coin.down, n_rounds)
+    lw_coin = coin_res.stats.log_wealth.astype(np.float64)
+    coin_fan = stats.wealth_fan(coin_res, 1.0)
+    coin_fan["expected_wealth_exact"] = np.exp(exact["ensemble_growth_per_round"] * coin_fan["time"])
+    coin_summary = {"exact": exact, "simulated": stats.simulated_game(lw_coin, n_rounds, exact)}
 
     # Part 2: the continuous model.
     log.info("%s: %d paths x %d steps", type(process).__name__, n_paths, n_steps)
@@ -181,29 +75,23 @@ def run(cfg: DictConfig, out_dir) -> dict:
     if isinstance(process, Gaussian):
         mu, sigma, f = float(process.mu), float(process.sigma), float(m.fraction)
         market_summary["continuous_time_growth_theory"] = f * mu - 0.5 * (f * sigma) ** 2 + (1 - f) * float(m.risk_free)
-    mkt_fan = fan_table(mkt, steps_per_year)
+    mkt_fan = stats.wealth_fan(mkt, steps_per_year)
 
-    # Tables.
     out.table("coin_fan.csv", coin_fan)
     out.table("market_fan.csv", mkt_fan)
-    hist_rows = []
-    for part, growth in (("coin", lw_coin / n_rounds), ("market", mkt.stats.log_wealth.astype(np.float64) / mkt.years)):
-        counts, edges = _histogram(growth)
-        hist_rows.append(pd.DataFrame({"part": part, "bin_left": edges[:-1], "bin_right": edges[1:], "count": counts}))
-    hist = pd.concat(hist_rows, ignore_index=True)
+    hist = pd.concat([stats.growth_histogram(lw_coin / n_rounds, "coin"),
+                      stats.growth_histogram(mkt.stats.log_wealth.astype(np.float64) / mkt.years, "market")],
+                     ignore_index=True)
     out.table("growth_histogram.csv", hist)
 
-    # Plots.
-    fig, ax = plt.subplots(figsize=(8, 5))
-    _plot_fan(ax, coin_fan, coin_res.recorded, 1.0, f"Coin game: {n_players} players, +{cfg.coin.up:.0%}/{cfg.coin.down:.0%}",
-              exact_mean=coin_fan["expected_wealth_exact"])
-    ax.set_xlabel("round")
-    out.figure("coin_fan.png", fig)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    _plot_fan(ax, mkt_fan, mkt.recorded, steps_per_year, f"{type(process).__name__}: {n_paths} paths")
-    ax.set_xlabel("years")
-    out.figure("market_fan.png", fig)
-    _plot_histograms(out, hist, coin_summary, exact, market_summary)
+    out.figure("coin_fan.png", plots.wealth_fan(
+        coin_fan, coin_res.recorded, 1.0, f"Coin game: {n_players} players, +{cfg.coin.up:.0%}/{cfg.coin.down:.0%}",
+        "round", exact_mean=coin_fan["expected_wealth_exact"]))
+    out.figure("market_fan.png", plots.wealth_fan(mkt_fan, mkt.recorded, steps_per_year,
+                                                  f"{type(process).__name__}: {n_paths} paths", "years"))
+    out.figure("growth_histogram.png", plots.growth_histograms(hist, (
+        (coin_summary["simulated"]["time_avg_growth_per_round"], exact["ensemble_growth_per_round"], "per round"),
+        (market_summary["time_avg_growth"], market_summary["ensemble_growth"], "per year"))))
 
     summary = {
         "experiment": "time_vs_ensemble",

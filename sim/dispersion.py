@@ -48,7 +48,8 @@ from sim.validation import ParameterError, check_correlation, check_range, check
 __all__ = [
     "check_correlation", "index_variance", "implied_correlation_pairs",
     "implied_correlation_sums", "realized_correlation", "rolling_correlation", "option_attribution",
-    "index_option_attribution", "DispersionTrade", "simulate_prices", "attribution_table",
+    "index_option_attribution", "DispersionTrade", "simulate_prices", "attribution_table", "trade_summary",
+    "ATTRIBUTION_TERMS", "attribution_path", "attribution_totals", "spread_points", "correlation_peaks",
 ]
 
 
@@ -483,3 +484,51 @@ def trade_summary(outputs: dict, path_stats, rho_real=None) -> dict:
         d = pnl - theory
         row.update(theory_mean=theory.mean(), gap=d.mean(), gap_se=se(d), gap_z=d.mean() / se(d))
     return row
+
+
+def attribution_path(basket, trade, *, seed: int, n_steps: int, steps_per_year: float, block_size: int,
+                     lanes: int = 256, crash_mid_trade: bool = False):
+    """The per-step attribution (``attribution_table``) on one of the engine's own constituent
+    paths: the first lane, or with ``crash_mid_trade`` the first of ``lanes`` whose crash
+    regime starts between 20% and 60% of the way to expiry (None when there is none).
+    Columns ``lane`` and ``crash_regime`` come first."""
+    sim = simulate_prices(basket, seed=seed, n_paths=lanes, n_steps=n_steps, steps_per_year=steps_per_year,
+                          block_size=block_size)
+    lane = 0
+    if crash_mid_trade:
+        first = np.where(sim["regime"].any(axis=1), sim["regime"].argmax(axis=1), n_steps)
+        ok = np.flatnonzero((first > 0.2 * n_steps) & (first < 0.6 * n_steps))
+        if ok.size == 0:
+            return None
+        lane = int(ok[0])
+    table = attribution_table(basket, trade, sim["prices"][lane], steps_per_year=steps_per_year)
+    table.insert(0, "crash_regime", sim["regime"][lane])
+    table.insert(0, "lane", lane)
+    return table
+
+
+def attribution_totals(table) -> dict:
+    """An ``attribution_path`` table summed over the trade: P&L and every term (with the seed's
+    uncorrected correlation term and residual), and ``closes_to``, the largest per-step gap
+    between the P&L and its terms (0 up to rounding when the attribution closes)."""
+    terms = ["pnl", *ATTRIBUTION_TERMS, "seed_correlation", "seed_residual"]
+    return {"lane": int(table["lane"].iloc[0]), **{k: float(table[k].sum()) for k in terms},
+            "closes_to": float((table["pnl"] - table.filter(like="net_").sum(axis=1)
+                                - table["correlation"] - table["residual"]).abs().max())}
+
+
+def spread_points(outputs: dict, rho_real: float):
+    """Per path of a trade's outputs: P&L against the implied - realized correlation spread,
+    the multiplier and the correlation term (``rho_real_config``: the configured correlation)."""
+    import pandas as pd
+
+    return pd.DataFrame({"rho_real_config": float(rho_real), "spread": outputs["rho_implied"] - outputs["rho_realized"],
+                         "pnl": outputs["pnl"], "multiplier": outputs["multiplier"],
+                         "correlation_term": outputs["correlation"]})
+
+
+def correlation_peaks(rc, windows: dict) -> dict:
+    """The highest ``implied_style`` average correlation of ``rolling_correlation``'s table in
+    each window (name -> (first, last) date), and its date."""
+    return {name: {"max": float(rc.loc[a:b, "implied_style"].max()),
+                   "date": str(rc.loc[a:b, "implied_style"].idxmax().date())} for name, (a, b) in windows.items()}

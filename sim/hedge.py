@@ -80,6 +80,12 @@ __all__ = [
     "with_parameters",
     "optimize_hedge",
     "HedgeOptimum",
+    "paired_growth_difference",
+    "compare_optima",
+    "replay_nav",
+    "crash_day",
+    "policy_comparison",
+    "protocol_verdicts",
 ]
 
 _F32 = jnp.float32
@@ -782,25 +788,9 @@ def optimize_hedge(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: in
                         grid_check_gain=check["best_gain"])
 
 
-def _optimize_hedge_local(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: int = 2048, n_steps: int = 1260,
-                          steps_per_year: float = 252.0, block_size: int = 1024,
-                          bounds=((0.0, 2.0), (0.0, 0.1), (0.5, 1.0)), x0=None, max_iter: int = 100,
-                          gtol: float = 1e-4, progress=None) -> HedgeOptimum:
-    """The (equity fraction, yearly budget, strike moneyness) that maximize time-average growth
-    of ``overlay`` on ``process`` on common random numbers, by a projected quasi-Newton method
-    (BFGS in coordinates scaled to ``bounds``, the box's active bounds held, an Armijo
-    backtracking line search on the value, which also steps back out of a wipe-out).
-
-    Converged when the projected gradient (components pushing against an active bound do not
-    count) is below ``gtol`` per unit of scaled coordinate (moving across the whole range of
-    any free parameter changes the growth by less than ``gtol`` to first order), or, where no
-    ascent along the quasi-Newton direction is possible (with a ruin floor the growth has kinks
-    in theta, so the gradient need not vanish at the optimum), when no point 0.1% of a range
-    away along any coordinate is better on the same draws. Otherwise ``converged=False`` (the
-    point is then the best found, not an optimum). A budget of 0 at
-    the optimum means the hedge does not pay for itself in growth on this model.
-    ``progress(dict)`` is called after every iteration (iteration, theta, growth, gradient norm).
-    """
+def _check_hedge_search(process, overlay: HedgeOverlay, n_paths, n_steps, max_iter, gtol, bounds, steps_per_year):
+    """Every argument of ``optimize_hedge``, checked before any work: ``(lo, hi, n_paths,
+    n_steps, max_iter)``."""
     from sim.validation import check_int
 
     if overlay.program.strike_mode != "moneyness":
@@ -817,13 +807,74 @@ def _optimize_hedge_local(process, overlay: HedgeOverlay, *, seed: int = 0, n_pa
     check_range("bounds on the budget", lo[1], 0.0)
     check_range("bounds on the strike", lo[2], 0.0, lo_closed=False)
     protocols.check_run(process, overlay, dt=1.0 / steps_per_year, n_steps=n_steps)
+    return lo, hi, n_paths, n_steps, max_iter
+
+
+def _probe(value, u, g):
+    """No ascent along the quasi-Newton direction. With a ruin floor, per-path growth has kinks
+    in theta (a path that touches the floor freezes), so the optimum can sit on a kink where
+    the gradient does not vanish. Probe every free coordinate by +-PROBE of its range on the
+    same draws: returns the better point, or None when there is none (a local maximum)."""
+    best_u, best_g = u, g
+    for i in range(3):
+        for sign in (-1.0, 1.0):
+            u_p = u.copy()
+            u_p[i] = np.clip(u_p[i] + sign * _PROBE, 0.0, 1.0)
+            if u_p[i] != u[i]:
+                g_p = value(u_p)
+                if np.isfinite(g_p) and g_p > best_g + _PROBE_GAIN:
+                    best_u, best_g = u_p, g_p
+    return None if best_u is u else best_u
+
+
+def _armijo_box(value, u, g, grad, direction):
+    """Backtracking along ``direction`` inside the unit box: the accepted point, or None."""
+    t = 1.0
+    for _ in range(20):
+        u_try = np.clip(u + t * direction, 0.0, 1.0)
+        if np.abs(u_try - u).max() < 1e-7:
+            return None
+        g_try = value(u_try)
+        if np.isfinite(g_try) and g_try >= g + 1e-4 * float(grad @ (u_try - u)):
+            return u_try
+        t *= 0.5
+    return None
+
+
+def _bfgs_update(inv_h, s_, y_):
+    if inv_h is not None and float(s_ @ y_) > 1e-12 * float(np.linalg.norm(s_) * np.linalg.norm(y_)):
+        rho = 1.0 / float(s_ @ y_)
+        eye = np.eye(3)
+        inv_h = (eye - rho * np.outer(s_, y_)) @ inv_h @ (eye - rho * np.outer(y_, s_)) + rho * np.outer(s_, s_)
+    return inv_h
+
+
+def _optimize_hedge_local(process, overlay: HedgeOverlay, *, seed: int = 0, n_paths: int = 2048, n_steps: int = 1260,
+                          steps_per_year: float = 252.0, block_size: int = 1024,
+                          bounds=((0.0, 2.0), (0.0, 0.1), (0.5, 1.0)), x0=None, max_iter: int = 100,
+                          gtol: float = 1e-4, progress=None) -> HedgeOptimum:
+    """The (equity fraction, yearly budget, strike moneyness) that maximize time-average growth
+    of ``overlay`` on ``process`` on common random numbers, by a projected quasi-Newton method
+    (BFGS in coordinates scaled to ``bounds``, the box's active bounds held, an Armijo
+    backtracking line search on the value, which also steps back out of a wipe-out).
+
+    Converged when the projected gradient (components pushing against an active bound do not
+    count) is below ``gtol`` per unit of scaled coordinate (moving across the whole range of
+    any free parameter changes the growth by less than ``gtol`` to first order), or, where no
+    ascent along the quasi-Newton direction is possible (with a ruin floor the growth has kinks
+    in theta, so the gradient need not vanish at the optimum), when no point 0.1% of a range
+    away along any coordinate is better on the same draws. Otherwise ``converged=False`` (the
+    point is then the best found, not an optimum). A budget of 0 at the optimum means the
+    hedge does not pay for itself in growth on this model. ``progress(dict)`` is called after
+    every iteration (iteration, theta, growth, gradient norm).
+    """
+    lo, hi, n_paths, n_steps, max_iter = _check_hedge_search(process, overlay, n_paths, n_steps, max_iter, gtol,
+                                                             bounds, steps_per_year)
     start = np.array([overlay.fraction, overlay.program.budget, overlay.program.strike] if x0 is None else x0,
                      np.float64)
     block_size = min(block_size, n_paths)
-    n_blocks = -(-n_paths // block_size)
-    dt = 1.0 / float(steps_per_year)
     scale = hi - lo
-    args = (seed, process, overlay, n_blocks, block_size, n_steps, dt)
+    args = (seed, process, overlay, -(-n_paths // block_size), block_size, n_steps, 1.0 / float(steps_per_year))
 
     def theta_of(u):
         return jnp.asarray(lo + scale * u, _F32)
@@ -863,45 +914,154 @@ def _optimize_hedge_local(process, overlay: HedgeOverlay, *, seed: int = 0, n_pa
         if not float(grad @ direction) > 0:  # not an ascent direction: restart from the gradient
             inv_h = np.eye(3) * (0.1 / pg_norm)
             direction = pg * (0.1 / pg_norm)
-        t, accepted = 1.0, False
-        for _ in range(20):
-            u_try = np.clip(u + t * direction, 0.0, 1.0)
-            if np.abs(u_try - u).max() < 1e-7:
-                break
-            g_try = value(u_try)
-            if np.isfinite(g_try) and g_try >= g + 1e-4 * float(grad @ (u_try - u)):
-                accepted = True
-                break
-            t *= 0.5
-        if not accepted:
-            # No ascent along the quasi-Newton direction. With a ruin floor, per-path growth has
-            # kinks in theta (a path that touches the floor freezes), so the optimum can sit on a
-            # kink where the gradient does not vanish. Probe every free coordinate by +-PROBE of
-            # its range on the same draws: no better point means a local maximum (converged);
-            # a better one is taken, and the quasi-Newton model restarts from it.
-            best_u, best_g = u, g
-            for i in range(3):
-                for sign in (-1.0, 1.0):
-                    u_p = u.copy()
-                    u_p[i] = np.clip(u_p[i] + sign * _PROBE, 0.0, 1.0)
-                    if u_p[i] != u[i]:
-                        g_p = value(u_p)
-                        if np.isfinite(g_p) and g_p > best_g + _PROBE_GAIN:
-                            best_u, best_g = u_p, g_p
-            if best_u is u:
+        u_try = _armijo_box(value, u, g, grad, direction)
+        if u_try is None:
+            u_try, inv_h = _probe(value, u, g), None  # the quasi-Newton model restarts from a better point
+            if u_try is None:
                 converged = True
                 break
-            u_try, inv_h = best_u, None
         g_new, grad_new = value_grad(u_try)
         if not (np.isfinite(g_new) and np.all(np.isfinite(grad_new))):
             break
-        s_, y_ = u_try - u, -(grad_new - grad)  # for the minimization of -g
-        if inv_h is not None and float(s_ @ y_) > 1e-12 * float(np.linalg.norm(s_) * np.linalg.norm(y_)):
-            rho = 1.0 / float(s_ @ y_)
-            eye = np.eye(3)
-            inv_h = (eye - rho * np.outer(s_, y_)) @ inv_h @ (eye - rho * np.outer(y_, s_)) + rho * np.outer(s_, s_)
+        inv_h = _bfgs_update(inv_h, u_try - u, -(grad_new - grad))  # for the minimization of -g
         u, g, grad = u_try, g_new, grad_new
     theta = np.asarray(theta_of(u), np.float64)
     value_, se, grad_theta = _growth_and_grad(jnp.asarray(theta, _F32), *args)
     return HedgeOptimum(*map(float, theta), float(value_), float(se), tuple(map(float, grad_theta)), it, converged,
                         history)
+
+
+# --------------------------------------------------------------------------- studies of a hedge
+
+
+def paired_growth_difference(process, overlay: HedgeOverlay, theta_a, theta_b, *, seed: int, n_paths: int,
+                             block_size: int, n_steps: int, steps_per_year: float) -> dict:
+    """``sim.stats.paired_difference`` of per-path growth per year between two parameter
+    vectors ``(fraction, budget, strike)`` of ``overlay``, on the same draws."""
+    from sim import engine, stats
+
+    def per_path(theta):
+        theta = np.asarray(theta, np.float32)
+        o = with_parameters(overlay, fraction=theta[0], budget=theta[1], strike=theta[2])
+        return np.asarray(engine.path_growth(seed, process, o, n_paths=n_paths, block_size=block_size,
+                                             n_steps=n_steps, dt=1.0 / steps_per_year, sequential=True), np.float64)
+
+    return stats.paired_difference(per_path(theta_a), per_path(theta_b))
+
+
+def compare_optima(best: HedgeOptimum, plain: HedgeOptimum, diff: dict) -> dict:
+    """One row: the growth-optimal hedged point against the best unhedged one (``diff``: their
+    paired growth difference). ``hedge_raises_growth`` is stated only when both searches
+    converged (NaN otherwise: not known); ``status`` says whether the point is an optimum."""
+    converged = best.converged and plain.converged  # each includes its local grid check
+    return {
+        "fraction": best.fraction, "budget": best.budget,
+        "strike": best.strike if best.budget > 1e-6 else float("nan"), "growth": best.growth,
+        "growth_se": best.growth_se, "converged": converged, "iterations": best.iterations,
+        "unhedged_converged": plain.converged, "grid_check_best_gain": best.grid_check_gain,
+        "status": "optimum" if converged else "NOT CONVERGED: the best point found, not an optimum",
+        "unhedged_fraction": plain.fraction, "unhedged_growth": plain.growth,
+        "growth_gain": diff["mean"], "growth_gain_se": diff["mean_se"],
+        "paths_saved_by_hedge": diff["saved"], "paths_lost_by_hedge": diff["lost"],
+        "hedge_raises_growth": (bool(best.budget > 1e-4 and diff["mean"] > 2 * diff["mean_se"]) if converged
+                                else float("nan")),
+    }
+
+
+def replay_nav(process, policy, *, n_steps: int, steps_per_year: float):
+    """One path of ``policy`` on a one-path ``process`` (a ``Replay``): its NAV ``[n_steps +
+    1]`` from 1, and the ``SimResult`` (extras: the hedge's premium, proceeds, sales)."""
+    from sim import engine
+
+    res = engine.simulate(process, policy=policy, n_paths=1, n_steps=n_steps, steps_per_year=steps_per_year,
+                          block_size=1, record_paths=1, progress=lambda info: None)
+    return np.exp(res.recorded[:, 0].astype(np.float64)), res
+
+
+def crash_day(unhedged, hedged: HedgeOverlay, *, drop: float, premium_years: float, vol_before: float,
+              vol_after: float, steps_per_year: float) -> dict:
+    """The convexity argument as a scenario: a flat market for ``premium_years`` years at ATM
+    implied vol ``vol_before`` (the overlay's skew on top), then one day of ``drop`` with the
+    vol at ``vol_after``. The hedge's gain on that day (hedged minus unhedged return, a
+    fraction of NAV) against the premium budgeted over the flat years."""
+    from sim.processes import Replay
+    from sim.validation import check_range
+
+    check_range("event.drop", drop, -0.99, 0.0, hi_closed=False)
+    check_range("event.vol_before", vol_before, 0.0, 5.0, lo_closed=False)
+    check_range("event.vol_after", vol_after, 0.0, 5.0, lo_closed=False)
+    n_flat = round(premium_years * steps_per_year)
+    r = np.zeros(n_flat + 1)
+    r[-1] = drop
+    implied = np.full(n_flat + 1, vol_before)
+    implied[-1] = vol_after
+    process = Replay(r, implied)
+    out = {}
+    for name, policy in (("unhedged", unhedged), ("hedged", hedged)):
+        nav, res = replay_nav(process, policy, n_steps=n_flat + 1, steps_per_year=steps_per_year)
+        out[name] = {"nav_before": nav[-2], "nav_after": nav[-1], "day_return": nav[-1] / nav[-2] - 1.0,
+                     "premium_paid": float(res.extras["premium"][0]) if res.extras else 0.0}
+    h, u = out["hedged"], out["unhedged"]
+    gain = h["day_return"] - u["day_return"]
+    premium = hedged.program.budget * premium_years
+    return {"drop": drop, "premium_years": premium_years, "premium_budgeted": premium,
+            "premium_paid_fraction_of_nav": h["premium_paid"],
+            "hedged_day_return": h["day_return"], "unhedged_day_return": u["day_return"],
+            "hedge_gain_fraction_of_nav": gain, "payoff_over_premium": gain / premium if premium > 0 else float("nan"),
+            "hedged_nav_after_vs_unhedged": h["nav_after"] / u["nav_after"] - 1.0,
+            "atm_vol_before": vol_before, "atm_vol_after": vol_after}
+
+
+def policy_comparison(model: str, results: dict, years: float, rng, n_boot: int) -> list[dict]:
+    """Per monetization policy (``results``: name -> ``SimResult`` of the overlay on the same
+    draws, ``hold`` among them): hedge value realized (sale and expiry proceeds), net hedge
+    P&L, payoff multiple and growth, each described with bootstrap SEs (``sim.stats.
+    describe``); the paired net P&L and growth against ``hold``; with a ``protocol`` policy its
+    paired gain over each (mean, SE, median, share of paths it wins); sales per year and the
+    share wiped out."""
+    from sim import stats
+
+    def net(res):  # per path and year: proceeds + final mark - premium - costs
+        return res.extras["net_pnl"].astype(np.float64) / years
+
+    def paired(a, b):
+        d = stats.paired_difference(a, b)
+        return d["mean"], d["mean_se"]
+
+    rows, base = [], results["hold"]
+    for name, res in results.items():
+        ex = res.extras
+        with np.errstate(divide="ignore", invalid="ignore"):
+            multiple = ex["proceeds"].astype(np.float64) / ex["premium"]
+        growth = res.stats.log_wealth.astype(np.float64) / years
+        row = {"model": model, "policy": name, "n_paths": growth.size}
+        for label, x in (("realized_per_year", ex["proceeds"].astype(np.float64) / years),
+                         ("net_pnl_per_year", net(res)), ("payoff_multiple", multiple), ("growth", growth)):
+            row.update({f"{label}_{k}": v for k, v in stats.describe(x, rng=rng, n_boot=n_boot).items()})
+        row["net_pnl_vs_hold"], row["net_pnl_vs_hold_se"] = paired(net(res), net(base))
+        if "protocol" in results:
+            row["protocol_net_pnl_gain"], row["protocol_net_pnl_gain_se"] = paired(net(results["protocol"]), net(res))
+            with np.errstate(invalid="ignore"):
+                d = net(results["protocol"]) - net(res)
+            row["protocol_net_pnl_gain_median"] = float(np.median(d[np.isfinite(d)]))
+            row["protocol_wins_share"] = float(np.mean(d[np.isfinite(d)] > 0))
+        row["growth_vs_hold"], row["growth_vs_hold_se"] = paired(growth, base.stats.log_wealth / years)
+        row["sales_per_year"] = float(np.mean(ex["sales"]) / years)
+        row["wiped_out"] = float(np.mean(~np.isfinite(growth)))
+        rows.append(row)
+    return rows
+
+
+def protocol_verdicts(policies) -> list[str]:
+    """Plain sentences from ``policy_comparison``'s rows: does the protocol beat each simple
+    policy, per model? On net hedge P&L, paired on the same paths, at 2 standard errors."""
+    out = []
+    for model, g in policies.groupby("model", sort=False):
+        if "protocol_net_pnl_gain" not in g:
+            continue
+        for _, row in g[g.policy != "protocol"].iterrows():
+            d, se = row["protocol_net_pnl_gain"], row["protocol_net_pnl_gain_se"]
+            verdict = "beats" if d > 2 * se else ("loses to" if d < -2 * se else "does not differ from")
+            out.append(f"{model}: the protocol {verdict} {row['policy']} on net hedge P&L "
+                       f"({100 * d:+.3f}% of NAV per year, SE {100 * se:.3f})")
+    return out

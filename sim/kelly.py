@@ -65,6 +65,13 @@ from sim.validation import ParameterError, check_int, check_range
 
 __all__ = [
     "KellyConvergenceError",
+    "unknown_mean",
+    "policy_fractions",
+    "evaluate_fractions",
+    "estimation_error",
+    "estimation_error_summary",
+    "shrinkage_table",
+    "EVALUATION_COLUMNS",
     "binary_kelly",
     "binary_growth",
     "gaussian_kelly",
@@ -581,6 +588,101 @@ def kkt_check(grad, f, *, long_only: bool, budget: float | None, tol: float) -> 
     return dict(ok=worst <= tol, multiplier=nu, max_violation=worst, held=held, at_zero=at_zero, budget_binds=binds)
 
 
+def _weight_start(objective: GrowthObjective, x0, long_only: bool, budget: float | None, as_f) -> np.ndarray:
+    """A start strictly inside the feasible set, where every path survives."""
+    d = max(objective.n_assets, 1)
+    f = project_feasible(np.atleast_1d(_starting_point(objective, x0)).astype(float), long_only, budget)
+    interior = np.full(d, (budget if budget is not None else 1.0) / (d + 1)) if long_only else np.zeros(d)
+    f = 0.5 * f + 0.5 * interior
+    while not np.isfinite(objective(as_f(f))):
+        f = 0.5 * f
+    return f
+
+
+def _newton_step(grad, hess, zero, budget_on: bool):
+    """The Newton step on the free assets (``~zero``), on ``{sum of the free weights fixed}``
+    when the budget binds (``H s - nu 1 = -grad, 1's = 0``). Returns ``(step, free index)``."""
+    idx = np.flatnonzero(~zero)
+    step = np.zeros(grad.size)
+    if idx.size:
+        h = hess[np.ix_(idx, idx)]
+        if budget_on:
+            k = idx.size
+            kkt_matrix = np.block([[h, -np.ones((k, 1))], [np.ones((1, k)), np.zeros((1, 1))]])
+            step[idx] = np.linalg.lstsq(kkt_matrix, np.append(-grad[idx], 0.0), rcond=None)[0][:k]
+        else:
+            step[idx] = np.linalg.lstsq(h, -grad[idx], rcond=None)[0]
+    return step, idx
+
+
+def _release(kkt: dict, zero, grad, budget_on: bool, kkt_tol: float):
+    """Release the constraint whose multiplier has the wrong sign, the worst first (``zero``
+    is updated in place). Returns ``(released, budget_on)``."""
+    nu_now = kkt["multiplier"] if budget_on else 0.0
+    if budget_on and nu_now < -kkt_tol:
+        return True, False
+    excess = np.where(zero, grad - nu_now, -np.inf)
+    if zero.any() and excess.max() > kkt_tol:
+        zero[int(np.argmax(excess))] = False
+        return True, budget_on
+    return False, budget_on
+
+
+def _projected_newton(derivs, f, g, grad, step, zero, long_only: bool, budget: float | None):
+    """The full Newton step projected onto the feasible set: it finds many bounds at once (20
+    assets, 18 at zero: 6 iterations instead of 22). Kept only when it increases ``g``; then
+    every asset it put at zero, and the budget if it binds, are held. Returns ``(f, derivs at
+    f, zero, budget_on)`` or None."""
+    f_proj = project_feasible(f + step, long_only, budget)
+    if long_only:
+        f_proj[zero] = 0.0
+    ascent = float(grad @ (f_proj - f))
+    if not (ascent > 0 and np.abs(f_proj - f - step).max() > 1e-12):
+        return None
+    trial = derivs(f_proj)
+    if not (np.isfinite(trial[0]) and trial[0] >= g + 1e-4 * ascent):
+        return None
+    if long_only:
+        zero = f_proj <= 0.0
+    budget_on = budget is not None and f_proj.sum() >= budget - 1e-12 * max(1.0, budget)
+    return f_proj, trial, zero, budget_on
+
+
+def _boundary(f, step, idx, long_only: bool, budget: float | None, budget_on: bool):
+    """The longest feasible step along ``step`` and the bound it hits: ``(t_max, hit)``."""
+    t_max, hit = 1.0, None
+    for i in idx if long_only else ():
+        if step[i] < 0 and f[i] + step[i] < 0:
+            t = f[i] / -step[i]
+            if t < t_max:
+                t_max, hit = t, ("zero", i)
+    if budget is not None and not budget_on and step.sum() > 0 and f.sum() + step.sum() > budget:
+        t = (budget - f.sum()) / step.sum()
+        if t < t_max:
+            t_max, hit = t, ("budget", None)
+    return t_max, hit
+
+
+def _backtrack(derivs, f, g, grad, step, t_max: float, hit, budget: float | None):
+    """Backtracking from ``t_max`` that keeps every path solvent: ``(f_try, derivs at it, t)``,
+    or None when no step of 40 halvings increases ``g`` beyond float32 resolution."""
+    slope = float(grad @ step)
+    t = t_max
+    for _ in range(40):
+        f_try = f + t * step
+        if hit is not None and t == t_max:
+            if hit[0] == "zero":
+                f_try[hit[1]] = 0.0
+            else:
+                f_try = f_try * (budget / f_try.sum()) if f_try.sum() > 0 else f_try
+        trial = derivs(f_try)  # one engine pass: value, gradient and Hessian at the trial point
+        resolution = 8 * float(np.spacing(np.float32(abs(g) + 1e-30)))
+        if np.isfinite(trial[0]) and (trial[0] >= g + 1e-4 * t * slope or trial[0] >= g - resolution):
+            return f_try, trial, t
+        t *= 0.5
+    return None
+
+
 def _optimize_weights(objective: GrowthObjective, *, long_only: bool, budget: float | None, x0, max_iter: int,
                       kkt_tol: float, xtol: float):
     """Maximize the concave ``g`` over ``{f >= 0 (long_only), sum f <= budget}`` directly in
@@ -589,7 +691,6 @@ def _optimize_weights(objective: GrowthObjective, *, long_only: bool, budget: fl
     or the budget when it binds, is held there; released when its multiplier has the wrong
     sign), a backtracking line search that keeps every path solvent, and convergence only when
     the KKT conditions hold (``kkt_check``). Returns ``(f, kkt, iterations, converged)``."""
-    d = max(objective.n_assets, 1)
     scalar = objective.n_assets == 0
     as_f = (lambda v: float(v[0])) if scalar else (lambda v: v)  # noqa: E731
 
@@ -597,97 +698,138 @@ def _optimize_weights(objective: GrowthObjective, *, long_only: bool, budget: fl
         g, _, grad, _, hess = objective.derivatives(as_f(f))
         return float(g), np.atleast_1d(grad), np.atleast_2d(hess)
 
-    # Start strictly inside the feasible set, and where every path survives.
-    f = project_feasible(np.atleast_1d(_starting_point(objective, x0)).astype(float), long_only, budget)
-    interior = np.full(d, (budget if budget is not None else 1.0) / (d + 1)) if long_only else np.zeros(d)
-    f = 0.5 * f + 0.5 * interior
-    while not np.isfinite(objective(as_f(f))):
-        f = 0.5 * f
-    zero = np.zeros(d, bool)  # assets held at their lower bound 0
+    f = _weight_start(objective, x0, long_only, budget, as_f)
+    zero = np.zeros(f.size, bool)  # assets held at their lower bound 0
     budget_on = False
     cached = None  # (g, grad, hess) at f, from the line search's last evaluation
     for it in range(1, max_iter + 1):
         g, grad, hess = cached = derivs(f) if cached is None else cached
-        free = ~zero
-        idx = np.flatnonzero(free)
-        step = np.zeros(d)
-        if idx.size:
-            h = hess[np.ix_(idx, idx)]
-            if budget_on:  # Newton step on {sum of the free weights fixed}: H s - nu 1 = -grad, 1's = 0
-                k = idx.size
-                kkt_matrix = np.block([[h, -np.ones((k, 1))], [np.ones((1, k)), np.zeros((1, 1))]])
-                step[idx] = np.linalg.lstsq(kkt_matrix, np.append(-grad[idx], 0.0), rcond=None)[0][:k]
-            else:
-                step[idx] = np.linalg.lstsq(h, -grad[idx], rcond=None)[0]
+        step, idx = _newton_step(grad, hess, zero, budget_on)
         if np.abs(step).max() <= xtol:
             kkt = kkt_check(grad, f, long_only=long_only, budget=budget, tol=kkt_tol)
             if kkt["ok"]:
                 return as_f(f), kkt, it, True
-            # release the constraint whose multiplier has the wrong sign, the worst first
-            nu_now = kkt["multiplier"] if budget_on else 0.0
-            if budget_on and nu_now < -kkt_tol:
-                budget_on = False
-                continue
-            excess = np.where(zero, grad - nu_now, -np.inf)
-            if zero.any() and excess.max() > kkt_tol:
-                zero[int(np.argmax(excess))] = False
+            released, budget_on = _release(kkt, zero, grad, budget_on, kkt_tol)
+            if released:
                 continue
             return as_f(f), kkt, it, False  # stuck: the KKT check fails and no constraint to release
-        # First try the full Newton step projected onto the feasible set: it finds many
-        # bounds at once (20 assets, 18 at zero: 6 iterations instead of 22). Kept only when
-        # it increases g; then every asset it put at zero, and the budget if it binds, are held.
         if long_only or budget is not None:
-            f_proj = project_feasible(f + step, long_only, budget)
-            if long_only:
-                f_proj[zero] = 0.0
-            ascent = float(grad @ (f_proj - f))
-            if ascent > 0 and np.abs(f_proj - f - step).max() > 1e-12:
-                trial = derivs(f_proj)
-                if np.isfinite(trial[0]) and trial[0] >= g + 1e-4 * ascent:
-                    f, cached = f_proj, trial
-                    if long_only:
-                        zero = f <= 0.0
-                    budget_on = budget is not None and f.sum() >= budget - 1e-12 * max(1.0, budget)
-                    continue
-        # the longest feasible step along ``step``
-        t_max, hit = 1.0, None
-        for i in idx if long_only else ():
-            if step[i] < 0 and f[i] + step[i] < 0:
-                t = f[i] / -step[i]
-                if t < t_max:
-                    t_max, hit = t, ("zero", i)
-        if budget is not None and not budget_on and step.sum() > 0 and f.sum() + step.sum() > budget:
-            t = (budget - f.sum()) / step.sum()
-            if t < t_max:
-                t_max, hit = t, ("budget", None)
-        slope = float(grad @ step)
-        t = t_max
-        for _ in range(40):
-            f_try = f + t * step
-            if hit is not None and t == t_max:
-                if hit[0] == "zero":
-                    f_try[hit[1]] = 0.0
-                else:
-                    f_try = f_try * (budget / f_try.sum()) if f_try.sum() > 0 else f_try
-            cached = derivs(f_try)  # one engine pass: value, gradient and Hessian at the trial point
-            g_try = cached[0]
-            resolution = 8 * float(np.spacing(np.float32(abs(g) + 1e-30)))
-            if np.isfinite(g_try) and (g_try >= g + 1e-4 * t * slope or g_try >= g - resolution):
-                break
-            t *= 0.5
-        else:
+            jumped = _projected_newton(derivs, f, g, grad, step, zero, long_only, budget)
+            if jumped is not None:
+                f, cached, zero, budget_on = jumped
+                continue
+        t_max, hit = _boundary(f, step, idx, long_only, budget, budget_on)
+        found = _backtrack(derivs, f, g, grad, step, t_max, hit, budget)
+        if found is None:
             kkt = kkt_check(grad, f, long_only=long_only, budget=budget, tol=kkt_tol)
             return as_f(f), kkt, it, kkt["ok"]
-
+        f, cached, t = found
         if hit is not None and t == t_max:
             if hit[0] == "zero":
                 zero[hit[1]] = True
             else:
                 budget_on = True
-        f = f_try
     g, grad, _ = derivs(f)
     kkt = kkt_check(grad, f, long_only=long_only, budget=budget, tol=kkt_tol)
     return as_f(f), kkt, max_iter, False
+
+
+def _lbfgs(loss_vg, u, max_iter: int, gtol: float, xtol: float, to_f):
+    """L-BFGS from optax with an Armijo backtracking line search that also steps back out of
+    the region where a path is wiped out (``g = -inf``). Returns ``(u, |grad|, iterations,
+    converged)``."""
+    opt = _LBFGS
+    state = opt.init(u)
+    value, grad = loss_vg(u)
+    if not np.isfinite(float(value)):
+        raise KellyConvergenceError(f"growth is not finite at the starting point f = {np.asarray(to_f(u))}")
+    for it in range(1, max_iter + 1):
+        grad_norm = float(jnp.linalg.norm(grad))
+        if grad_norm <= gtol:
+            return u, grad_norm, it - 1, True
+        updates, state = _direction(grad, state, u)
+        if it > 2 and float(jnp.linalg.norm(updates)) <= xtol:
+            return u, grad_norm, it - 1, True  # the quasi-Newton step is below xtol
+        slope = float(jnp.vdot(grad, updates))
+        if not slope < 0:  # not a descent direction: restart from steepest descent
+            state, updates = opt.init(u), -grad / max(grad_norm, 1.0)
+            slope = float(jnp.vdot(grad, updates))
+        t = 1.0
+        for _ in range(40):
+            u_try = u + t * updates
+            v_try, g_try = loss_vg(u_try)
+            if not np.isfinite(float(v_try)):
+                t *= 0.5
+                continue
+            if float(v_try) <= float(value) + 1e-4 * t * slope:
+                break  # Armijo
+            # Near the optimum the decrease is below float32 resolution of the value: accept
+            # a step that does not increase it and shrinks the directional derivative.
+            resolution = 4 * float(np.spacing(np.float32(abs(float(value)) + 1e-30)))
+            if float(v_try) <= float(value) + resolution and abs(float(jnp.vdot(g_try, updates))) <= 0.9 * abs(slope):
+                break
+            t *= 0.5
+        else:  # no decrease possible in float32: converged if the step was already tiny
+            return u, grad_norm, it, grad_norm <= 10 * gtol or float(jnp.linalg.norm(updates)) <= 10 * xtol
+        u, value, grad = u_try, v_try, g_try
+    return u, float(jnp.linalg.norm(grad)), max_iter, float(jnp.linalg.norm(grad)) <= gtol
+
+
+def _drawdown_on_ray(objective: GrowthObjective, *, x0, max_iter: int, gtol: float, xtol: float):
+    """One asset under ``P(max drawdown > d) <= eps``: ``g`` is concave and the breach
+    probability grows with ``|f|`` along the ray from 0 to the unconstrained optimum, so the
+    constrained optimum is that optimum if it meets the constraint, else the largest ``f`` on
+    the ray that does, with the exact indicator on these draws (bisection). The logistic
+    smoothing of the former augmented Lagrangian biased P up and bound too early (a true
+    breach rate of about 2/3 of eps). Returns ``(f, |grad|, iterations, converged, info)``."""
+    dd = objective.drawdown
+    free = optimize(objective.without_drawdown(), x0=x0, max_iter=max_iter, gtol=gtol, xtol=xtol, strict=False)
+    f_free = float(free.full_fraction)
+    p_free = objective.breach_probability(f_free)
+    if p_free <= dd[1]:
+        f_w, binds, p_in = f_free, False, p_free
+    else:
+        lo_s, hi_s, p_in = 0.0, 1.0, objective.breach_probability(0.0)
+        if p_in > dd[1]:
+            raise KellyConvergenceError(f"drawdown constraint P(max drawdown > {dd[0]}) <= {dd[1]} is infeasible "
+                                        f"on these draws: even f = 0 breaches it with probability {p_in:.4g}")
+        for _ in range(40):
+            mid = 0.5 * (lo_s + hi_s)
+            p_mid = objective.breach_probability(mid * f_free)
+            if p_mid <= dd[1]:
+                lo_s, p_in = mid, p_mid
+            else:
+                hi_s = mid
+            if (hi_s - lo_s) * abs(f_free) < 1e-5:
+                break
+        f_w, binds = lo_s * f_free, True
+    n = objective.n_paths
+    info = dict(max_drawdown=dd[0], eps=dd[1], binds=binds, unconstrained_fraction=f_free,
+                in_sample_probability=p_in, in_sample_probability_se=math.sqrt(p_in * (1 - p_in) / n),
+                method="exact indicator, bisection along the ray to the unconstrained optimum")
+    return f_w, free.grad_norm, free.iterations, free.converged, info
+
+
+def _augmented_lagrangian(loss_vg, means, u, eps: float, *, max_iter: int, gtol: float, xtol: float,
+                          constraint_tol: float, to_f):
+    """Several assets under the smoothed drawdown constraint: L-BFGS solves of the augmented
+    Lagrangian, the multiplier updated between them. Returns ``(u, |grad|, iterations,
+    converged, info)``."""
+    lam, rho, iterations, converged, p, grad_norm = 0.0, 50.0, 0, False, float("nan"), float("nan")
+    for _outer in range(12):
+        lam32, rho32 = jnp.float32(lam), jnp.float32(rho)
+        u, grad_norm, it, ok = _lbfgs(lambda v: loss_vg(v, lam32, rho32), u, max_iter, gtol, xtol, to_f)
+        iterations += it
+        p = float(means(to_f(u))[1])
+        lam = max(0.0, lam + rho * (p - eps))
+        if ok and p <= eps + constraint_tol and (lam == 0.0 or abs(p - eps) <= constraint_tol):
+            converged = True
+            break
+        rho *= 4.0
+    info = dict(max_drawdown=None, eps=eps, smoothed_probability=p, multiplier=lam,
+                method="augmented Lagrangian on the logistic-smoothed indicator (several assets): "
+                       "the smoothing biases P up, so the constraint binds early")
+    return u, grad_norm, iterations, converged, info
 
 
 def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bool = False,
@@ -722,10 +864,6 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
             raise ParameterError("budget applies to several assets (MultiAsset); for one asset bound f directly")
     transform = _Transform(objective.n_assets, bool(long_only), None if budget is None else float(budget))
     to_f = transform.to_f
-
-    def start_u():
-        return jnp.asarray(transform.to_u(_starting_point(objective, x0)), jnp.float32)
-
     dd = objective.drawdown
     eps = jnp.float32(dd[1] if dd is not None else 0.0)
     seed, process = objective._args()
@@ -733,55 +871,10 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
     def loss_vg(u, lam, rho):
         return _loss_vg(u, lam, rho, eps, seed, process, objective.spec, transform)
 
-    def means(f):
-        return _means_fwd_mode(f, seed, process, objective.spec)
+    def start_u():
+        return jnp.asarray(transform.to_u(_starting_point(objective, x0)), jnp.float32)
 
-    opt = _LBFGS
-
-    def direction(grad, state, u):
-        return _direction(grad, state, u)
-
-    def solve(u, lam, rho):
-        """L-BFGS from optax with an Armijo backtracking line search that also steps back
-        out of the region where a path is wiped out (``g = -inf``)."""
-        lam, rho = jnp.float32(lam), jnp.float32(rho)
-        state = opt.init(u)
-        value, grad = loss_vg(u, lam, rho)
-        if not np.isfinite(float(value)):
-            raise KellyConvergenceError(f"growth is not finite at the starting point f = {np.asarray(to_f(u))}")
-        for it in range(1, max_iter + 1):
-            grad_norm = float(jnp.linalg.norm(grad))
-            if grad_norm <= gtol:
-                return u, grad_norm, it - 1, True
-            updates, state = direction(grad, state, u)
-            if it > 2 and float(jnp.linalg.norm(updates)) <= xtol:
-                return u, grad_norm, it - 1, True  # the quasi-Newton step is below xtol
-            slope = float(jnp.vdot(grad, updates))
-            if not slope < 0:  # not a descent direction: restart from steepest descent
-                state, updates = opt.init(u), -grad / max(grad_norm, 1.0)
-                slope = float(jnp.vdot(grad, updates))
-            t = 1.0
-            for _ in range(40):
-                u_try = u + t * updates
-                v_try, g_try = loss_vg(u_try, lam, rho)
-                if not np.isfinite(float(v_try)):
-                    t *= 0.5
-                    continue
-                if float(v_try) <= float(value) + 1e-4 * t * slope:
-                    break  # Armijo
-                # Near the optimum the decrease is below float32 resolution of the value: accept
-                # a step that does not increase it and shrinks the directional derivative.
-                resolution = 4 * float(np.spacing(np.float32(abs(float(value)) + 1e-30)))
-                if float(v_try) <= float(value) + resolution and abs(float(jnp.vdot(g_try, updates))) <= 0.9 * abs(slope):
-                    break
-                t *= 0.5
-            else:  # no decrease possible in float32: converged if the step was already tiny
-                return u, grad_norm, it, grad_norm <= 10 * gtol or float(jnp.linalg.norm(updates)) <= 10 * xtol
-            u, value, grad = u_try, v_try, g_try
-        return u, float(jnp.linalg.norm(grad)), max_iter, float(jnp.linalg.norm(grad)) <= gtol
-
-    constraint_info = None
-    kkt = None
+    constraint_info, f_w, u = None, None, None
     if dd is None and (long_only or budget is not None):
         f_w, kkt, iterations, converged = _optimize_weights(
             objective, long_only=bool(long_only), budget=None if budget is None else float(budget), x0=x0,
@@ -790,58 +883,18 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
         constraint_info = dict(long_only=bool(long_only), budget=budget, kkt_ok=kkt["ok"],
                                kkt_max_violation=kkt["max_violation"], budget_multiplier=kkt["multiplier"],
                                budget_binds=kkt["budget_binds"], n_held=int(kkt["held"].sum()))
-        u = None
     elif dd is None:
-        u, grad_norm, iterations, converged = solve(start_u(), 0.0, 1.0)
+        zero = jnp.float32(0.0), jnp.float32(1.0)
+        u, grad_norm, iterations, converged = _lbfgs(lambda v: loss_vg(v, *zero), start_u(), max_iter, gtol, xtol,
+                                                     to_f)
     elif objective.n_assets == 0 and not long_only:
-        # One asset: g is concave and P(max drawdown > d) grows with |f| along the ray from 0
-        # to the unconstrained optimum, so the constrained optimum is that optimum if it meets
-        # the constraint, else the largest f on the ray that does, with the exact indicator on
-        # these draws (bisection). The logistic smoothing of the former augmented Lagrangian
-        # biased P up and bound too early (a true breach rate of about 2/3 of eps).
-        free = optimize(objective.without_drawdown(), x0=x0, max_iter=max_iter, gtol=gtol, xtol=xtol, strict=False)
-        f_free = float(free.full_fraction)
-        iterations, grad_norm = free.iterations, free.grad_norm
-        p_free = objective.breach_probability(f_free)
-        if p_free <= dd[1]:
-            f_w, binds, p_in = f_free, False, p_free
-        else:
-            lo_s, hi_s, p_in = 0.0, 1.0, objective.breach_probability(0.0)
-            if p_in > dd[1]:
-                raise KellyConvergenceError(f"drawdown constraint P(max drawdown > {dd[0]}) <= {dd[1]} is infeasible "
-                                            f"on these draws: even f = 0 breaches it with probability {p_in:.4g}")
-            for _ in range(40):
-                mid = 0.5 * (lo_s + hi_s)
-                p_mid = objective.breach_probability(mid * f_free)
-                if p_mid <= dd[1]:
-                    lo_s, p_in = mid, p_mid
-                else:
-                    hi_s = mid
-                if (hi_s - lo_s) * abs(f_free) < 1e-5:
-                    break
-            f_w, binds = lo_s * f_free, True
-        converged = free.converged
-        n = objective.n_paths
-        constraint_info = dict(max_drawdown=dd[0], eps=dd[1], binds=binds, unconstrained_fraction=f_free,
-                               in_sample_probability=p_in, in_sample_probability_se=math.sqrt(p_in * (1 - p_in) / n),
-                               method="exact indicator, bisection along the ray to the unconstrained optimum")
-        u = None
+        f_w, grad_norm, iterations, converged, constraint_info = _drawdown_on_ray(
+            objective, x0=x0, max_iter=max_iter, gtol=gtol, xtol=xtol)
     else:
-        lam, rho, iterations, converged, p = 0.0, 50.0, 0, False, float("nan")
-        u = start_u()
-        for _outer in range(12):
-            u, grad_norm, it, ok = solve(u, lam, rho)
-            iterations += it
-            p = float(means(to_f(u))[1])
-            lam = max(0.0, lam + rho * (p - dd[1]))
-            if ok and p <= dd[1] + constraint_tol and (lam == 0.0 or abs(p - dd[1]) <= constraint_tol):
-                converged = True
-                break
-            rho *= 4.0
-        constraint_info = dict(max_drawdown=dd[0], eps=dd[1], smoothed_probability=p, multiplier=lam,
-                               method="augmented Lagrangian on the logistic-smoothed indicator (several assets): "
-                                      "the smoothing biases P up, so the constraint binds early")
-
+        u, grad_norm, iterations, converged, constraint_info = _augmented_lagrangian(
+            loss_vg, lambda f: _means_fwd_mode(f, seed, process, objective.spec), start_u(), dd[1],
+            max_iter=max_iter, gtol=gtol, xtol=xtol, constraint_tol=constraint_tol, to_f=to_f)
+        constraint_info["max_drawdown"] = dd[0]
     f_full = np.asarray(to_f(u), float) if u is not None else np.asarray(f_w, float)
     if not converged and strict:
         raise KellyConvergenceError(
@@ -849,10 +902,17 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
             f"iterations: gradient norm {grad_norm:.3g} > gtol {gtol:g} at f = {f_full}"
             + (f"; constraint {constraint_info}" if constraint_info else "")
         )
+    return _kelly_result(objective, f_full, multiple, grad_norm, iterations, converged, constraint_info,
+                         sandwich=dd is None and not long_only and budget is None)
+
+
+def _kelly_result(objective: GrowthObjective, f_full, multiple: float, grad_norm, iterations: int, converged: bool,
+                  constraint_info, *, sandwich: bool) -> KellyResult:
+    dd = objective.drawdown
     f = multiple * f_full
     g_full, g_full_se, _, grad_cov, hess = objective.derivatives(f_full)
     fraction_se = None
-    if dd is None and not long_only and budget is None:
+    if sandwich:
         # Sandwich: f_hat - f* ~ -H^-1 grad_hat, so Cov(f_hat) = H^-1 Cov(grad_hat) H^-1.
         h_inv = np.linalg.inv(hess)
         fraction_se = np.sqrt(np.diag(h_inv @ grad_cov @ h_inv))
@@ -939,3 +999,103 @@ def fit_student_t(returns, *, steps_per_year: float = 252.0, nus=None):
 
     ll = np.array([loglik(nu) for nu in nus])
     return m * steps_per_year, s * math.sqrt(steps_per_year), float(nus[int(np.argmax(ll))])
+
+
+# --------------------------------------------------------------------------- policy studies
+
+#: the columns of ``evaluate_fractions``'s rows, from ``SimResult.summary``
+EVALUATION_COLUMNS = ("time_avg_growth", "time_avg_growth_se", "time_avg_growth_median", "median_wealth",
+                      "ruin_probability", "p_max_drawdown_gt_50", "max_drawdown_median", "es99", "cagr_median",
+                      "calmar_median")
+
+
+def unknown_mean(fitted, sample_years: float):
+    """``fitted`` with its mean unknown: normal around ``fitted.mu`` with the standard error of
+    a mean over ``sample_years`` (``sigma / sqrt(T)``), each path drawing its own mean."""
+    from sim.processes import ParameterUncertainty
+
+    return ParameterUncertainty(fitted, names=("mu",), kinds=("normal",), loc=np.array([fitted.mu]),
+                                scale=np.array([fitted.sigma / math.sqrt(sample_years)]), shift=np.array([0.0]))
+
+
+def policy_fractions(fitted, sample_years: float, *, seed: int, n_paths: int, n_steps: int, steps_per_year: float,
+                     risk_free: float, fractional_multiple: float, drawdown_level: float,
+                     drawdown_probability: float, drawdown_steps: int) -> tuple[dict, float]:
+    """The four sizing policies for a fitted model, by numeric Kelly on common random numbers:
+    ``plug_in`` (the fitted model's optimum), ``fractional`` (``fractional_multiple`` times
+    it), ``uncertainty`` (the optimum under ``unknown_mean``), ``drawdown`` (maximum growth
+    with ``P(max drawdown > level over drawdown_steps) <= probability``). Returns the
+    fractions and the drawdown policy's breach probability on fresh draws."""
+    kw = dict(seed=seed, n_paths=n_paths, n_steps=n_steps, steps_per_year=steps_per_year, risk_free=risk_free)
+    plug = optimize(GrowthObjective(fitted, **kw))
+    unc = optimize(GrowthObjective(unknown_mean(fitted, sample_years), **kw))
+    dd = optimize(GrowthObjective(fitted, drawdown=(drawdown_level, drawdown_probability),
+                                  **dict(kw, n_steps=drawdown_steps)))
+    fractions = {"plug_in": plug.full_fraction, "fractional": fractional_multiple * plug.full_fraction,
+                 "uncertainty": unc.full_fraction, "drawdown": dd.full_fraction}
+    return fractions, dd.breach_probability
+
+
+def evaluate_fractions(process, fractions: dict, *, seed: int, n_paths: int, n_steps: int, steps_per_year: float,
+                       risk_free: float, floor: float) -> tuple[list, dict]:
+    """Each fraction held on ``process`` (the same draws for all): one row per policy with
+    ``EVALUATION_COLUMNS``, and the per-path terminal log wealth per policy."""
+    rows, wealth = [], {}
+    for name, f in fractions.items():
+        res = engine.simulate(process, seed=seed, n_paths=n_paths, n_steps=n_steps, steps_per_year=steps_per_year,
+                              policy=engine.ConstantMix(f, risk_free, floor))
+        s = res.summary()
+        wealth[name] = res.stats.log_wealth
+        rows.append({"policy": name, "fraction": f, **{k: s[k] for k in EVALUATION_COLUMNS}})
+    return rows, wealth
+
+
+def estimation_error(true, sample_years: float, n_datasets: int, objective: GrowthObjective, rng) :
+    """What estimating the mean costs: the fitted Gaussian Kelly fraction on ``n_datasets``
+    independent samples of ``sample_years`` of a known-sigma ``true`` model (plug-in, half,
+    and shrunk by ``frequentist_shrinkage``'s estimated ``k``), each rule's growth evaluated by
+    ``objective`` (the true model, the same draws for every rule: no interpolation)."""
+    import pandas as pd
+
+    mu_hat = true.mu + true.sigma / math.sqrt(sample_years) * rng.standard_normal(n_datasets)
+    f_hat = mu_hat / true.sigma**2
+    theta_hat = mu_hat / true.sigma
+    k_hat = np.clip((theta_hat**2 - 1 / sample_years) / np.maximum(theta_hat**2, 1e-12), 0, 1)
+    out = pd.DataFrame({"mu_hat": mu_hat, "f_plug_in": f_hat, "f_half": 0.5 * f_hat, "f_shrunk": k_hat * f_hat})
+    for col in ("f_plug_in", "f_half", "f_shrunk"):
+        out["growth_" + col[2:]] = objective.values(out[col].to_numpy())
+    return out
+
+
+def estimation_error_summary(datasets) -> dict:
+    """Expected and median growth and the share wiped out per rule of ``estimation_error``,
+    and how often the plug-in fraction is levered or short."""
+    out = {f"{rule}_{stat}": value for rule in ("plug_in", "half", "shrunk") for stat, value in (
+        ("expected_growth", float(datasets["growth_" + rule].mean())),
+        ("median_growth", float(datasets["growth_" + rule].median())),
+        ("share_wiped_out", float((~np.isfinite(datasets["growth_" + rule])).mean())),
+    )}
+    out["share_levered_plug_in"] = float((datasets.f_plug_in > 1).mean())
+    out["share_short_plug_in"] = float((datasets.f_plug_in < 0).mean())
+    return out
+
+
+def shrinkage_table(base, sample_years, *, holding_years: float, steps_per_year: float, seed: int,
+                    n_paths: int = 1 << 16) :
+    """Kelly under an unknown mean (known sigma) against the sample length ``T``: the simulated
+    ratio of the posterior-averaged optimum to the plug-in one over one holding period, with
+    its standard error, against ``bayes_shrinkage`` (for that period and for daily
+    rebalancing) and ``frequentist_shrinkage``."""
+    import pandas as pd
+
+    kw = dict(seed=seed, n_paths=n_paths, n_steps=1, steps_per_year=1 / holding_years)
+    plug = optimize(GrowthObjective(base, **kw), x0=0.3)
+    rows = []
+    for T in sample_years:
+        res = optimize(GrowthObjective(unknown_mean(base, T), **kw), x0=0.3)
+        rows.append({"sample_years": T, "simulated": res.full_fraction / plug.full_fraction,
+                     "simulated_se": res.fraction_se / plug.full_fraction,
+                     "bayes_closed_form": bayes_shrinkage(T, holding_years),
+                     "bayes_daily_rebalancing": bayes_shrinkage(T, 1 / steps_per_year),
+                     "frequentist_optimum": frequentist_shrinkage(base.mu / base.sigma, T)})
+    return pd.DataFrame(rows)

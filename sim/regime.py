@@ -64,7 +64,7 @@ from sim.pytree import pytree_dataclass
 from sim.validation import ParameterError, check_int, check_range
 
 __all__ = [
-    "signal_lead_lag",
+    "signal_lead_lag", "protocol_events", "stage_table", "calm_table", "STAGE_EVENTS",
     "Ewm", "ewm_init", "ewm_update", "Detector", "DetectorState", "Signals", "Protocol", "ProtocolState",
     "CrashProtocol", "seed_labels", "run_detector", "corwin_schultz_spread", "ARMED", "CRASH", "PARTIAL", "EXIT",
     "STATE_NAMES", "LABEL_NAMES", "SIGNAL_FAMILIES",
@@ -604,3 +604,82 @@ def corwin_schultz_spread(high, low) -> np.ndarray:
     alpha = (np.sqrt(2.0 * b) - np.sqrt(b)) / k - np.sqrt(g / k)
     out[1:] = np.maximum(2.0 * np.expm1(alpha) / (1.0 + np.exp(alpha)), 0.0)
     return out
+
+
+# --------------------------------------------------------------------------- tables over a real history
+
+STAGE_EVENTS = {"crash_detected": "entered CRASH (HODL)", "partial": "PARTIAL MONETIZE + roll down",
+                "full_exit": "FULL EXIT", "rearmed": "re-armed"}
+
+
+def protocol_events(frame):
+    """Every stage change of the protocol over a history (``frame``: ``run_detector``'s
+    ``state`` column on a date index): ``date`` and ``event`` (a key of ``STAGE_EVENTS``)."""
+    import pandas as pd
+
+    state = frame["state"].to_numpy()
+    prev = np.concatenate([[ARMED], state[:-1]])
+    kinds = {CRASH: "crash_detected", PARTIAL: "partial", EXIT: "full_exit", ARMED: "rearmed"}
+    rows = [{"date": frame.index[i], "event": kinds[int(state[i])]} for i in np.flatnonzero(state != prev)]
+    return pd.DataFrame(rows, columns=["date", "event"])
+
+
+def stage_table(frame, windows: dict):
+    """When each stage fired relative to the trough of each crash window (``windows``: name ->
+    (first, last) date): the window's peak (the highest price in the year before, up to the
+    trough), trough and peak-to-trough move, and per event its date, trading days from the
+    trough, price against peak and trough, and the implied vol then (with its source).
+    ``frame``: ``price``, ``vix``, ``vix_source`` and ``run_detector``'s ``state``."""
+    import pandas as pd
+
+    events = protocol_events(frame)
+    pos = {d: i for i, d in enumerate(frame.index)}
+    rows = []
+    for name, (a, b) in windows.items():
+        w = frame.loc[pd.Timestamp(a):pd.Timestamp(b)]
+        if w.empty:
+            continue
+        trough = w["price"].idxmin()
+        peak = frame.loc[pd.Timestamp(a) - pd.Timedelta(days=365):trough, "price"].idxmax()
+        sel = events[(events["date"] >= w.index[0]) & (events["date"] <= w.index[-1])]
+        base = {"window": name, "peak_date": str(peak.date()), "trough_date": str(trough.date()),
+                "peak_to_trough": float(w.loc[trough, "price"] / frame.loc[peak, "price"] - 1.0)}
+        if sel.empty:
+            rows.append({**base, "event": "none", "date": None, "days_from_trough": None})
+            continue
+        for _, e in sel.iterrows():
+            d = e["date"]
+            rows.append({**base, "event": STAGE_EVENTS[e["event"]], "date": str(d.date()),
+                         "days_from_trough": pos[d] - pos[trough],
+                         "price_vs_peak": float(frame.loc[d, "price"] / frame.loc[peak, "price"] - 1.0),
+                         "price_vs_trough": float(frame.loc[d, "price"] / w.loc[trough, "price"] - 1.0),
+                         "vix": float(frame.loc[d, "vix"]), "vix_source": frame.loc[d, "vix_source"]})
+    return pd.DataFrame(rows)
+
+
+def calm_table(frame, years, crash: CrashProtocol):
+    """Per calm year: trading days, the index's return and max drawdown, the protocol's entries
+    into CRASH, and the share of days each diagnosed signal fires (``DIAGNOSED``; ``crash.
+    fired``). ``frame``: ``run_detector``'s outputs (signals, ``state``, ``action``) and
+    ``price`` on a date index; a year outside it is an error."""
+    import pandas as pd
+
+    sig = Signals(**{f: jnp.asarray(frame[f].to_numpy()) for f in Signals._fields})
+    z = jnp.zeros(len(frame))
+    p = ProtocolState(jnp.asarray(frame["state"].to_numpy()), z, z, jnp.asarray(frame["action"].to_numpy()), z)
+    fired = np.asarray(crash.fired(sig, p))
+    events = protocol_events(frame)
+    rows = []
+    for y in years:
+        mask = np.asarray(frame.index.year == int(y))
+        if not mask.any():
+            raise ParameterError(f"real.calm_years: {y} is outside the shipped data")
+        price = frame["price"][mask]
+        row = {"year": int(y), "days": int(mask.sum()),
+               "index_return": float(price.iloc[-1] / price.iloc[0] - 1.0),
+               "max_drawdown": float(1 - (price / price.cummax()).min()),
+               "crash_entries": int(((events["date"].dt.year == int(y)) & (events["event"] == "crash_detected")).sum())}
+        for i, n in enumerate(DIAGNOSED):
+            row[n] = float(fired[i][mask].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -38,6 +38,13 @@ __all__ = [
     "nav_metrics",
     "expected_shortfall",
     "summarize",
+    "paired_difference",
+    "strategy_metrics",
+    "binary_game_exact",
+    "simulated_game",
+    "wealth_fan",
+    "growth_histogram",
+    "FAN_QUANTILES",
 ]
 
 NEVER = -1  # ruin_step of a path that was never ruined
@@ -287,3 +294,123 @@ def nav_metrics(nav, dates, *, steps_per_year: float, floor: float) -> dict:
         "ruined": bool(np.any(nav < floor * nav[0])),
         "final_nav": float(nav[-1]),
     }
+
+
+# --------------------------------------------------------------------------- a run against a baseline
+
+
+def strategy_metrics(res, base=None) -> dict:
+    """One strategy's figures from a ``sim.engine.SimResult`` with yearly snapshots: median
+    CAGR, time-average growth (mean with SE, median), the share wiped out, mean annualized
+    volatility of the per-step returns while alive, max drawdown (mean, median, 95th
+    percentile), ES99 of the pooled annual returns, median Sharpe and Calmar, ruin probability;
+    a hedge's premium, proceeds, costs and sales per year where ``res.extras`` holds them.
+
+    With ``base`` (the same draws without the overlay): the paired growth difference with its
+    standard error over the paths finite in both, the shares of paths saved from and lost to a
+    wipe-out, and the change in ES99 (absolute, relative, per unit of premium)."""
+    s = res.summary()
+    years, spy = res.years, res.steps_per_year
+    ann = annual_returns(res.snapshots)
+    alive = np.where(res.stats.ruin_step == NEVER, res.n_steps, res.stats.ruin_step).astype(np.float64)
+    mean_r = res.stats.sum_r / alive
+    vol = np.sqrt(np.maximum(res.stats.sum_r2 / alive - mean_r**2, 0.0) * spy)
+    out = {k: s[k] for k in ("cagr_median", "time_avg_growth", "time_avg_growth_se", "time_avg_growth_median")}
+    out["wiped_out"] = float(np.mean(~np.isfinite(res.stats.log_wealth)))
+    out["volatility"] = float(np.mean(vol))
+    out.update({k: s[k] for k in ("max_drawdown_mean", "max_drawdown_median", "max_drawdown_q95")})
+    out["es99_annual"] = expected_shortfall(ann, 0.99)
+    out.update({k: s[k] for k in ("sharpe_median", "calmar_median", "ruin_probability")})
+    if res.extras:
+        for k in ("premium", "proceeds", "costs", "sales"):
+            out[f"{k}_per_year"] = float(np.nanmean(res.extras[k]) / years)
+    if base is not None:
+        paired = paired_difference(res.stats.log_wealth / years, base.stats.log_wealth / years)
+        out["growth_vs_unhedged"] = paired["mean"]  # over the paths finite in both runs
+        out["growth_vs_unhedged_se"] = paired["mean_se"]
+        out["paths_saved_by_hedge"] = paired["saved"]  # unhedged wiped out, hedged not
+        out["paths_saved_by_hedge_se"] = paired["saved_se"]
+        out["paths_lost_by_hedge"] = paired["lost"]
+        out["paths_lost_by_hedge_se"] = paired["lost_se"]
+        out["growth_vs_unhedged_note"] = PAIRED_NOTE if paired["saved"] or paired["lost"] else ""
+        base_es = expected_shortfall(annual_returns(base.snapshots), 0.99)
+        out["es99_change"] = out["es99_annual"] - base_es
+        out["es99_change_relative"] = out["es99_change"] / base_es
+        if out.get("premium_per_year", 0) > 0:
+            out["es99_reduction_per_premium"] = -out["es99_change"] / out["premium_per_year"]
+    out["n_paths"] = res.stats.log_wealth.size
+    return out
+
+
+# --------------------------------------------------------------------------- time vs ensemble averages
+
+FAN_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+def binary_game_exact(p: float, up: float, down: float, n_rounds: int) -> dict:
+    """Exact laws of the multiplicative coin game (``1 + up`` with probability ``p``, else
+    ``1 + down``; Peters' +50% / -40%) after ``n_rounds``, from the binomial distribution:
+    ensemble and time-average growth per round, median and mean wealth, P(wealth < 1)."""
+    k = np.arange(n_rounds + 1)
+    log_pmf = np.array(
+        [math.lgamma(n_rounds + 1) - math.lgamma(i + 1) - math.lgamma(n_rounds - i + 1) for i in k]
+    ) + k * _log(p) + (n_rounds - k) * _log(1 - p)
+    pmf = np.exp(log_pmf)
+    log_w = k * math.log1p(up) + (n_rounds - k) * math.log1p(down)
+    order = np.argsort(log_w, kind="stable")
+    cdf = np.cumsum(pmf[order])
+    median_log_w = log_w[order][np.searchsorted(cdf, 0.5)]
+    return {
+        "ensemble_growth_per_round": math.log(p * (1 + up) + (1 - p) * (1 + down)),
+        "time_avg_growth_per_round": p * math.log1p(up) + (1 - p) * math.log1p(down),
+        "median_wealth": float(math.exp(median_log_w)),
+        "fraction_below_1": float(pmf[log_w < 0].sum()),
+        "mean_wealth": float((p * (1 + up) + (1 - p) * (1 + down)) ** n_rounds),
+    }
+
+
+def simulated_game(log_wealth, n_rounds: int, exact: dict) -> dict:
+    """The simulated counterparts of ``binary_game_exact`` from per-path log wealth, with
+    standard errors (that of P(wealth < 1) from the exact probability)."""
+    lw = np.asarray(log_wealth, np.float64)
+    n = lw.size
+    ensemble = np.logaddexp.reduce(lw) - math.log(n)
+    return {
+        "median_wealth": float(np.exp(np.median(lw))),
+        "fraction_below_1": float((lw < 0).mean()),
+        "fraction_below_1_se": float(math.sqrt(exact["fraction_below_1"] * (1 - exact["fraction_below_1"]) / n)),
+        "mean_wealth": float(np.exp(ensemble)),
+        "time_avg_growth_per_round": float(lw.mean() / n_rounds),
+        "time_avg_growth_per_round_se": float(lw.std(ddof=1) / n_rounds / math.sqrt(n)),
+        "ensemble_growth_per_round": float(ensemble / n_rounds),
+    }
+
+
+def wealth_fan(result, time_unit: float):
+    """Cross-sectional mean and quantiles (``FAN_QUANTILES``) of wealth at a result's snapshot
+    times, plus ``t = 0``: a ``pandas.DataFrame`` with ``time`` in units of ``time_unit`` steps."""
+    import pandas as pd
+
+    lw = result.snapshots.astype(np.float64)
+    n = lw.shape[1]
+    mean = np.exp(np.logaddexp.reduce(lw, axis=1) - math.log(n))
+    q = np.exp(np.quantile(lw, FAN_QUANTILES, axis=1))
+    frame = pd.DataFrame({"time": result.snapshot_steps / time_unit, "mean_wealth": mean})
+    for qi, row in zip(FAN_QUANTILES, q):
+        frame[f"q{round(qi * 100):02d}_wealth"] = row
+    start = pd.DataFrame({c: [0.0 if c == "time" else 1.0] for c in frame.columns})
+    return pd.concat([start, frame], ignore_index=True)
+
+
+def growth_histogram(growth, part: str, bins: int = 80):
+    """Histogram of the finite per-path growth rates: ``part``, ``bin_left``, ``bin_right``,
+    ``count`` (paths wiped out, ``-inf``, are left out)."""
+    import pandas as pd
+
+    growth = np.asarray(growth)
+    counts, edges = np.histogram(growth[np.isfinite(growth)], bins=bins)
+    return pd.DataFrame({"part": part, "bin_left": edges[:-1], "bin_right": edges[1:], "count": counts})

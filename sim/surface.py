@@ -39,13 +39,14 @@ import numpy as np
 from jax import lax
 
 from sim import engine
-from sim.kelly import refine_grid_maximum
+from sim.kelly import reference_kelly, refine_grid_maximum
 from sim.pytree import pytree_dataclass, static_field
 from sim import stats as stats_lib
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
 
-__all__ = ["SurfaceResult", "ruin_surface", "batch_process"]
+__all__ = ["SurfaceResult", "ruin_surface", "batch_process", "kelly_multiples", "reference_fractions", "optimum_note",
+           "OPTIMUM_INTERIOR"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,80 @@ class SurfaceResult:
             "mean_growth": self.mean_growth.ravel(),
             "wipeout_probability": self.wipeout_probability.ravel(),
         })
+
+    def optimum_table(self, reference, multiples):
+        """The growth-optimal fraction per model point with its flags, its value on half of the
+        paths, whether it moves by more than a grid step between the two (sample-size
+        dependence) and one plain sentence (``optimum_note``); ``reference`` is each point's
+        Gaussian Kelly fraction, ``multiples`` the grid of Kelly multiples ``c``."""
+        import pandas as pd
+
+        flags = self.optimum_flags()
+        optimal_f, half_f = flags["fraction"], self.growth_optimal_half_sample()
+        grid_step = float(np.diff(multiples).max())
+        moves = np.abs(optimal_f - half_f) / reference > grid_step
+        notes = [optimum_note(w, e, m) for w, e, m in zip(flags["at_wipeout_edge"], flags["at_grid_edge"], moves)]
+        return pd.DataFrame({
+            self.axis: self.values,
+            "gaussian_kelly_fraction": reference,
+            "growth_optimal_fraction": optimal_f,
+            "growth_optimal_multiple": optimal_f / reference,
+            "growth_optimal_multiple_half_sample": half_f / reference,
+            "at_wipeout_edge": flags["at_wipeout_edge"],
+            "at_grid_edge": flags["at_grid_edge"],
+            "moves_with_sample_size": moves,
+            "grid_step_in_c": grid_step,
+            "n_paths": self.n_paths,
+            "note": notes,
+        })
+
+    def at_multiple(self, multiples, c: float = 1.0) -> dict:
+        """Ruin probability, P(drawdown) and median growth per model point at the grid's
+        multiple nearest ``c``."""
+        i = int(np.argmin(np.abs(np.asarray(multiples) - c)))
+        keys = list(map(str, self.values))
+        return {"multiple": multiples[i], "ruin_probability": dict(zip(keys, self.ruin_probability[:, i])),
+                "p_drawdown": dict(zip(keys, self.p_drawdown[:, i])),
+                "median_growth": dict(zip(keys, self.median_growth[:, i]))}
+
+
+OPTIMUM_INTERIOR = "interior optimum"
+
+
+def optimum_note(at_wipeout_edge: bool, at_grid_edge: bool, moves: bool) -> str:
+    """One plain sentence on what a model point's growth-optimal fraction is."""
+    parts = []
+    if at_wipeout_edge:
+        parts.append("pinned just below the first fraction with a wipe-out on these draws (not a "
+                     "smooth optimum; it moves with the number of paths)")
+    if at_grid_edge:
+        parts.append("best at the edge of the grid of c (the optimum may lie beyond it)")
+    if moves and not at_wipeout_edge:
+        parts.append("differs by more than a grid step on half of the paths (sample-size dependent)")
+    return "; ".join(parts) if parts else OPTIMUM_INTERIOR
+
+
+def kelly_multiples(spec) -> np.ndarray:
+    """The grid of Kelly multiples ``c``: a list of values, or a mapping ``start``, ``stop``,
+    ``num`` (2..4096 points); every ``c`` in (0, 50]."""
+    if hasattr(spec, "keys"):
+        num = check_int("surface.multiples.num", spec["num"], 2, 4096)
+        c = np.linspace(float(spec["start"]), float(spec["stop"]), num)
+    else:
+        c = np.asarray(list(spec), float)
+    check_range("surface.multiples (Kelly multiple c)", c, 0.0, 50.0, lo_closed=False)
+    return c
+
+
+def reference_fractions(base, axis: str, values, risk_free: float) -> np.ndarray:
+    """Each model point's Gaussian Kelly fraction ``(mu - r) / variance`` (``sim.kelly.
+    reference_kelly``); an error unless every one is positive (the multiple axis needs it)."""
+    reference = np.array([float(reference_kelly(dataclasses.replace(base, **{axis: v}), risk_free)) for v in values])
+    if not np.all(reference > 0):
+        raise ParameterError(
+            f"the Kelly multiple axis needs a positive reference fraction (mu > risk_free); got {reference}"
+        )
+    return reference
 
 
 def _mean_growth(free_sums, wiped, paths, years) -> np.ndarray:

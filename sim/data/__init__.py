@@ -33,6 +33,7 @@ __all__ = [
     "validate_prices",
     "simple_returns",
     "sp500_bootstrap",
+    "detector_inputs",
 ]
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "files"
@@ -159,3 +160,42 @@ def sp500_bootstrap(mean_block: float = 20.0):
 
     returns = simple_returns(load_sp500_index()).to_numpy(np.float32)
     return BlockBootstrap(returns=returns, mean_block=mean_block)
+
+
+def detector_inputs(start, end, *, halflife_days: float, vrp: float, steps_per_year: float = 252.0):
+    """The crash detector's daily inputs on the shipped data (``sim.regime.run_detector``),
+    and the 20 constituents' simple returns ``[days, 20]`` (the first day NaN).
+
+    Columns: ``price`` (S&P 500), ``x`` (its log), ``r`` (simple return, 0 on the first day),
+    ``vix``: VIX / 100 where the shipped VIX has the day, else an implied-vol level from
+    realized vol (EWM of squared returns with ``halflife_days``, annualized) plus ``vrp``;
+    ``vix_source`` says which. ``log_spread``: log of the trailing 21-day mean Corwin-Schultz
+    spread where the shipped OHLCV has the day, else NaN (the detector then skips it). Its
+    limits: the S&P 500 is an index, not a traded book, so its high-low range measures
+    intraday volatility as much as any spread; the OHLCV's ``volume`` (shares of the index's
+    members) rises in crashes, the opposite of depth, so it is kept for inspection but is not
+    a signal. At least 300 days between ``start`` and ``end``.
+    """
+    from sim.regime import corwin_schultz_spread
+
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    spx = load_sp500_index().loc[start:end]
+    if len(spx) < 300:
+        raise ParameterError(f"real.start..real.end holds {len(spx)} days of the shipped S&P 500; allowed: >= 300")
+    frame = pd.DataFrame({"price": spx})
+    frame["x"] = np.log(frame["price"])
+    frame["r"] = frame["price"].pct_change().fillna(0.0)
+    realized = np.sqrt((frame["r"] ** 2).ewm(halflife=float(halflife_days)).mean() * float(steps_per_year))
+    vix = load_vix().reindex(frame.index) / 100.0
+    frame["vix_source"] = np.where(vix.notna(), "VIX", "realized+vrp")
+    frame["vix"] = vix.fillna(realized + float(vrp))
+    ohlcv = load_sp500_ohlcv()
+    cs = pd.Series(corwin_schultz_spread(ohlcv["High"], ohlcv["Low"]), index=ohlcv.index)
+    # The authors' practice: negative two-day estimates set to 0 (done in the estimator), then
+    # averaged; here over the trailing 21 days, so the series stays causal and mostly > 0.
+    cs = cs.rolling(21, min_periods=10).mean()
+    frame["log_spread"] = np.log(cs.where(cs > 0)).reindex(frame.index)
+    frame["volume"] = ohlcv["Volume"].reindex(frame.index)
+    stocks = load_sp500_constituents().reindex(frame.index).pct_change().to_numpy(np.float64)
+    stocks[0] = np.nan
+    return frame, stocks

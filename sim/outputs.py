@@ -1,0 +1,116 @@
+"""A run's outputs, written safely, and its provenance.
+
+``OutputWriter`` writes tables (CSV), the JSON summary and PNG figures into one directory
+atomically: each file is written to a temporary name beside its final one and renamed, so a
+crash never leaves half a file under the final name. ``run_info`` records the Python and
+package versions, the JAX backend and device and process counts; ``to_jsonable`` turns
+results into plain JSON (non-finite floats as the strings 'inf', '-inf', 'nan').
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import platform
+import tempfile
+import time
+from importlib import metadata
+
+import numpy as np
+
+__all__ = ["OutputWriter", "atomic_write", "run_info", "to_jsonable"]
+
+log = logging.getLogger(__name__)
+
+
+def to_jsonable(obj):
+    """Plain JSON types; non-finite floats become the strings 'inf', '-inf', 'nan'."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if math.isfinite(x) else repr(x)
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    return obj
+
+
+def _jax():
+    import jax
+
+    return jax
+
+
+def run_info() -> dict:
+    versions = {}
+    for pkg in ("jax", "jaxlib", "numpy", "pandas", "optax", "hydra-core", "matplotlib", "hydra-joblib-launcher",
+                "hydra-submitit-launcher"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "python": platform.python_version(),
+        "versions": versions,
+        "backend": _jax().default_backend(),
+        "device_count": _jax().device_count(),
+        "process_count": _jax().process_count(),
+    }
+
+
+def atomic_write(final: pathlib.Path, write) -> pathlib.Path:
+    """``write(tmp_path)`` into a temporary file beside ``final``, then rename it to ``final``:
+    a crash never leaves half a file under the final name."""
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+class OutputWriter:
+    """Atomic writes into one run directory."""
+
+    def __init__(self, directory):
+        self.dir = pathlib.Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.written: list[str] = []
+
+    def _atomic(self, name: str, write) -> pathlib.Path:
+        final = atomic_write(self.dir / name, write)
+        self.written.append(name)
+        return final
+
+    def table(self, name: str, frame) -> pathlib.Path:
+        return self._atomic(name, lambda p: frame.to_csv(p, index=False, float_format="%.10g"))
+
+    def json(self, name: str, payload: dict) -> pathlib.Path:
+        text = json.dumps(to_jsonable(payload), indent=2, sort_keys=False)
+        return self._atomic(name, lambda p: pathlib.Path(p).write_text(text + "\n"))
+
+    def finish(self, summary: dict, t_start: float) -> dict:
+        """Add the run's ``run`` block (versions, backend, devices, wall time since
+        ``t_start``, a ``time.perf_counter()``) to ``summary``, write it as ``summary.json``
+        last, log what was written; return ``summary``."""
+        summary["run"] = {**run_info(), "wall_seconds": time.perf_counter() - t_start}
+        self.json("summary.json", summary)
+        log.info("wrote %s into %s in %.1fs", ", ".join(self.written), self.dir, summary["run"]["wall_seconds"])
+        return summary
+
+    def figure(self, name: str, fig) -> pathlib.Path:
+        import matplotlib.pyplot as plt
+
+        path = self._atomic(name, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
+        plt.close(fig)
+        return path
