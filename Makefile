@@ -4,7 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench data clean
+.PHONY: help run test test-fast bench data clean
+
+## List the make targets (this text).
+help:
+	@awk '/^## /{doc=doc (doc == "" ? "" : " ") substr($$0, 4); next} /^[a-z-]+:/{split($$0, t, ":"); if (doc != "") printf "  make %-10s %s\n", t[1], doc; doc=""}' $(MAKEFILE_LIST)
+	@echo "  (ARGS='key=value ...' passes overrides to make run; python -m experiments lists the experiments)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,5 +1,7 @@
-"""Hydra callbacks: progress of a sweep (points done, elapsed, ETA), on the terminal and in
-``<sweep dir>/progress.log``, whatever the launcher (basic, joblib, submitit).
+"""Hydra callbacks: a sweep as a whole (every point validated first; progress, points done,
+elapsed, ETA, failures and interruptions, on the terminal and in ``<sweep dir>/progress.log``;
+the sweep table and report, ``experiments.sweep`` and ``experiments.report``), whatever the
+launcher (basic, joblib, submitit).
 
 Registered in every experiment's config (``hydra.callbacks.progress``). The number of points
 is the product of the sizes of the sweep overrides (``a=1,2,3 b=x,y``: 6), written to
@@ -42,21 +44,59 @@ def _line(sweep_dir: pathlib.Path, message: str) -> None:
 
 
 class SweepProgress(Callback):
+    """Validates every point before the first runs, keeps ``progress.log``, the sweep table
+    (``sweep.parquet`` / ``sweep.csv``, after every point) and, when every point has run,
+    ``report.html``; an interruption is logged too."""
+
     def on_multirun_start(self, config, **kwargs) -> None:
+        import atexit
+        import sys
+
+        from experiments import sweep
+        from sim.validation import ParameterError
+
         sweep_dir = pathlib.Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
-            total = sweep_size(config.hydra.overrides.task)
-        except Exception:  # a sweeper with its own grammar: count unknown
-            total = None
+            points = sweep.expand(config.hydra.overrides.task)
+        except Exception:  # a sweeper with its own grammar: points unknown, nothing checked ahead
+            points = None
+        if points is not None:
+            try:
+                sweep.validate_points(config, points)
+            except ParameterError as err:
+                _line(sweep_dir, f"sweep refused: {err}")
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+        total = None if points is None else len(points)
         done = sum(1 for p in sweep_dir.glob(f"*/{DONE}"))
-        (sweep_dir / _STATE).write_text(json.dumps({"total": total, "start": time.time(), "done_at_start": done}))
+        (sweep_dir / _STATE).write_text(json.dumps({"experiment": config.hydra.job.name, "total": total,
+                                                    "start": time.time(), "done_at_start": done,
+                                                    "points": points or [],
+                                                    "varying": sweep.varying_keys(points) if points else []}))
         _line(sweep_dir, f"sweep started: {total if total is not None else '?'} points, {done} already done "
                          f"(finished points of the same config are skipped)")
+        sweep.write_table(sweep_dir)
+        self._finished = False
+        atexit.register(self._interrupted, sweep_dir)
+
+    def _interrupted(self, sweep_dir: pathlib.Path) -> None:
+        if not getattr(self, "_finished", True):
+            done = sum(1 for p in sweep_dir.glob(f"*/{DONE}"))
+            _line(sweep_dir, f"sweep interrupted or failed: {done} points done; run the same command again "
+                             "(with the same name) to resume")
+            try:
+                from experiments import sweep
+
+                sweep.write_table(sweep_dir)
+            except Exception:  # the table is a convenience here; never mask the interruption
+                pass
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         if str(config.hydra.mode) != "RunMode.MULTIRUN":
             return
+        from experiments import sweep
+
         sweep_dir = pathlib.Path(config.hydra.sweep.dir)
         try:
             state = json.loads((sweep_dir / _STATE).read_text())
@@ -70,13 +110,30 @@ class SweepProgress(Callback):
         if total is not None and fresh > 0:
             eta = f", ETA {elapsed / fresh * max(total - done, 0):.0f}s"
         status = getattr(job_return.status, "name", str(job_return.status)).lower()
-        _line(sweep_dir, f"point {config.hydra.job.num} {status}: {done}/{total if total is not None else '?'} "
-                         f"points done, {elapsed:.0f}s elapsed{eta}")
+        error = ""
+        if status == "failed":
+            err = getattr(job_return, "_return_value", None)
+            error = f" ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        _line(sweep_dir, f"point {config.hydra.job.num} ({pathlib.Path(config.hydra.runtime.output_dir).name}) "
+                         f"{status}{error}: {done}/{total if total is not None else '?'} points done, "
+                         f"{elapsed:.0f}s elapsed{eta}")
+        table = sweep.write_table(sweep_dir)
+        if total is not None and not table["status"].isin(["pending", "running"]).any():
+            self._report(sweep_dir)
+
+    def _report(self, sweep_dir: pathlib.Path) -> None:
+        from experiments.report import write_report
+
+        try:
+            _line(sweep_dir, f"report: {write_report(sweep_dir)}")
+        except Exception as err:  # a report is never worth a failed sweep
+            _line(sweep_dir, f"report not written: {type(err).__name__}: {err}")
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = pathlib.Path(config.hydra.sweep.dir)
         done = sum(1 for p in sweep_dir.glob(f"*/{DONE}"))
-        _line(sweep_dir, f"sweep finished: {done} points done")
+        self._finished = True
+        _line(sweep_dir, f"sweep finished: {done} points done; table sweep.parquet / sweep.csv, report report.html")
 
 
 __all__ = ["SweepProgress", "sweep_size"]

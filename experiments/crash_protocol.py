@@ -105,8 +105,8 @@ def run_mc(cfg, detector, protocol, spy: float):
 # --------------------------------------------------------------------------- entry point
 
 
-def run(cfg: DictConfig, out_dir) -> dict:
-    t_start = time.perf_counter()
+def check(cfg: DictConfig):
+    """Every model, market, detector, protocol and policy parameter, before any work."""
     spy = float(cfg.steps_per_year)
     check_range("steps_per_year", spy, 1.0)
     detector, protocol = build(cfg.detector, "detector"), build(cfg.protocol, "protocol")
@@ -117,6 +117,13 @@ def run(cfg: DictConfig, out_dir) -> dict:
         _policies(cfg, build_market(cfg, build_process(node, steps_per_year=spy)))
     check_int("simulation.n_paths", cfg.simulation.n_paths, 2)
     check_int("simulation.bootstrap", cfg.simulation.bootstrap, 0)
+    return detector, protocol
+
+
+def run(cfg: DictConfig, out_dir) -> dict:
+    t_start = time.perf_counter()
+    spy = float(cfg.steps_per_year)
+    detector, protocol = check(cfg)
     out = OutputWriter(out_dir)
 
     frame = run_real(cfg, detector, protocol)

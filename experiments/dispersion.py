@@ -62,7 +62,7 @@ def _n_steps(cfg) -> int:
     return int(round(float(cfg.trade.tenor) * float(cfg.steps_per_year)))
 
 
-def check_config(cfg) -> dict:
+def check(cfg) -> dict:
     """Every basket, scenario and trade the run will build, validated before any work."""
     spy = float(cfg.steps_per_year)
     check_range("steps_per_year", spy, 1.0)
@@ -138,7 +138,7 @@ def run_trades(cfg, scenarios: dict) -> pd.DataFrame:
 
 def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
-    scenarios = check_config(cfg)
+    scenarios = check(cfg)
     out = OutputWriter(out_dir)
 
     prices = load_sp500_constituents()

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import pathlib
+import sys
 import tempfile
 import time
 
@@ -125,10 +126,13 @@ def run_resumable(run_fn, cfg, out_dir, *, experiment: str):
             done = {}
         if done.get("config_sha256") == digest and all((directory / f).exists() for f in done.get("files", [])):
             log.info("%s: already done for this config (%s...), skipping", directory, digest[:12])
+            (directory / ".skipped.json").write_text(json.dumps({"time": time.time()}) + "\n")
             summary = directory / "summary.json"
             return json.loads(summary.read_text()) if summary.exists() else None
         log.warning("%s: a completion record for another config or with missing files: recomputing", directory)
         record.unlink()
+    _remove_partial_files(directory)
+    (directory / ".failed.json").unlink(missing_ok=True)
     summary = run_fn(cfg, out_dir)
     if jax.process_index() == 0:
         text = json.dumps({"experiment": experiment, "config_sha256": digest, "files": _outputs(directory)}, indent=2)
@@ -226,16 +230,45 @@ def unknown_keys(cfg, reference, prefix: str = "") -> list[str]:
     return out
 
 
-def check_known_keys(cfg, hc) -> None:
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def wrong_types(cfg, reference, prefix: str = "") -> list[str]:
+    """Messages for the values of ``cfg`` that are text where ``reference`` (the experiment's
+    YAML) holds a number (``surface.floor=abc``), including inside option nodes."""
+    out = []
+    if not (OmegaConf.is_dict(cfg) and OmegaConf.is_dict(reference)):
+        return out
+    for key in cfg:
+        if key not in reference or (not prefix and key == "hydra"):
+            continue
+        path = f"{prefix}{key}"
+        node, ref = cfg._get_node(key), reference._get_node(key)
+        if OmegaConf.is_dict(node):
+            out += wrong_types(node, ref, path + ".")
+            continue
+        value, default = node._value(), ref._value() if hasattr(ref, "_value") else None
+        if _is_number(default) and isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                out.append(f"{path} = {value!r} is not a number (its default is {default!r})")
+    return out
+
+
+def check_known_keys(cfg, config_name: str, overrides, search=()) -> None:
     """Reject a key that the experiment's config does not define, however it was added
     (``+surface.bogus=1``, ``++coin.bogus=1``, a sweep over a new key): the schema is the
     experiment's YAML under the same group choices. ``+cpu_devices`` and ``+distributed.*`` are
     the two root keys every experiment accepts."""
     from hydra import compose
 
-    overrides = list(hc.overrides.task)
-    search = [o for o in hc.overrides.hydra if o.startswith("hydra.searchpath")]  # the user's config directories
-    reference = compose(config_name=hc.job.config_name, overrides=search + _group_overrides(overrides))
+    # search: the user's config directories (hydra.searchpath overrides)
+    reference = compose(config_name=config_name, overrides=list(search) + _group_overrides(list(overrides)))
+    typed = wrong_types(cfg, reference)
+    if typed:
+        raise ParameterError("; ".join(typed))
     bad = unknown_keys(cfg, reference)
     if bad:
         def allowed_at(path):
@@ -243,7 +276,7 @@ def check_known_keys(cfg, hc) -> None:
             node = OmegaConf.select(reference, parent) if parent else reference
             keys = [k for k in node if k != "hydra"] if OmegaConf.is_dict(node) else []
             return f"{path!r} (allowed under {parent or 'the root'}: {keys})"
-        raise ParameterError(f"{hc.job.config_name}: unknown config key(s) " + "; ".join(allowed_at(p) for p in bad)
+        raise ParameterError(f"{config_name}: unknown config key(s) " + "; ".join(allowed_at(p) for p in bad)
                              + (f"; root keys also allowed: {list(EXTRA_ROOT_KEYS)}" if any("." not in p for p in bad)
                                 else ""))
 
@@ -319,12 +352,15 @@ def hydra_main(run_fn, cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
+    out_dir = pathlib.Path(hc.runtime.output_dir)
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    _stop_on_sigterm()
     try:
-        check_known_keys(cfg, hc)
+        check_known_keys(cfg, hc.job.config_name, hc.overrides.task,
+                         [o for o in hc.overrides.hydra if o.startswith("hydra.searchpath")])
         _use_cpu_cores(cfg)
         use_compilation_cache()
         _join_distributed(cfg)
-        out_dir = hc.runtime.output_dir
         if jax.process_index() == 0:
             claim = claim_run_dir(out_dir)
             try:
@@ -340,5 +376,65 @@ def hydra_main(run_fn, cfg) -> None:
             import shutil
 
             shutil.rmtree(scratch, ignore_errors=True)
+    except KeyboardInterrupt:
+        _remove_partial_files(out_dir)
+        if multirun:
+            _note_interrupted_sweep(pathlib.Path(hc.sweep.dir))
+        print(f"interrupted: {out_dir} keeps the files finished so far (no partial file); run the same command "
+              "again to redo it", file=sys.stderr, flush=True)
+        # Out at once: computations JAX still has in flight on its threads must not meet the
+        # interpreter's finalization (a segfault); every finally block above has already run.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(130)
     except (ParameterError, RunDirInUse) as err:
+        if multirun:  # the sweep table records the point as failed, and the sweep goes on
+            _record_failure(out_dir, err)
+            raise
         _fail_in_one_line(err)
+    except Exception as err:
+        if multirun:
+            _record_failure(out_dir, err)
+        raise
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's kill, ``timeout``) stops a run like Ctrl-C: through the
+    ``finally`` blocks, so no temporary file or claim is left behind."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
+def _note_interrupted_sweep(sweep_dir: pathlib.Path) -> None:
+    """The interruption in the sweep's ``progress.log`` and table (what is done stays done)."""
+    try:
+        from experiments import sweep
+
+        done = sum(1 for _ in sweep_dir.glob(f"*/{DONE}"))
+        with open(sweep_dir / "progress.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} sweep interrupted: {done} points done; run the same "
+                    "command again (with the same name) to resume\n")
+        sweep.write_table(sweep_dir)
+    except Exception as err:  # never mask the interruption itself
+        log.warning("sweep table not updated after the interruption: %s", err)
+
+
+def _remove_partial_files(directory: pathlib.Path) -> None:
+    for tmp in directory.glob(".*.tmp"):  # an atomic write that was cut short (also by an earlier kill)
+        tmp.unlink(missing_ok=True)
+
+
+def _record_failure(directory: pathlib.Path, err: Exception) -> None:
+    """``.failed.json`` in a sweep point's directory: its error in one line (``experiments.sweep``)."""
+    from experiments.sweep import FAILED
+
+    directory.mkdir(parents=True, exist_ok=True)
+    line = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    (directory / FAILED).write_text(json.dumps({"error": line, "time": time.time()}) + "\n")
+    log.error("point failed: %s", line)

@@ -206,17 +206,25 @@ def _warnings(models: pd.DataFrame, optimum) -> list[str]:
 # --------------------------------------------------------------------------- entry point
 
 
-def run(cfg: DictConfig, out_dir) -> dict:
-    t_start = time.perf_counter()
+def check(cfg: DictConfig) -> None:
+    """Every bad portfolio, hedge, vol-model, policy or model parameter fails here, before any work."""
     spy = float(cfg.steps_per_year)
     check_range("steps_per_year", spy, 1.0)
     check_range("portfolio.fraction", cfg.portfolio.fraction, 0.0, 10.0)
-    build_portfolio(cfg)  # every bad portfolio, hedge, vol-model or policy parameter fails here, before any work
+    build_portfolio(cfg)
     build_program(cfg)
     build_vol_model(cfg, 0.2)
     build_monetizers(cfg.monetize, None)
+    for node in cfg.models.values():
+        build_process(node, steps_per_year=spy)
     if cfg.optimize.enabled:
         _optimized_models(cfg)
+
+
+def run(cfg: DictConfig, out_dir) -> dict:
+    t_start = time.perf_counter()
+    check(cfg)
+    spy = float(cfg.steps_per_year)
     out = OutputWriter(out_dir)
     event = _event_part(cfg, spy)
     log.info("event: a %.0f%% day pays the hedge %.2f%% of NAV, %.2fx the %g years of premium", 100 * event["drop"],

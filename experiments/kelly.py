@@ -86,6 +86,10 @@ def _check_and_load(cfg, spy: float):
     return true, n_datasets, fit_part, test_part
 
 
+def check(cfg: DictConfig):
+    return _check_and_load(cfg, float(cfg.steps_per_year))
+
+
 def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     spy = float(cfg.steps_per_year)

@@ -66,6 +66,9 @@ def _build(cfg: DictConfig):
     return base, values, processes, multiples, reference, fractions, n_paths, n_steps, steps_per_year
 
 
+check = _build  # every parameter, every model point, before any work (also per sweep point)
+
+
 def run(cfg: DictConfig, out_dir) -> dict:
     """Validate everything, compute the surface, write tables, plots and the summary."""
     t_start = time.perf_counter()

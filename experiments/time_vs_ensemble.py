@@ -35,10 +35,8 @@ from sim.validation import check_int
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, out_dir) -> dict:
-    """Run the experiment described by ``cfg`` and write its outputs into ``out_dir``."""
-    t_start = time.perf_counter()
-    # Validate everything before any compilation.
+def check(cfg: DictConfig):
+    """Every parameter checked and every object built, before any compilation."""
     coin = Binary(p=cfg.coin.p, up=cfg.coin.up, down=cfg.coin.down)
     coin.validate(1.0)
     n_players = check_int("coin.n_players", cfg.coin.n_players, 1)
@@ -52,7 +50,14 @@ def run(cfg: DictConfig, out_dir) -> dict:
     policy.validate()
     n_snap = check_int("engine.n_snapshots", cfg.engine.n_snapshots, 1)
     engine = dict(block_size=cfg.engine.block_size, chunk_paths=cfg.engine.chunk_paths, record_paths=20)
+    return coin, n_players, n_rounds, steps_per_year, n_steps, n_paths, process, policy, n_snap, engine
 
+
+def run(cfg: DictConfig, out_dir) -> dict:
+    """Run the experiment described by ``cfg`` and write its outputs into ``out_dir``."""
+    t_start = time.perf_counter()
+    coin, n_players, n_rounds, steps_per_year, n_steps, n_paths, process, policy, n_snap, engine = check(cfg)
+    m = cfg.market
     out = OutputWriter(out_dir)
 
     # Part 1: the coin game (one round is one time unit), against its exact laws.

@@ -15,21 +15,23 @@ from sim.processes import (
     GarchT,
     Gaussian,
     Merton,
+    MultiAsset,
+    ParameterUncertainty,
     RegimeSwitching,
+    Replay,
     StudentT,
 )
-from sim.engine import ConstantMix, simulate
+from sim.engine import ConstantMix, SimResult, simulate
+from sim.protocols import Policy, Process
+from sim.data import (load_prices, load_sp500_constituents, load_sp500_index, load_sp500_ohlcv, load_vix,
+                      simple_returns)
+from sim.kelly import fit_student_t
 from sim.validation import ParameterError
 
 __all__ = [
-    "Binary",
-    "ConstantMix",
-    "BlockBootstrap",
-    "GarchT",
-    "Gaussian",
-    "Merton",
-    "ParameterError",
-    "RegimeSwitching",
-    "StudentT",
-    "simulate",
+    "Binary", "BlockBootstrap", "GarchT", "Gaussian", "Merton", "MultiAsset", "ParameterUncertainty",
+    "RegimeSwitching", "Replay", "StudentT",
+    "ConstantMix", "Policy", "Process", "SimResult", "simulate",
+    "load_prices", "load_sp500_constituents", "load_sp500_index", "load_sp500_ohlcv", "load_vix", "simple_returns",
+    "fit_student_t", "ParameterError",
 ]

@@ -67,6 +67,22 @@ def rng():
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def job_dirs(sweep_dir) -> list[pathlib.Path]:
+    """A sweep's point directories (named by their overrides), in the order of Hydra's job numbers."""
+    import yaml
+
+    found = []
+    for p in pathlib.Path(sweep_dir).iterdir():
+        meta = p / ".hydra" / "hydra.yaml"
+        if meta.exists():
+            found.append((int(yaml.safe_load(meta.read_text())["hydra"]["job"]["num"]), p))
+    return [p for _, p in sorted(found)]
+
+
+def job_dir(sweep_dir, num: int) -> pathlib.Path:
+    return job_dirs(sweep_dir)[num]
+
+
 def run_multirun(module: str, overrides: list[str], sweep_dir, files: list[str], env=None) -> list[dict]:
     """Run ``python -m module -m overrides`` for real into ``sweep_dir``; check that every job
     directory holds ``files`` (non-empty) and Hydra's saved config; return each job's summary."""
@@ -74,7 +90,7 @@ def run_multirun(module: str, overrides: list[str], sweep_dir, files: list[str],
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env=None if env is None else {**os.environ, **env})
     assert out.returncode == 0, out.stderr[-3000:]
-    jobs = sorted((p for p in pathlib.Path(sweep_dir).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    jobs = job_dirs(sweep_dir)
     summaries = []
     for job in jobs:
         for f in files:

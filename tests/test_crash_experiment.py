@@ -5,7 +5,7 @@ import sys
 
 import pandas as pd
 
-from tests.conftest import ROOT, run_multirun
+from tests.conftest import ROOT, job_dir, run_multirun
 
 TINY = ["~process@models.merton", "~process@models.garch_t", "~monetize@monetize.profit_take",
         "~monetize@monetize.price_level",
@@ -16,7 +16,7 @@ def test_crash_protocol_runs_end_to_end(tmp_path):
     summary = run_multirun("experiments.crash_protocol", TINY, tmp_path,
                            ["real_stages.csv", "real_calm.csv", "real_signals.csv", "real_2008.png", "real_2020.png",
                             "mc_policies.csv", "mc_signals.csv", "mc_policies.png", "summary.json"])[0]
-    out = tmp_path / "0"
+    out = job_dir(tmp_path, 0)
     stages = pd.read_csv(out / "real_stages.csv")
     crash08 = stages[stages.window == "2008"]
     assert crash08.trough_date.iloc[0] == "2009-03-09"  # the S&P 500's closing low

@@ -5,7 +5,7 @@ import os
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_multirun
+from tests.conftest import ROOT, job_dir, run_multirun
 
 TINY = ["sizings=[vega]", "directions=[short_index]", "~scenarios.crash", "spread_grid=[0.2,0.6]",
         "simulation.n_paths=512", "simulation.block_size=512"]
@@ -16,7 +16,7 @@ def test_dispersion_runs_end_to_end(tmp_path):
                            ["realized_corr.csv", "realized_corr.png", "attribution_calm.csv", "attribution_calm.png",
                             "spread_means.csv", "pnl_vs_spread.csv", "pnl_vs_spread.png", "trades.csv",
                             "summary.json"])[0]
-    out = tmp_path / "0"
+    out = job_dir(tmp_path, 0)
     att = pd.read_csv(out / "attribution_calm.csv")
     assert len(att) == 63 and {"pnl", "correlation", "residual", "seed_residual", "net_s0", "net_s19"} <= set(att)
     assert summary["attribution"]["calm"]["closes_to"] < 1e-12

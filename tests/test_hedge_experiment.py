@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from tests.conftest import run_multirun
+from tests.conftest import job_dir, run_multirun
 
 TINY = ["~process@models.merton", "~process@models.garch_t", "~monetize@monetize.profit_take",
         "~monetize@monetize.price_level",
@@ -14,7 +14,7 @@ def test_hedge_overlay_runs_end_to_end(tmp_path):
     summary = run_multirun("experiments.hedge_overlay", TINY, tmp_path,
                            ["models.csv", "real.csv", "real_paths.csv", "growth_optimal.csv", "summary.json",
                             "real_equity.png", "real_zoom_2008.png", "real_zoom_2020.png", "max_drawdown.png"])[0]
-    out = tmp_path / "0"
+    out = job_dir(tmp_path, 0)
     real = pd.read_csv(out / "real.csv").set_index("strategy")
     assert set(real.index) == {"unhedged", "hedged_hold"}  # the oracle needs a regime model
     assert real.loc["unhedged", "max_drawdown"] > 0.5  # the S&P 500 price index lost 57% in 2007-2009

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sim.validation import ParameterError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, job_dir
 
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
 
@@ -113,7 +113,7 @@ def test_killed_multirun_resumes_without_recomputing_finished_points(tmp_path):
     assert len(_done(broken)) == 3
     for job in range(3):  # the final results equal an uninterrupted run's
         for f in OUT:
-            assert (broken / str(job) / f).read_bytes() == (whole / str(job) / f).read_bytes(), (job, f)
+            assert (job_dir(broken, job) / f).read_bytes() == (job_dir(whole, job) / f).read_bytes(), (job, f)
     assert "3/3 points done" in (broken / "progress.log").read_text()
 
 
@@ -121,7 +121,7 @@ def test_reproduce_a_saved_run_and_catch_an_edited_number(tmp_path):
     from experiments.reproduce import reproduce
 
     _finish(_multirun(tmp_path, "coin.n_players=2000"))
-    run = tmp_path / "0"
+    run = job_dir(tmp_path, 0)
     result = reproduce(run)
     assert result["ok"] and result["rtol"] == 0 and result["atol"] == 0, result["mismatches"]
     assert set(result["compared"]) == {*OUT, "summary.json"}
@@ -150,7 +150,7 @@ def test_joblib_and_submitit_local_launchers_run_for_real(tmp_path):
         assert len(_done(tmp_path / name)) == 2, name
         for job in range(2):  # the same numbers whichever launcher ran them
             for f in OUT:
-                assert (tmp_path / name / str(job) / f).read_bytes() == (tmp_path / "joblib" / str(job) / f).read_bytes()
+                assert (job_dir(tmp_path / name, job) / f).read_bytes() == (job_dir(tmp_path / "joblib", job) / f).read_bytes()
     assert (tmp_path / "submitit" / ".submitit").is_dir()
 
 

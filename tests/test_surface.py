@@ -13,7 +13,7 @@ from experiments.ruin_surface import run
 from sim import engine, kelly, surface
 from sim.processes import Binary, Gaussian, StudentT
 from sim.validation import ParameterError
-from tests.conftest import run_multirun
+from tests.conftest import job_dir, run_multirun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(ROOT, "conf")
@@ -96,7 +96,7 @@ def test_real_multirun_over_two_return_models(tmp_path):
     assert [s["process"] for s in summaries] == ["StudentT", "GarchT"]
     for job, summary in enumerate(summaries):
         assert summary["n_paths_per_point"] == 512
-        rows = (tmp_path / str(job) / "surface.csv").read_text().strip().splitlines()
+        rows = (job_dir(tmp_path, job) / "surface.csv").read_text().strip().splitlines()
         assert len(rows) == 1 + 2 * 5
 
 
