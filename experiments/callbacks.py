@@ -117,6 +117,10 @@ class SweepProgress(Callback):
         _line(sweep_dir, f"point {config.hydra.job.num} ({pathlib.Path(config.hydra.runtime.output_dir).name}) "
                          f"{status}{error}: {done}/{total if total is not None else '?'} points done, "
                          f"{elapsed:.0f}s elapsed{eta}")
+        if total is not None:
+            from sim.outputs import progress_bar
+
+            progress_bar(done, total, elapsed, "points")
         table = sweep.write_table(sweep_dir)
         if total is not None and not table["status"].isin(["pending", "running"]).any():
             self._report(sweep_dir)

@@ -133,7 +133,8 @@ def run(cfg: DictConfig, out_dir) -> dict:
     crash = regime.CrashProtocol(detector=detector, protocol=protocol)
     calm = regime.calm_table(frame, list(cfg.real.calm_years), crash)
     out.table("real_calm.csv", calm)
-    cols = ["price", "vix", "vix_source", "log_spread", "volume", *regime.Signals._fields, "label", "state", "action"]
+    cols = list(dict.fromkeys(["price", "vix", "vix_source", "log_spread", "volume", *regime.Signals._fields, "label",
+                               "state", "action"]))  # vix is an input and a signal: once
     out.table("real_signals.csv", frame[cols].reset_index(names="date"))
     for name, (a, b) in OmegaConf.to_container(cfg.real.zooms, resolve=True).items():
         out.figure(f"real_{name}.png", plots.crash_zoom(frame, a, b, f"S&P 500 {name}: signals and protocol states"))

@@ -99,7 +99,8 @@ def run(cfg: DictConfig, out_dir) -> dict:
              [0.05, 0.1, 0.25, 0.5, 0.75, 0.95], "magma_r"),
             ("median_growth.png", res.median_growth, "median time-average growth / yr",
              [-0.2, -0.1, -0.05, 0.0, 0.05, 0.1], "RdYlGn")):
-        out.figure(name, plots.surface_heatmap(res, grid, multiples, title, levels, cmap, c_opt))
+        out.figure(name, plots.surface_heatmap(res, grid, multiples, title, levels, cmap, c_opt,
+                                               center=0.0 if cmap == "RdYlGn" else None))
 
     summary = {
         "experiment": "ruin_surface",

@@ -128,7 +128,7 @@ def index_option_attribution(*, shares, prices, prices_next, vols, rho, strike, 
     ``delta``, ``constituents`` (``[N]``: ``(Theta_I dt / sigma_I^2) p_i^2 sigma_i^2 (1 -
     n_i^2)``), ``correlation`` (``(Theta_I dt / sigma_I^2) sum_{i != j} p_i p_j sigma_i
     sigma_j (rho - n_i n_j)``), ``residual``; and the seed's uncorrected correlation term
-    (``rho`` alone), its residual and ``seed_gap`` (= the dropped realized cross term).
+    (``rho`` alone), its residual and ``uncorrected_gap`` (= the dropped realized cross term).
 
     Written in the definition's form (double sums over pairs, O(N^2)): it is the reference
     for the O(N) form the dispersion kernel uses (``_step_terms``; a test checks one against
@@ -159,8 +159,8 @@ def index_option_attribution(*, shares, prices, prices_next, vols, rho, strike, 
     residual = full - delta - constituents.sum() - correlation
     seed_residual = full - delta - constituents.sum() - seed_correlation
     return {"full": full, "delta": delta, "constituents": constituents, "correlation": correlation,
-            "residual": residual, "seed_correlation": seed_correlation, "seed_residual": seed_residual,
-            "seed_gap": seed_residual - residual, "dropped_term": -scale * float((cross * nn).sum()),
+            "residual": residual, "uncorrected_correlation": seed_correlation, "uncorrected_residual": seed_residual,
+            "uncorrected_gap": seed_residual - residual, "dropped_term": -scale * float((cross * nn).sum()),
             "index_vol": vol_i, "n_index": (i1 - i0) / (i0 * vol_i * np.sqrt(dt)), "n": n, "weights": p}
 
 
@@ -278,7 +278,7 @@ def _step_terms(e, s0, s1, tau0, dt, sign):
         index_pnl=-u * index_full, legs_pnl=u * jnp.sum(legs_full, axis=-1),
         index_own=-u * scale[..., None] * x * x * (1.0 - n * n),  # [..., N]
         correlation=-u * scale * (rho_bar * cross - cross_nn),
-        seed_correlation=-u * scale * rho_bar * cross,
+        uncorrected_correlation=-u * scale * rho_bar * cross,
         legs_theta_gamma=u * legs_tg,  # [..., N]
         multiplier=-u * scale * cross, rho_implied=rho_bar, cross_nn_over_cross=cross_nn / cross,
         index=i1)
@@ -419,7 +419,7 @@ def attribution_table(basket, trade, prices, *, steps_per_year: float = 252.0, n
     ``pnl`` (the book's revaluation P&L, delta-hedged) = ``index_own`` (the index option's
     per-constituent gamma/theta terms, summed) + ``correlation`` (its correlation term,
     implied minus realized) + ``legs_theta_gamma`` (the constituent straddles' eq. 16 terms)
-    + ``residual``; ``index_pnl``, ``legs_pnl``; ``seed_correlation`` and ``seed_residual``
+    + ``residual``; ``index_pnl``, ``legs_pnl``; ``uncorrected_correlation`` and ``uncorrected_residual``
     (the seed's eq. 19 with ``rho`` alone, uncorrected); ``rho_implied`` (``rho_bar_t`` at
     today's weights), ``rho_realized`` (the step's ``sum_{i != j} x_i x_j n_i n_j / sum_{i
     != j} x_i x_j``), ``multiplier``; and per constituent ``net_<name>``: its index term plus
@@ -449,8 +449,8 @@ def attribution_table(basket, trade, prices, *, steps_per_year: float = 252.0, n
                         "index_own": t["index_own"].sum(axis=1), "correlation": t["correlation"],
                         "legs_theta_gamma": t["legs_theta_gamma"].sum(axis=1)})
     out["residual"] = out["pnl"] - out["index_own"] - out["correlation"] - out["legs_theta_gamma"]
-    out["seed_correlation"] = t["seed_correlation"]
-    out["seed_residual"] = out["pnl"] - out["index_own"] - out["seed_correlation"] - out["legs_theta_gamma"]
+    out["uncorrected_correlation"] = t["uncorrected_correlation"]
+    out["uncorrected_residual"] = out["pnl"] - out["index_own"] - out["uncorrected_correlation"] - out["legs_theta_gamma"]
     out["rho_implied"] = t["rho_implied"]
     out["rho_realized"] = t["cross_nn_over_cross"]
     out["multiplier"] = t["multiplier"]
@@ -511,7 +511,7 @@ def attribution_totals(table) -> dict:
     """An ``attribution_path`` table summed over the trade: P&L and every term (with the seed's
     uncorrected correlation term and residual), and ``closes_to``, the largest per-step gap
     between the P&L and its terms (0 up to rounding when the attribution closes)."""
-    terms = ["pnl", *ATTRIBUTION_TERMS, "seed_correlation", "seed_residual"]
+    terms = ["pnl", *ATTRIBUTION_TERMS, "uncorrected_correlation", "uncorrected_residual"]
     return {"lane": int(table["lane"].iloc[0]), **{k: float(table[k].sum()) for k in terms},
             "closes_to": float((table["pnl"] - table.filter(like="net_").sum(axis=1)
                                 - table["correlation"] - table["residual"]).abs().max())}

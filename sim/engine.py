@@ -401,6 +401,9 @@ def _report(progress, i, plan, owned, n_paths, block_size, t0, pid, n_proc, n_st
     done = int(np.minimum(n_paths - np.flatnonzero(owned) * block_size, block_size).sum())
     info = dict(chunk=i + 1, n_chunks=len(plan.mine), paths_done=done, n_paths=n_paths, elapsed_s=elapsed,
                 eta_s=elapsed / (i + 1) * (len(plan.mine) - i - 1), process=pid)
+    from sim.outputs import progress_bar
+
+    progress_bar(i + 1, len(plan.mine), elapsed, "chunks")
     if progress is not None:
         progress(info)
     elif plan.n_chunks > 1:

@@ -114,3 +114,21 @@ class OutputWriter:
         path = self._atomic(name, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
         plt.close(fig)
         return path
+
+
+def progress_bar(done: int, total: int, elapsed: float, unit: str, width: int = 30) -> None:
+    """A one-line progress bar on the terminal (``done``/``total`` ``unit``, elapsed, ETA),
+    redrawn in place; nothing when stderr is not a terminal (logs and pipes keep the log
+    lines only). The line ends when ``done == total``."""
+    import sys
+
+    stream = sys.stderr
+    if total <= 1 or not getattr(stream, "isatty", lambda: False)():
+        return
+    frac = min(max(done / total, 0.0), 1.0)
+    eta = elapsed / done * (total - done) if done else float("nan")
+    fill = int(round(width * frac))
+    stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} {unit}, {elapsed:.0f}s, ETA {eta:.0f}s  ")
+    if done >= total:
+        stream.write("\n")
+    stream.flush()

@@ -33,15 +33,25 @@ def _plt():
 # --------------------------------------------------------------------------- ruin surface
 
 
-def surface_heatmap(res, grid: np.ndarray, multiples, title: str, levels, cmap: str, optimal_c=None, fmt="%.2f"):
+def surface_heatmap(res, grid: np.ndarray, multiples, title: str, levels, cmap: str, optimal_c=None, fmt="%.2f",
+                    center=None):
     """A ``sim.surface.SurfaceResult`` field over (model value x Kelly multiple), with contour
     lines at ``levels`` and the growth-optimal multiple per row (``optimal_c``: ``c``,
-    ``wipeout`` and ``grid_edge`` arrays; pinned and edge points marked)."""
+    ``wipeout`` and ``grid_edge`` arrays; pinned and edge points marked). Rows are drawn at
+    their values (a log axis when they span more than 8x); ``center``: the value a diverging
+    colormap is centred on (0 for a growth rate, whose sign matters)."""
     plt = _plt()
+    from matplotlib.colors import TwoSlopeNorm
+
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    y = np.arange(len(res.values))
+    y = np.asarray(res.values, float)
     finite = np.where(np.isfinite(grid), grid, np.nan)
-    mesh = ax.pcolormesh(multiples, y, finite, shading="nearest", cmap=cmap)
+    norm = None
+    if center is not None and np.isfinite(finite).any():
+        lo, hi = np.nanmin(finite), np.nanmax(finite)
+        span = max(abs(lo - center), abs(hi - center), 1e-12)
+        norm = TwoSlopeNorm(vcenter=center, vmin=center - span, vmax=center + span)
+    mesh = ax.pcolormesh(multiples, y, finite, shading="nearest", cmap=cmap, norm=norm)
     fig.colorbar(mesh, ax=ax, label=title)
     try:
         cs = ax.contour(multiples, y, finite, levels=levels, colors="k", linewidths=0.8)
@@ -59,7 +69,10 @@ def surface_heatmap(res, grid: np.ndarray, multiples, title: str, levels, cmap: 
                     label="pinned below the first wipe-out (moves with n_paths)")
         if edge.any():
             ax.plot(c[edge], y[edge], ">", color="C0", ms=7, label="at the grid's edge (optimum may lie beyond)")
+    if len(y) > 1 and y.min() > 0 and y.max() / y.min() > 8:
+        ax.set_yscale("log")
     ax.set_yticks(y, [f"{v:g}" for v in res.values])
+    ax.minorticks_off()
     ax.set_xlabel("Kelly multiple c  (f = c (mu - r) / variance)")
     ax.set_ylabel(res.axis)
     ax.set_title(f"{title}, {res.years:g} years, {res.n_paths} paths per point")
@@ -229,9 +242,9 @@ def crash_zoom(frame: pd.DataFrame, a, b, title: str):
                       label="partial monetize" if act == 1 else "full exit")
     lab = w["label"].to_numpy()
     ax[0].scatter(idx[lab == 1], np.full((lab == 1).sum(), w["price"].min() * 0.97), marker="|", color="r", s=30,
-                  label="seed label HODL")
+                  label="reference label HODL")
     ax[0].scatter(idx[lab == 2], np.full((lab == 2).sum(), w["price"].min() * 0.94), marker="|", color="g", s=30,
-                  label="seed label MONETIZE")
+                  label="reference label MONETIZE")
     ax[0].set_ylabel("index")
     ax[0].set_title(title)
     ax[0].legend(loc="lower left", fontsize=7, ncol=2)
@@ -242,11 +255,18 @@ def crash_zoom(frame: pd.DataFrame, a, b, title: str):
                                  ("dispersion", "cross-sectional dispersion x10", 10)]), start=1):
         for col, label, scale in series:
             ax[k].plot(idx, w[col] * scale, label=label, alpha=0.6 if col == "dispersion" else 1.0)
+        if all(w[col].isna().all() for col, _, _ in series):
+            why = _NO_DATA.get(series[0][0], "no data in this window")
+            ax[k].text(0.5, 0.5, why, transform=ax[k].transAxes, ha="center", va="center", fontsize=9, color="0.3")
         if k in (1, 3):
             ax[k].axhline(0, color="grey", lw=0.6)
         ax[k].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+_NO_DATA = {"liquidity_z": "no spread in this window: the shipped OHLCV (its high-low range) covers 1999-2018",
+            "correlation": "no constituents in this window: the shipped 20 stocks do not cover it"}
 
 
 def policy_pnl(policies: pd.DataFrame):
@@ -283,8 +303,8 @@ def attribution(table: pd.DataFrame, title: str):
     axes[0].set_ylabel("index level")
     axes[0].set_title(title)
     for col, style in [("pnl", "k-"), ("index_own", "C0-"), ("correlation", "C1-"), ("legs_theta_gamma", "C2-"),
-                       ("residual", "C3:"), ("seed_correlation", "C1--")]:
-        label = "seed's correlation term (uncorrected)" if col == "seed_correlation" else col
+                       ("residual", "C3:"), ("uncorrected_correlation", "C1--")]:
+        label = "correlation term without the weights' own part (uncorrected)" if col == "uncorrected_correlation" else col
         axes[1].plot(steps, 100 * table[col].cumsum(), style, label=label, lw=1.4 if col == "pnl" else 1.0)
     axes[1].axhline(0, color="grey", lw=0.5)
     axes[1].set_ylabel("cumulative P&L, % of index notional")
@@ -334,7 +354,7 @@ def realized_correlation(rc: pd.DataFrame, zooms: dict):
     plt = _plt()
     fig = plt.figure(figsize=(12, 7))
     top = fig.add_subplot(2, 1, 1)
-    top.plot(rc.index, rc["implied_style"], lw=0.8, label="average correlation (seed's formula, realized vols)")
+    top.plot(rc.index, rc["implied_style"], lw=0.8, label="average correlation (implied-style formula, realized vols)")
     top.plot(rc.index, rc["pairwise"], lw=0.8, alpha=0.7, label="mean pairwise correlation")
     top.set_ylabel("63-day realized correlation")
     top.set_title("20 shipped S&P 500 stocks: realized average correlation")

@@ -393,7 +393,7 @@ class Diagnostics(NamedTuple):
 
 DIAGNOSED = ("kinematics_hodl", "vol_of_vol_spike", "liquidity_broken", "correlation_high",
              "kinematics_converging", "vol_of_vol_receding", "liquidity_refilling", "correlation_breakdown",
-             "seed_hodl", "seed_monetize", "protocol_crash", "protocol_partial", "protocol_exit")
+             "reference_hodl", "reference_monetize", "protocol_crash", "protocol_partial", "protocol_exit")
 _BIG = 2**30
 
 

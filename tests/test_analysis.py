@@ -274,8 +274,8 @@ def test_detector_inputs_from_the_shipped_data():
 
 def test_dispersion_tables():
     table = pd.DataFrame({"lane": 3, "pnl": [0.3, -0.1], "index_own": [0.1, 0.0], "correlation": [0.1, -0.05],
-                          "legs_theta_gamma": [0.05, -0.05], "residual": [0.05, 0.0], "seed_correlation": [0.2, 0.0],
-                          "seed_residual": [0.0, 0.0], "net_a": [0.15, -0.05]})
+                          "legs_theta_gamma": [0.05, -0.05], "residual": [0.05, 0.0], "uncorrected_correlation": [0.2, 0.0],
+                          "uncorrected_residual": [0.0, 0.0], "net_a": [0.15, -0.05]})
     tot = dispersion.attribution_totals(table)
     assert tot["lane"] == 3 and tot["pnl"] == pytest.approx(0.2) and tot["correlation"] == pytest.approx(0.05)
     assert tot["closes_to"] == pytest.approx(0.0, abs=1e-12)

@@ -71,13 +71,13 @@ def test_index_attribution_closes_and_the_seed_formula_does_not():
     assert r0["n_index"] == pytest.approx(float((r0["weights"] * np.array([0.2, 0.3, 0.25, 0.4, 0.35]) * n_moves).sum())
                                           / r0["index_vol"], rel=1e-12)
     res = np.array([r["residual"] for r in rows])
-    seed = np.array([r["seed_residual"] for r in rows])
+    seed = np.array([r["uncorrected_residual"] for r in rows])
     assert 1.4 < _rate(DTS, res) < 1.6  # the corrected attribution: Taylor remainder only
     assert 0.95 < _rate(DTS, seed) < 1.05  # the seed's: an O(dt) error that does not vanish relative to theta
     for r in rows:
-        assert r["seed_gap"] == pytest.approx(r["dropped_term"], rel=1e-10)  # the gap is the dropped cross term
+        assert r["uncorrected_gap"] == pytest.approx(r["dropped_term"], rel=1e-10)  # the gap is the dropped cross term
         theta_scale = abs(r["constituents"].sum() + r["correlation"])
-        assert abs(r["seed_gap"]) > 0.1 * theta_scale  # and it is not small
+        assert abs(r["uncorrected_gap"]) > 0.1 * theta_scale  # and it is not small
 
 
 def test_realized_correlation_recovers_a_known_matrix():
@@ -170,7 +170,7 @@ def test_reverse_trade_and_attribution_table_agree_with_the_engine():
         net = tab.filter(like="net_").sum(axis=1)
         np.testing.assert_allclose(net + tab["correlation"] + tab["residual"], tab["pnl"], rtol=0, atol=1e-15)
         # the residual is the small Taylor remainder; the seed's formula leaves the cross term
-        assert tab["residual"].abs().sum() < 0.25 * tab["seed_residual"].abs().sum()
+        assert tab["residual"].abs().sum() < 0.25 * tab["uncorrected_residual"].abs().sum()
 
 
 def test_basket_realized_correlation_for_20_names_and_the_crash_regime():
@@ -243,7 +243,7 @@ def test_book_attribution_table_closes_at_the_taylor_rate():
         tab = dsp.attribution_table(basket, dsp.DispersionTrade(rho_implied=0.45, tenor=0.25), path,
                                     steps_per_year=1 / dt)
         res.append(tab["residual"].iloc[0])
-        seed.append(tab["seed_residual"].iloc[0])
+        seed.append(tab["uncorrected_residual"].iloc[0])
     assert 1.4 < _rate(DTS, np.array(res)) < 1.6
     assert 0.95 < _rate(DTS, np.array(seed)) < 1.05
 
@@ -264,9 +264,9 @@ def test_book_kernel_terms_equal_the_double_sum_definition():
                                              vols=BASKET["vols"], rho=0.45, strike=level, expiry=0.25, dt=1 / 252,
                                              call=call) for call in (True, False)]
     both = {k: sum(np.sum(leg[k]) for leg in legs) for k in ("full", "delta", "constituents", "correlation",
-                                                              "seed_correlation")}
+                                                              "uncorrected_correlation")}
     assert tab["index_pnl"] == pytest.approx(-(both["full"] - both["delta"]) / level, rel=1e-12)
     assert tab["index_own"] == pytest.approx(-both["constituents"] / level, rel=1e-10)
     assert tab["correlation"] == pytest.approx(-both["correlation"] / level, rel=1e-10)
-    assert tab["seed_correlation"] == pytest.approx(-both["seed_correlation"] / level, rel=1e-10)
+    assert tab["uncorrected_correlation"] == pytest.approx(-both["uncorrected_correlation"] / level, rel=1e-10)
     assert tab["rho_implied"] == pytest.approx(0.45, abs=1e-12)

@@ -18,7 +18,7 @@ def test_dispersion_runs_end_to_end(tmp_path):
                             "summary.json"])[0]
     out = job_dir(tmp_path, 0)
     att = pd.read_csv(out / "attribution_calm.csv")
-    assert len(att) == 63 and {"pnl", "correlation", "residual", "seed_residual", "net_s0", "net_s19"} <= set(att)
+    assert len(att) == 63 and {"pnl", "correlation", "residual", "uncorrected_residual", "net_s0", "net_s19"} <= set(att)
     assert summary["attribution"]["calm"]["closes_to"] < 1e-12
     means = pd.read_csv(out / "spread_means.csv")
     assert list(means.rho_real) == [0.2, 0.6]
