@@ -140,4 +140,77 @@ class SweepProgress(Callback):
         _line(sweep_dir, f"sweep finished: {done} points done; table sweep.parquet / sweep.csv, report report.html")
 
 
-__all__ = ["SweepProgress", "sweep_size"]
+__all__ = ["SweepProgress", "MlflowTracker", "sweep_size"]
+
+
+class MlflowTracker(Callback):
+    """Logs every finished run (single or sweep point) to MLflow: the resolved config as params
+    (dotted keys), the summary's numbers as metrics, status and run directory as tags, and the
+    run's files as artifacts. Enabled with ``hydra/callbacks=mlflow`` (optional dependency:
+    ``pip install -e '.[track]'``). ``tracking_uri`` null: a SQLite store
+    ``outputs/mlflow.db`` (artifacts beside it in ``outputs/mlartifacts``); any MLflow tracking
+    URI otherwise (a server, another database). A tracking failure is logged, never fatal."""
+
+    def __init__(self, tracking_uri=None, experiment=None, artifacts=True) -> None:
+        self.tracking_uri, self.experiment, self.artifacts = tracking_uri, experiment, bool(artifacts)
+
+    def _store(self):
+        import mlflow
+
+        uri = self.tracking_uri or f"sqlite:///{pathlib.Path('outputs', 'mlflow.db').resolve()}"
+        if uri.startswith("sqlite:///"):
+            pathlib.Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        return mlflow, uri
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        try:
+            self._log(config, job_return)
+        except Exception as err:  # tracking is a record, never a reason to fail a run
+            log.warning("MLflow: run not logged (%s: %s)", type(err).__name__, err)
+
+    def _log(self, config, job_return) -> None:
+        from omegaconf import OmegaConf
+
+        mlflow, uri = self._store()
+        name = self.experiment or config.hydra.job.name
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            where = None
+            if uri.startswith("sqlite:///"):
+                where = pathlib.Path(uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts", name).as_uri()
+            mlflow.create_experiment(name, artifact_location=where)
+        mlflow.set_experiment(name)
+        out = pathlib.Path(config.hydra.runtime.output_dir)
+        task = OmegaConf.to_container(config, resolve=True)
+        task.pop("hydra", None)
+        params = {k: str(v)[:500] for k, v in _flat(task).items()}
+        summary = {}
+        if (out / "summary.json").exists():
+            summary = json.loads((out / "summary.json").read_text())
+        metrics = {k: float(v) for k, v in _flat(summary).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(float(v)) < float("inf")}
+        status = getattr(job_return.status, "name", str(job_return.status)).lower()
+        with mlflow.start_run(run_name=out.name):
+            for i in range(0, len(params), 100):
+                mlflow.log_params(dict(list(params.items())[i:i + 100]))
+            for i in range(0, len(metrics), 500):
+                mlflow.log_metrics(dict(list(metrics.items())[i:i + 500]))
+            mlflow.set_tags({"status": status, "run_dir": str(out), "experiment": config.hydra.job.name})
+            if self.artifacts:
+                for f in sorted(out.iterdir()):
+                    if f.is_file() and not f.name.startswith("."):
+                        mlflow.log_artifact(str(f))
+        log.info("MLflow: logged %s to %s (experiment %s)", out.name, uri, name)
+
+
+def _flat(node, prefix="") -> dict:
+    out = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+    elif isinstance(node, list) and not any(isinstance(v, (dict, list)) for v in node):
+        out[prefix[:-1]] = node
+    elif not isinstance(node, list):
+        out[prefix[:-1]] = node
+    return out

@@ -163,3 +163,26 @@ def test_python_m_experiments_lists_them():
                  "experiments.report"):
         assert name in out.stdout
     assert pathlib.Path(ROOT, "Makefile").read_text().count("## ") >= 6
+
+
+def test_runs_are_tracked_on_mlflow_and_read_back_through_its_client(tmp_path):
+    mlflow = pytest.importorskip("mlflow", reason="the [track] extra (make test installs it)")
+    db = tmp_path / "store" / "mlflow.db"
+    out = _run("experiments.time_vs_ensemble", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra/callbacks=mlflow",
+               f"hydra.callbacks.mlflow.tracking_uri=sqlite:///{db}", "coin.n_players=200,300", "coin.n_rounds=5",
+               "market.n_paths=256", "market.years=0.1", "engine.block_size=128", "engine.n_snapshots=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "sweep" / "sweep.csv").exists()  # the sweep callback still runs beside the tracker
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("time_vs_ensemble")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2
+    by_players = {r.data.params["coin.n_players"]: r for r in runs}
+    assert set(by_players) == {"200", "300"}
+    for n, r in by_players.items():
+        assert r.data.params["market.n_paths"] == "256" and r.data.tags["status"] == "completed"
+        summary = json.loads((pathlib.Path(r.data.tags["run_dir"]) / "summary.json").read_text())
+        assert r.data.metrics["coin.simulated.median_wealth"] == pytest.approx(summary["coin"]["simulated"]["median_wealth"])
+        assert r.data.metrics["market.time_avg_growth"] == pytest.approx(summary["market"]["time_avg_growth"])
+        files = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"summary.json", "coin_fan.csv", "market_fan.png"} <= files, files
