@@ -1,9 +1,11 @@
 """The crash_protocol experiment end to end, small: the regime model, three policies."""
 
+import os
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from tests.conftest import ROOT, job_dir, run_multirun
 
@@ -33,12 +35,26 @@ def test_crash_protocol_runs_end_to_end(tmp_path):
 
 
 def test_crash_protocol_rejects_bad_config_before_work(tmp_path):
-    for override, message in [("protocol.partial_fraction=1.5", "protocol.partial_fraction"),
-                              ("detector.bogus=1", "detector"),
-                              ("+monetize@monetize.guess=guess", "monetize/guess"),
-                              ("monetize.protocol.max_lag=0", "monetize.max_lag"),
-                              ("market.n_stocks=1", "Market.n_stocks")]:
-        cmd = [sys.executable, "-m", "experiments.crash_protocol", override, f"hydra.run.dir={tmp_path}"]
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert out.returncode != 0 and message in out.stderr, (override, out.stderr[-1500:])
-        assert not (tmp_path / "mc_policies.csv").exists()
+    """One bad value through the command line (one error line, nothing written); the others
+    through the same checks in this process (composition, unknown keys, ``check``)."""
+    from hydra import compose, initialize_config_dir
+
+    from experiments import crash_protocol
+    from experiments.harness import check_known_keys
+
+    cmd = [sys.executable, "-m", "experiments.crash_protocol", "protocol.partial_fraction=1.5",
+           f"hydra.run.dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "protocol.partial_fraction" in out.stderr, out.stderr[-1500:]
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "mc_policies.csv").exists()
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        for override, message in [("detector.bogus=1", "detector"),
+                                  ("+monetize@monetize.guess=guess", "monetize/guess"),
+                                  ("monetize.protocol.max_lag=0", "monetize.max_lag"),
+                                  ("market.n_stocks=1", "Market.n_stocks")]:
+            with pytest.raises(Exception) as err:
+                cfg = compose("crash_protocol", overrides=[override])
+                check_known_keys(cfg, "crash_protocol", [override])
+                crash_protocol.check(cfg)
+            assert message in str(err.value), (override, str(err.value)[-1500:])

@@ -210,10 +210,10 @@ def test_optimizer_finds_the_grid_maximum_of_the_fraction_without_hedge():
     draws (a grid over f, on common random numbers)."""
     proc = processes.Merton(mu=0.08, sigma=0.2, lam=0.5)
     ov = hedge.HedgeOverlay(program=dataclasses.replace(hedge.HedgeProgram(), budget=0.0))
-    kw = dict(seed=3, n_paths=1024, n_steps=252, block_size=512)
+    kw = dict(seed=3, n_paths=1024, n_steps=126, block_size=512)
     opt = hedge.optimize_hedge(proc, ov, bounds=((0.0, 3.0), (0.0, 1e-9), (0.8, 0.9)), max_iter=150, **kw)
     grid = np.linspace(0.5, 3.0, 51)
-    values = [float(hedge.growth_on_draws(np.array([f, 0.0, 0.85], np.float32), 3, proc, ov, 2, 512, 252, 1 / 252)[0])
+    values = [float(hedge.growth_on_draws(np.array([f, 0.0, 0.85], np.float32), 3, proc, ov, 2, 512, 126, 1 / 252)[0])
               for f in grid]
     best = grid[int(np.argmax(values))]
     assert opt.converged
@@ -257,10 +257,10 @@ def test_hedge_optimizer_converges_and_no_grid_neighbour_is_better():
     optimizer stopped unconverged at its iteration cap, and its last point was reported)."""
     proc = processes.RegimeSwitching()
     ov = hedge.HedgeOverlay(program=hedge.HedgeProgram.from_years(budget=0.02, strike=0.85))
-    kw = dict(seed=5, n_paths=512, n_steps=252, block_size=512)
+    kw = dict(seed=5, n_paths=512, n_steps=126, block_size=512)
     bounds = ((0.0, 3.0), (0.0, 0.1), (0.5, 1.0))
     opt = hedge.optimize_hedge(proc, ov, bounds=bounds, max_iter=100, **kw)
     assert opt.converged, opt.history[-3:]
-    args = (5, proc, ov, 1, 512, 252, 1 / 252)  # the optimizer's draws
+    args = (5, proc, ov, 1, 512, 126, 1 / 252)  # the optimizer's draws
     check = hedge.local_grid_check([opt.fraction, opt.budget, opt.strike], bounds, args)
     assert check["ok"] and opt.grid_check_gain <= 1e-6, check

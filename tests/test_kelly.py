@@ -86,7 +86,7 @@ MODELS = {
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_gradient_kelly_equals_grid_optimum_on_the_same_draws(name):
     process = MODELS[name]
-    obj = kelly.GrowthObjective(process, seed=11, n_paths=4096, n_steps=252, block_size=4096)
+    obj = kelly.GrowthObjective(process, seed=11, n_paths=2048, n_steps=252, block_size=2048)
     res = kelly.optimize(obj)
     f_grid, g_grid, _, _ = kelly.grid_search(obj, 0.0, 1.6 * kelly.reference_kelly(process))
     assert res.converged
@@ -200,7 +200,7 @@ def test_two_asset_kelly_and_budget_constraint():
     mu, sigma = np.array([0.06, 0.09]), np.array([0.2, 0.3])
     corr = np.array([[1.0, 0.3], [0.3, 1.0]])
     proc = MultiAsset(mu, sigma, corr, float("inf"))
-    obj = kelly.GrowthObjective(proc, seed=9, n_paths=4096, n_steps=252, block_size=4096)
+    obj = kelly.GrowthObjective(proc, seed=9, n_paths=2048, n_steps=252, block_size=2048)
     res = kelly.optimize(obj)
     target = kelly.gaussian_kelly(mu, np.outer(sigma, sigma) * corr)
     assert np.all(np.abs(res.full_fraction - target) < 3 * res.fraction_se + 0.01), (res.full_fraction, target)
@@ -364,8 +364,8 @@ def test_converged_never_accompanies_a_point_that_fails_the_optimality_check():
 def test_analytic_growth_derivatives_equal_forward_mode_autodiff():
     mu, sigma = np.array([0.06, 0.09, 0.12]), np.array([0.2, 0.3, 0.4])
     corr = np.array([[1.0, 0.3, 0.2], [0.3, 1.0, 0.5], [0.2, 0.5, 1.0]])
-    obj = kelly.GrowthObjective(MultiAsset(mu, sigma, corr, 5.0), seed=9, n_paths=1024, n_steps=100,
-                                block_size=512, risk_free=0.02)
+    obj = kelly.GrowthObjective(MultiAsset(mu, sigma, corr, 5.0), seed=9, n_paths=512, n_steps=50,
+                                block_size=256, risk_free=0.02)
     f = obj._as_f(np.array([0.5, 0.3, 0.2]))
     seed, proc = obj._args()
 
