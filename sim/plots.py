@@ -245,9 +245,10 @@ def crash_zoom(frame: pd.DataFrame, a, b, title: str):
                   label="reference label HODL")
     ax[0].scatter(idx[lab == 2], np.full((lab == 2).sum(), w["price"].min() * 0.94), marker="|", color="g", s=30,
                   label="reference label MONETIZE")
-    ax[0].set_ylabel("index")
+    ax[0].set_ylabel("index level")
     ax[0].set_title(title)
     ax[0].legend(loc="lower left", fontsize=7, ncol=2)
+    ax[-1].set_xlabel("date")
     for k, series in enumerate(([("velocity", "velocity (EWM d log S)", 1), ("acceleration", "acceleration", 1)],
                                 [("vix", "implied vol (VIX / proxy)", 1), ("vvix", "VVIX proxy / 10", 0.1)],
                                 [("liquidity_z", "log spread over normal (Corwin-Schultz)", 1)],
@@ -260,6 +261,8 @@ def crash_zoom(frame: pd.DataFrame, a, b, title: str):
             ax[k].text(0.5, 0.5, why, transform=ax[k].transAxes, ha="center", va="center", fontsize=9, color="0.3")
         if k in (1, 3):
             ax[k].axhline(0, color="grey", lw=0.6)
+        ax[k].set_ylabel(("log price change / day", "annualized vol", "log spread, z vs normal", "correlation")[k - 1],
+                         fontsize=8)
         ax[k].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
