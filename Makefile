@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test test-fast bench data clean
+.PHONY: help run test test-fast bench gpu-check data clean
 
 ## List the make targets (this text).
 help:
@@ -37,6 +37,10 @@ bench: $(STAMP)
 	$(PY) bench/hedge.py $(ARGS)
 	$(PY) bench/crash_protocol.py $(ARGS)
 	$(PY) bench/kelly.py
+
+## One-command device check (bench/gpu_check.py): engine, surface and hedge throughput, memory, CPU agreement, one JSON line.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py $(ARGS)
 
 ## Re-extract the shipped data files from the skfolio and arch wheels (needs PyPI).
 data: $(STAMP)

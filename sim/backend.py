@@ -28,6 +28,17 @@ The gains, measured in paired benchmarks on the 2-core CPU VM, are in docs/DESIG
 
 For a paired benchmark, ``FTL_NO_TUNING`` (a comma list of ``fences``, ``sums``, ``prefetch``,
 ``at_trade``, or ``all``) turns workarounds off on the CPU too, when a kernel is traced.
+
+Execution by backend (``gpu_form``, ``vectorize_blocks``, ``target_chunk_paths``). On the CPU a
+device steps its blocks one at a time (their state stays in its cache) in chunks of 2^18 paths.
+On a GPU, a step must carry many paths to amortize the per-iteration launch cost of a scan, so
+the blocks of a chunk are stepped together under ``vmap``, the chunk is sized from the device's
+memory (a quarter of it for the per-path state, up to 2^25 paths per device), and none of the
+CPU workarounds is used. ``FTL_EXECUTION=gpu`` runs that same form on the CPU: the CPU
+stand-in that the test suite compares against the CPU path, so a GPU run is not the first time
+that code executes. The random words are the same integers either way (counter-based hashes
+of ``(seed, block_size, path, step)``); floating-point results may differ in their last bits
+(the order of a sum, a contracted multiply-add), within the bound the tests state.
 """
 
 from __future__ import annotations
@@ -39,7 +50,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["on_cpu", "materialize", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
+__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "target_chunk_paths", "materialize", "tranche_sum",
+           "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
 
 log = logging.getLogger(__name__)
 _NOTED = []
@@ -50,9 +62,37 @@ def on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def gpu_form() -> bool:
+    """Whether the engine uses the GPU's execution: on a GPU, or forced on the CPU by
+    ``FTL_EXECUTION=gpu`` (its stand-in)."""
+    return not on_cpu() or os.environ.get("FTL_EXECUTION", "").lower() == "gpu"
+
+
+def vectorize_blocks(platform: str) -> bool:
+    """Step a chunk's blocks together under ``vmap`` (GPU form) or one at a time (CPU)."""
+    return platform != "cpu" or gpu_form()
+
+
+_CPU_CHUNK = 1 << 18  # measured as fast as 2^20 on 2 cores, a quarter of the memory
+_GPU_CHUNK_MAX = 1 << 25
+
+
+def target_chunk_paths(bytes_per_path: int = 256) -> int:
+    """Paths per compiled call: 2^18 on the CPU; in the GPU form, what a quarter of the
+    device's memory holds at ``bytes_per_path`` of state (2^20 .. 2^25 paths; 2^20 on the CPU
+    stand-in)."""
+    if not gpu_form():
+        return _CPU_CHUNK
+    stats = (jax.devices()[0].memory_stats() or {}) if not on_cpu() else {}
+    limit = stats.get("bytes_limit")
+    if not limit:
+        return 1 << 20
+    return int(min(_GPU_CHUNK_MAX, max(1 << 20, limit // (4 * bytes_per_path))))
+
+
 def _tuned(name: str) -> bool:
     off = {w.strip() for w in os.environ.get("FTL_NO_TUNING", "").split(",")}
-    return on_cpu() and name not in off and "all" not in off
+    return on_cpu() and not gpu_form() and name not in off and "all" not in off
 
 
 def _zeros_like_result(fn):

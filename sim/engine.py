@@ -80,7 +80,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 1 << 14
-_TARGET_CHUNK_PATHS = 1 << 18  # measured as fast as 2^20 on 2 cores, a quarter of the memory
 _POLICY_STREAM = 0xFFFFFFFF  # fold_in(k_steps, this): the policies' keys; steps never reach it
 
 
@@ -304,7 +303,7 @@ class _Plan(NamedTuple):
 
 def _plan(n_paths: int, block_size: int, chunk_paths, n_dev: int, n_proc: int, pid: int) -> _Plan:
     n_blocks = -(-n_paths // block_size)
-    want = chunk_paths if chunk_paths is not None else max(_TARGET_CHUNK_PATHS, block_size)
+    want = chunk_paths if chunk_paths is not None else max(backend.target_chunk_paths(), block_size)
     chunk_blocks = min(max(1, -(-want // block_size)), n_blocks)
     chunk_blocks = -(-chunk_blocks // n_dev) * n_dev
     n_chunks = -(-n_blocks // chunk_blocks)
@@ -350,7 +349,7 @@ def run_blocks(block_fn: _Bound, operands, *, seed: int, n_paths: int, block_siz
     key = jax.device_put(jax.random.key(seed), replicated)
     operands = jax.device_put(tuple(operands), replicated)
     count = jax.device_put(jnp.int32(plan.chunk_blocks // len(devices)), replicated)
-    static = dict(block_fn=block_fn, mesh=mesh, vectorize=mesh.devices.flat[0].platform != "cpu",
+    static = dict(block_fn=block_fn, mesh=mesh, vectorize=backend.vectorize_blocks(mesh.devices.flat[0].platform),
                   first_only=tuple(first_only))
 
     def allocate(shapes):  # host buffers, from the first chunk's outputs (or traced shapes: no chunk here)
