@@ -125,6 +125,9 @@ def growth_histograms(hist: pd.DataFrame, marks) -> object:
 # --------------------------------------------------------------------------- Kelly
 
 
+_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)))
+
+
 def kelly_growth_curves(curve: pd.DataFrame, fractions: dict):
     """``g(f)`` per part of ``curve`` with its 95% band and each policy's fraction
     (``fractions[part][policy]``); the region where a path is wiped out shaded."""
@@ -134,8 +137,8 @@ def kelly_growth_curves(curve: pd.DataFrame, fractions: dict):
         ax.plot(sub.fraction, sub.growth, color="k", label="g(f) on the evaluation model")
         ax.fill_between(sub.fraction, sub.growth - 1.96 * sub.growth_se, sub.growth + 1.96 * sub.growth_se,
                         color="k", alpha=0.15, label="95% band (per-path spread)")
-        for i, (name, f) in enumerate(fractions[part].items()):
-            ax.axvline(f, color=f"C{i}", ls="--", label=f"{name} f = {f:.2f}")
+        for i, (name, f) in enumerate(fractions[part].items()):  # a style each: equal fractions stay visible
+            ax.axvline(f, color=f"C{i}", ls=_STYLES[i % len(_STYLES)], lw=2.4 - 0.45 * i, label=f"{name} f = {f:.2f}")
         wiped = sub.fraction[~np.isfinite(sub.growth)]
         if len(wiped):
             ax.axvspan(wiped.min(), sub.fraction.max(), color="C3", alpha=0.1,
@@ -144,7 +147,8 @@ def kelly_growth_curves(curve: pd.DataFrame, fractions: dict):
         if len(finite):
             ax.set_ylim(max(finite.min(), finite.max() - 0.3), finite.max() + 0.02)
         ax.set_title(f"{part}: growth per year vs fraction")
-        ax.set_xlabel("fraction f")
+        ax.set_xlabel("fraction f of wealth in the risky asset")
+        ax.set_ylabel("time-average growth, log wealth per year")
         ax.legend(fontsize=7)
     return fig
 
@@ -176,6 +180,9 @@ def shrinkage(shrink: pd.DataFrame, tau: float, steps_per_year: float, mu: float
     ax.plot(Ts, kelly.bayes_shrinkage(Ts, 1 / steps_per_year), label="same, daily rebalancing")
     ax.plot(Ts, kelly.frequentist_shrinkage(mu / sigma, Ts), label="frequentist optimum k*")
     ax.set_xscale("log")
+    ticks = sorted(set(float(t) for t in shrink.sample_years))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("sample length T (years)")
     ax.set_ylabel("Kelly fraction / plug-in")
     ax.set_title(f"Unknown mean, known sigma (mu {mu}, sigma {sigma})")
