@@ -1,0 +1,235 @@
+"""Maximum-likelihood fits of the return models, on the simulator's own parameterization.
+
+``fit(returns, model)`` fits ``"gaussian"``, ``"student_t"`` or ``"garch_t"`` to a series of
+simple returns (float64, JAX, optax L-BFGS on unconstrained coordinates; the GARCH variance
+recursion is a ``lax.scan``) and returns a ``FitResult`` whose ``process`` *is* the fitted
+``sim.processes`` object (annualized, unit-variance innovations), so the engine runs what was
+fitted. Standard errors come from the observed information (the autodiff Hessian of the
+log-likelihood in the model's own parameters); the result also holds the log-likelihood,
+AIC and BIC, and says when the optimizer did not converge or a parameter sits on a bound.
+
+The likelihoods are those the simulator draws from (``sim.processes``; per-step drift and
+volatility through ``sim.units``):
+
+* Gaussian: ``r ~ N(mu dt, sigma^2 dt)``.
+* Student-t: ``r = mu dt + sigma sqrt(dt) sqrt((nu - 2) / nu) T``, ``T ~ t(nu)``.
+* GARCH(1,1)-t: ``r_t = mu dt + sqrt(h_t) z_t`` with unit-variance t ``z_t``,
+  ``h_{t+1} = omega + alpha (r_t - mu dt)^2 + beta h_t``, ``omega = sigma^2 dt (1 - alpha - beta)``,
+  ``h_1 = sigma^2 dt`` (the simulator's start). Stationarity is kept by construction:
+  ``alpha + beta = sigmoid(a)``, ``alpha / (alpha + beta) = sigmoid(b)``.
+
+Not here yet (the issue's list): Merton (a truncated Poisson mixture), the two-state regime
+model (forward algorithm), posterior draws; see docs/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sim.units import per_step_mean, per_step_vol
+from sim.validation import ParameterError, check_int
+
+__all__ = ["FitResult", "fit", "MODELS"]
+
+MODELS = ("gaussian", "student_t", "garch_t")
+_NU_MAX = 200.0  # beyond this a Student-t is a Gaussian for any sample here: flagged as a bound
+
+
+@dataclasses.dataclass
+class FitResult:
+    model: str
+    params: dict  # the model's parameters, annualized (the process's own fields)
+    se: dict  # their standard errors from the observed information (NaN where not positive definite)
+    loglik: float
+    n_obs: int
+    converged: bool
+    iterations: int
+    grad_norm: float
+    at_bound: list  # parameters on or near a bound of their domain (their SE is then not reliable)
+    process: object  # the fitted sim.processes object
+
+    @property
+    def k(self) -> int:
+        return len(self.params)
+
+    @property
+    def aic(self) -> float:
+        return 2 * self.k - 2 * self.loglik
+
+    @property
+    def bic(self) -> float:
+        return self.k * math.log(self.n_obs) - 2 * self.loglik
+
+    @property
+    def status(self) -> str:
+        if not self.converged:
+            return "NOT CONVERGED: the best point found, not an estimate"
+        if self.at_bound:
+            return f"on a bound ({', '.join(self.at_bound)}): standard errors not reliable"
+        return "converged"
+
+    def table(self):
+        """One row per parameter (estimate, SE), then the fit's figures."""
+        import pandas as pd
+
+        rows = [{"model": self.model, "parameter": k, "estimate": v, "se": self.se[k]} for k, v in self.params.items()]
+        for k, v in (("loglik", self.loglik), ("aic", self.aic), ("bic", self.bic), ("n_obs", self.n_obs)):
+            rows.append({"model": self.model, "parameter": k, "estimate": float(v), "se": float("nan")})
+        out = pd.DataFrame(rows)
+        out["status"] = self.status
+        return out
+
+
+# --------------------------------------------------------------------------- the models
+
+
+def _t_logpdf(x, nu):
+    return (jax.scipy.special.gammaln((nu + 1) / 2) - jax.scipy.special.gammaln(nu / 2)
+            - 0.5 * jnp.log(nu * jnp.pi) - (nu + 1) / 2 * jnp.log1p(x * x / nu))
+
+
+def _loglik_gaussian(p, r, dt):
+    m, s = per_step_mean(p["mu"], dt), per_step_vol(p["sigma"], dt)
+    return jnp.sum(-0.5 * jnp.log(2 * jnp.pi) - jnp.log(s) - 0.5 * ((r - m) / s) ** 2)
+
+
+def _loglik_student_t(p, r, dt):
+    m, nu = per_step_mean(p["mu"], dt), p["nu"]
+    c = per_step_vol(p["sigma"], dt) * jnp.sqrt((nu - 2) / nu)
+    return jnp.sum(_t_logpdf((r - m) / c, nu) - jnp.log(c))
+
+
+def _loglik_garch_t(p, r, dt):
+    m, nu, a, b = per_step_mean(p["mu"], dt), p["nu"], p["alpha"], p["beta"]
+    h0 = per_step_vol(p["sigma"], dt) ** 2
+    omega = h0 * (1 - a - b)
+    e = r - m
+
+    def step(h, e_t):
+        c = jnp.sqrt(h * (nu - 2) / nu)
+        return omega + a * e_t * e_t + b * h, _t_logpdf(e_t / c, nu) - jnp.log(c)
+
+    _, ll = jax.lax.scan(step, h0, e)
+    return jnp.sum(ll)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + jnp.exp(-x))
+
+
+def _logit(p):
+    return math.log(p / (1 - p))
+
+
+# unconstrained coordinates <-> the model's parameters, and the starting point
+_SPECS = {
+    "gaussian": dict(
+        names=("mu", "sigma"), loglik=_loglik_gaussian,
+        to_params=lambda u: {"mu": u[0], "sigma": jnp.exp(u[1])},
+        start=lambda mu, sd: [mu, math.log(sd)]),
+    "student_t": dict(
+        names=("mu", "sigma", "nu"), loglik=_loglik_student_t,
+        to_params=lambda u: {"mu": u[0], "sigma": jnp.exp(u[1]), "nu": 2.0 + jnp.exp(u[2])},
+        start=lambda mu, sd: [mu, math.log(sd), math.log(3.0)]),
+    "garch_t": dict(
+        names=("mu", "sigma", "alpha", "beta", "nu"), loglik=_loglik_garch_t,
+        to_params=lambda u: {"mu": u[0], "sigma": jnp.exp(u[1]), "alpha": _sigmoid(u[2]) * _sigmoid(u[3]),
+                             "beta": _sigmoid(u[2]) * (1 - _sigmoid(u[3])), "nu": 2.0 + jnp.exp(u[4])},
+        start=lambda mu, sd: [mu, math.log(sd), _logit(0.95), _logit(0.08 / 0.95), math.log(4.0)]),
+}
+
+
+def _process(model: str, params: dict):
+    from sim import processes
+
+    cls = {"gaussian": processes.Gaussian, "student_t": processes.StudentT, "garch_t": processes.GarchT}[model]
+    return cls(**params)
+
+
+def _check_returns(returns) -> np.ndarray:
+    r = np.asarray(returns, dtype=np.float64)
+    if r.ndim != 1:
+        raise ParameterError(f"returns must be one series (1-D), got shape {r.shape}")
+    check_int("number of returns", r.size, 30)
+    bad = ~np.isfinite(r)
+    if bad.any():
+        raise ParameterError(f"returns hold {int(bad.sum())} missing or non-finite values (first at position "
+                             f"{int(np.argmax(bad))}); allowed: finite numbers only")
+    if np.any(r <= -1.0):
+        raise ParameterError("returns must be simple returns > -1 (a price cannot fall below zero)")
+    return r
+
+
+def _bounds(model: str, params: dict) -> list:
+    out = []
+    if "nu" in params and params["nu"] > _NU_MAX:
+        out.append(f"nu > {_NU_MAX:g} (tails as thin as a Gaussian's)")
+    if model == "garch_t":
+        if params["alpha"] < 1e-4:
+            out.append("alpha near 0 (no ARCH effect)")
+        if params["alpha"] + params["beta"] > 0.999:
+            out.append("alpha + beta near 1 (not stationary)")
+    return out
+
+
+def fit(returns, model: str, *, steps_per_year: float = 252.0, max_iter: int = 500, gtol: float = 1e-6) -> FitResult:
+    """Maximum-likelihood fit of ``model`` (one of ``MODELS``) to simple ``returns``, one per
+    step of ``1 / steps_per_year`` years. Converged when the gradient of the mean negative
+    log-likelihood in the unconstrained coordinates is below ``gtol``."""
+    import optax
+
+    if model not in _SPECS:
+        raise ParameterError(f"fit.model = {model!r}; allowed: {list(MODELS)}")
+    r = _check_returns(returns)
+    spec = _SPECS[model]
+    dt = 1.0 / float(steps_per_year)
+    with jax.enable_x64(True):
+        rj = jnp.asarray(r, jnp.float64)
+
+        def nll(u):  # mean negative log-likelihood: O(1) whatever the sample length
+            return -spec["loglik"](spec["to_params"](u), rj, dt) / r.size
+
+        u = jnp.asarray(spec["start"](float(r.mean() * steps_per_year), float(r.std() * math.sqrt(steps_per_year))),
+                        jnp.float64)
+        opt = optax.lbfgs()
+        state = opt.init(u)
+        value_and_grad = jax.jit(optax.value_and_grad_from_state(nll))
+
+        @jax.jit
+        def one(u, state):
+            value, grad = value_and_grad(u, state=state)
+            updates, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=nll)
+            return optax.apply_updates(u, updates), state, jnp.linalg.norm(grad)
+
+        converged, it, grad_norm = False, 0, float("nan")
+        for it in range(1, max_iter + 1):
+            u_new, state, g = one(u, state)
+            grad_norm = float(g)
+            if not np.isfinite(grad_norm):
+                break
+            if grad_norm < gtol:
+                converged = True
+                break
+            u = u_new
+        params = {k: float(v) for k, v in spec["to_params"](u).items()}
+
+        def total(theta):  # the log-likelihood in the model's own parameters, for the information
+            return spec["loglik"](dict(zip(spec["names"], theta)), rj, dt)
+
+        theta = jnp.asarray([params[k] for k in spec["names"]], jnp.float64)
+        loglik = float(total(theta))
+        info = -np.asarray(jax.hessian(total)(theta), np.float64)
+    try:
+        cov = np.linalg.inv(info)
+        se_values = np.sqrt(np.diag(cov)) if np.all(np.linalg.eigvalsh(info) > 0) else np.full(len(theta), np.nan)
+    except np.linalg.LinAlgError:
+        se_values = np.full(len(theta), np.nan)
+    se = dict(zip(spec["names"], map(float, se_values)))
+    return FitResult(model=model, params=params, se=se, loglik=loglik, n_obs=int(r.size), converged=converged,
+                     iterations=it, grad_norm=grad_norm, at_bound=_bounds(model, params),
+                     process=_process(model, params))
