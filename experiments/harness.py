@@ -45,11 +45,33 @@ def build(node, where: str, *validate_args, **given):
     return obj
 
 
+FITS: dict = {}  # where -> sim.fit.FitResult of the processes fitted for this run (written as fit.csv)
+
+
 def build_process(node: DictConfig, *, steps_per_year: float, where: str = "process"):
-    """Instantiate the process described by a config node and validate its parameters."""
+    """Instantiate the process described by a config node and validate its parameters. A
+    fitted process (``conf/process/fitted.yaml``: a ``sim.fit.FitResult``) is recorded for the
+    run's ``fit.csv`` and its process returned; an unconverged fit says so in the log."""
+    from sim.fit import FitResult
+
     process = instantiate(node, where)
+    if isinstance(process, FitResult):
+        if where not in FITS:
+            log.log(logging.INFO if process.status == "converged" else logging.WARNING, "%s: %s fit %s: %s (%s)",
+                    where, process.model, process.status, {k: round(v, 5) for k, v in process.params.items()},
+                    "fit.csv")
+        FITS[where] = process
+        process = process.process
     process.validate(1.0 / steps_per_year)
     return process
+
+
+def _write_fits(directory: pathlib.Path) -> None:
+    if FITS:
+        import pandas as pd
+
+        table = pd.concat([f.table().assign(node=w) for w, f in FITS.items()], ignore_index=True)
+        atomic_write(directory / "fit.csv", lambda p: table.to_csv(p, index=False, float_format="%.10g"))
 
 
 def build_portfolio(cfg):
@@ -133,7 +155,10 @@ def run_resumable(run_fn, cfg, out_dir, *, experiment: str):
         record.unlink()
     _remove_partial_files(directory)
     (directory / ".failed.json").unlink(missing_ok=True)
+    FITS.clear()
     summary = run_fn(cfg, out_dir)
+    if jax.process_index() == 0:
+        _write_fits(directory)
     if jax.process_index() == 0:
         text = json.dumps({"experiment": experiment, "config_sha256": digest, "files": _outputs(directory)}, indent=2)
         atomic_write(record, lambda p: pathlib.Path(p).write_text(text + "\n"))

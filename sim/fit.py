@@ -25,6 +25,7 @@ model (forward algorithm), posterior draws; see docs/DESIGN.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -34,7 +35,7 @@ import numpy as np
 from sim.units import per_step_mean, per_step_vol
 from sim.validation import ParameterError, check_int
 
-__all__ = ["FitResult", "fit", "MODELS"]
+__all__ = ["FitResult", "fit", "fit_data", "MODELS"]
 
 MODELS = ("gaussian", "student_t", "garch_t")
 _NU_MAX = 200.0  # beyond this a Student-t is a Gaussian for any sample here: flagged as a bound
@@ -53,9 +54,11 @@ class FitResult:
     at_bound: list  # parameters on or near a bound of their domain (their SE is then not reliable)
     process: object  # the fitted sim.processes object
 
+    fixed: tuple = ()  # parameters held at given values (not estimated: no SE, not counted in k)
+
     @property
     def k(self) -> int:
-        return len(self.params)
+        return len(self.params) - len(self.fixed)
 
     @property
     def aic(self) -> float:
@@ -177,16 +180,25 @@ def _bounds(model: str, params: dict) -> list:
     return out
 
 
-def fit(returns, model: str, *, steps_per_year: float = 252.0, max_iter: int = 500, gtol: float = 1e-6) -> FitResult:
+def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float = 252.0, max_iter: int = 500,
+        gtol: float = 1e-6) -> FitResult:
     """Maximum-likelihood fit of ``model`` (one of ``MODELS``) to simple ``returns``, one per
-    step of ``1 / steps_per_year`` years. Converged when the gradient of the mean negative
+    step of ``1 / steps_per_year`` years; ``fixed`` holds parameters at given values (the rest
+    are estimated given them). Converged when the gradient of the mean negative
     log-likelihood in the unconstrained coordinates is below ``gtol``."""
     import optax
 
     if model not in _SPECS:
         raise ParameterError(f"fit.model = {model!r}; allowed: {list(MODELS)}")
     r = _check_returns(returns)
-    spec = _SPECS[model]
+    spec = dict(_SPECS[model])
+    fixed = {k: float(v) for k, v in (fixed or {}).items()}
+    unknown = sorted(set(fixed) - set(spec["names"]))
+    if unknown:
+        raise ParameterError(f"fit: {unknown} are not parameters of {model}; allowed: {list(spec['names'])}")
+    if fixed:
+        free_to_params = spec["to_params"]
+        spec["to_params"] = lambda u: {**free_to_params(u), **fixed}
     dt = 1.0 / float(steps_per_year)
     with jax.enable_x64(True):
         rj = jnp.asarray(r, jnp.float64)
@@ -221,15 +233,52 @@ def fit(returns, model: str, *, steps_per_year: float = 252.0, max_iter: int = 5
         def total(theta):  # the log-likelihood in the model's own parameters, for the information
             return spec["loglik"](dict(zip(spec["names"], theta)), rj, dt)
 
-        theta = jnp.asarray([params[k] for k in spec["names"]], jnp.float64)
-        loglik = float(total(theta))
-        info = -np.asarray(jax.hessian(total)(theta), np.float64)
+        free = [k for k in spec["names"] if k not in fixed]
+
+        def total_free(theta):
+            return total(jnp.stack([theta[free.index(k)] if k in free else jnp.float64(fixed[k])
+                                    for k in spec["names"]]))
+
+        theta = jnp.asarray([params[k] for k in free], jnp.float64)
+        loglik = float(total_free(theta))
+        info = -np.asarray(jax.hessian(total_free)(theta), np.float64)
     try:
         cov = np.linalg.inv(info)
         se_values = np.sqrt(np.diag(cov)) if np.all(np.linalg.eigvalsh(info) > 0) else np.full(len(theta), np.nan)
     except np.linalg.LinAlgError:
         se_values = np.full(len(theta), np.nan)
-    se = dict(zip(spec["names"], map(float, se_values)))
+    se = {k: float("nan") for k in spec["names"]}
+    se.update(zip(free, map(float, se_values)))
     return FitResult(model=model, params=params, se=se, loglik=loglik, n_obs=int(r.size), converged=converged,
                      iterations=it, grad_norm=grad_norm, at_bound=_bounds(model, params),
-                     process=_process(model, params))
+                     process=_process(model, params), fixed=tuple(sorted(fixed)))
+
+
+@functools.lru_cache(maxsize=32)
+def fit_data(model: str = "student_t", data: str = "sp500", column: str | None = None, kind: str = "prices",
+             start: str | None = None, end: str | None = None, steps_per_year: float = 252.0, mu=None, sigma=None,
+             nu=None, alpha=None, beta=None) -> FitResult:
+    """``fit`` on data named in a config (``conf/process/fitted.yaml``): ``data`` is ``sp500``
+    (the shipped index) or a CSV/parquet file of ``kind`` ``prices`` or ``returns`` with a
+    ``Date`` column (``column``: the one to use, required when there are several); ``start`` /
+    ``end`` cut a date range; a parameter given a value (``mu``, ``sigma``, ...) is held there.
+    Cached: the same arguments fit once per process."""
+    from sim import data as sim_data
+
+    if kind not in ("prices", "returns"):
+        raise ParameterError(f"process.kind = {kind!r}; allowed: ['prices', 'returns']")
+    if data == "sp500":
+        series = sim_data.simple_returns(sim_data.load_sp500_index())
+    else:
+        cols = None if column is None else [column]
+        frame = sim_data.load_prices(data, columns=cols) if kind == "prices" else sim_data.load_returns(data, columns=cols)
+        if frame.shape[1] != 1:
+            raise ParameterError(f"{data}: {frame.shape[1]} columns {list(frame.columns)}; set process.column to one")
+        series = frame.iloc[:, 0]
+        series = sim_data.simple_returns(series) if kind == "prices" else series
+    series = series.loc[start:end]
+    if len(series) < 30:
+        raise ParameterError(f"process.start..process.end = {start}..{end} leaves {len(series)} returns of {data}; "
+                             "allowed: at least 30")
+    given = {k: v for k, v in dict(mu=mu, sigma=sigma, nu=nu, alpha=alpha, beta=beta).items() if v is not None}
+    return fit(series.to_numpy(np.float64), model, fixed=given, steps_per_year=steps_per_year)

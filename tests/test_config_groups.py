@@ -42,6 +42,11 @@ def test_every_option_of_every_group_composes_and_builds(group):
             cfg = compose(experiment, overrides=[choice])
         given = {"market": {"base": processes.Gaussian()}, "vol_model": {"long_run_vol": 0.2}}.get(group, {})
         obj = instantiate(_select(cfg, where), where, **given)
+        if group == "process" and option == "fitted":  # a fit, whose process is the model it fitted
+            from sim.fit import FitResult
+
+            assert isinstance(obj, FitResult) and obj.converged, obj.status
+            obj = obj.process
         if kind is None:
             assert callable(getattr(obj, "init", None)) and callable(getattr(obj, "decide", None)), (group, option)
         else:

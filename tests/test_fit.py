@@ -70,3 +70,37 @@ def test_fit_says_what_it_cannot_do():
         fit.fit(bad, "gaussian")
     with pytest.raises(ParameterError, match="number of returns"):
         fit.fit(r[:10], "gaussian")
+
+
+def test_a_fitted_process_from_a_config_writes_its_fit_table(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from sim.data import load_returns, load_sp500_index, simple_returns
+    from tests.conftest import ROOT
+
+    r = simple_returns(load_sp500_index()).loc["2000":"2004"]
+    path = tmp_path / "mine.csv"
+    pd.DataFrame({"Date": r.index.strftime("%Y-%m-%d"), "ret": r.to_numpy()}).to_csv(path, index=False)
+    assert load_returns(path)["ret"].to_numpy() == pytest.approx(r.to_numpy())
+    direct = fit.fit(r.to_numpy(), "garch_t")
+    out = subprocess.run([sys.executable, "-m", "experiments.time_vs_ensemble", f"hydra.run.dir={tmp_path / 'run'}",
+                          "process=fitted", "process.model=garch_t", f"process.data={path}", "process.kind=returns",
+                          "coin.n_players=200", "coin.n_rounds=5", "market.n_paths=256", "market.years=0.1",
+                          "engine.block_size=128"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "run" / "fit.csv").set_index("parameter")
+    for k, v in direct.params.items():
+        assert table.loc[k, "estimate"] == pytest.approx(v, rel=1e-8), k
+    assert table.loc["aic", "estimate"] == pytest.approx(direct.aic) and set(table.status) == {"converged"}
+    held = fit.fit_data("student_t", mu=0.08, sigma=0.2, start="2000", end="2004")
+    assert held.params["mu"] == 0.08 and held.fixed == ("mu", "sigma") and held.k == 1
+    assert math.isnan(held.se["mu"]) and held.se["nu"] > 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Date,ret\n2020-01-01,0.01\n2020-01-02,abc\n")
+    with pytest.raises(ParameterError, match=r"bad.csv: column 'ret' on 2020-01-02"):
+        load_returns(bad)
