@@ -55,6 +55,8 @@ class FitResult:
     process: object  # the fitted sim.processes object
 
     fixed: tuple = ()  # parameters held at given values (not estimated: no SE, not counted in k)
+    _u_hat: np.ndarray | None = dataclasses.field(default=None, repr=False)  # the estimate, unconstrained
+    _u_cov: np.ndarray | None = dataclasses.field(default=None, repr=False)  # its covariance there (Laplace)
 
     @property
     def k(self) -> int:
@@ -75,6 +77,25 @@ class FitResult:
         if self.at_bound:
             return f"on a bound ({', '.join(self.at_bound)}): standard errors not reliable"
         return "converged"
+
+    def laplace(self, n_draws: int = 1000, seed: int = 0):
+        """The Laplace approximation of the posterior (flat prior): ``n_draws`` joint draws from
+        a normal around the estimate with the inverse observed information as covariance, in
+        the fit's unconstrained coordinates (so every draw is a valid model: sigma > 0, nu > 2,
+        alpha + beta < 1), as a ``sim.processes.PosteriorDraws`` of the fitted process. Fixed
+        parameters stay fixed."""
+        from sim.processes import PosteriorDraws
+
+        if not self.converged or self._u_cov is None:
+            raise ParameterError(f"{self.model}: no Laplace posterior: {self.status if not self.converged else 'the information is not positive definite'}")
+        rng = np.random.default_rng(seed)
+        u = rng.multivariate_normal(self._u_hat, self._u_cov, size=check_int("n_draws", n_draws, 1))
+        spec = _SPECS[self.model]
+        with jax.enable_x64(True):
+            params = spec["to_params"](jnp.asarray(u.T, jnp.float64))
+        names = [k for k in spec["names"] if k not in self.fixed]
+        draws = np.stack([np.broadcast_to(np.asarray(params[k], np.float64), (len(u),)) for k in names], axis=1)
+        return PosteriorDraws(self.process, names=tuple(names), draws=draws.astype(np.float32))
 
     def table(self):
         """One row per parameter (estimate, SE), then the fit's figures."""
@@ -145,6 +166,11 @@ _SPECS = {
                              "beta": _sigmoid(u[2]) * (1 - _sigmoid(u[3])), "nu": 2.0 + jnp.exp(u[4])},
         start=lambda mu, sd: [mu, math.log(sd), _logit(0.95), _logit(0.08 / 0.95), math.log(4.0)]),
 }
+
+
+# the parameter each unconstrained coordinate moves (GARCH: persistence and share move alpha and beta)
+_U_NAMES = {"gaussian": ("mu", "sigma"), "student_t": ("mu", "sigma", "nu"),
+            "garch_t": ("mu", "sigma", "alpha", "beta", "nu")}
 
 
 def _process(model: str, params: dict):
@@ -239,6 +265,7 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
             return total(jnp.stack([theta[free.index(k)] if k in free else jnp.float64(fixed[k])
                                     for k in spec["names"]]))
 
+        u_info = np.asarray(jax.hessian(lambda v: nll(v) * r.size)(u), np.float64)
         theta = jnp.asarray([params[k] for k in free], jnp.float64)
         loglik = float(total_free(theta))
         info = -np.asarray(jax.hessian(total_free)(theta), np.float64)
@@ -247,11 +274,19 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
         se_values = np.sqrt(np.diag(cov)) if np.all(np.linalg.eigvalsh(info) > 0) else np.full(len(theta), np.nan)
     except np.linalg.LinAlgError:
         se_values = np.full(len(theta), np.nan)
+    u_cov = None
+    if not fixed or model != "garch_t" or not ({"alpha", "beta"} & set(fixed)):
+        keep = [i for i, k in enumerate(_U_NAMES[model]) if k not in fixed]  # coordinates that move
+        sub = u_info[np.ix_(keep, keep)]
+        if np.all(np.isfinite(sub)) and np.all(np.linalg.eigvalsh(sub) > 0):
+            u_cov = np.zeros_like(u_info)
+            u_cov[np.ix_(keep, keep)] = np.linalg.inv(sub)
     se = {k: float("nan") for k in spec["names"]}
     se.update(zip(free, map(float, se_values)))
     return FitResult(model=model, params=params, se=se, loglik=loglik, n_obs=int(r.size), converged=converged,
                      iterations=it, grad_norm=grad_norm, at_bound=_bounds(model, params),
-                     process=_process(model, params), fixed=tuple(sorted(fixed)))
+                     process=_process(model, params), fixed=tuple(sorted(fixed)), _u_hat=np.asarray(u, np.float64),
+                     _u_cov=u_cov)
 
 
 @functools.lru_cache(maxsize=32)

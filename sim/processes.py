@@ -46,6 +46,7 @@ from sim.units import per_step_mean, per_step_prob, per_step_rate, per_step_vol
 from sim.validation import ParameterError, check_range
 
 __all__ = [
+    "PosteriorDraws",
     "Gaussian",
     "StudentT",
     "Merton",
@@ -626,6 +627,54 @@ class ParameterUncertainty:
 
     def annual_moments(self):
         return self.process.annual_moments()
+
+
+@pytree_dataclass
+class PosteriorDraws:
+    """A model whose parameters are one joint draw per path from a set of posterior draws.
+
+    Path ``i`` takes row ``w_i mod m`` of ``draws`` (``w_i`` a random word of the path's own
+    stream), so the correlations between parameters in the posterior are kept, and runs
+    ``process`` with those values. ``sim.fit.FitResult.laplace`` makes one from a fit.
+
+    Args:
+      process: the base model; its values of the named fields are ignored.
+      names: tuple of field names of ``process`` (static).
+      draws: float[m, k], one row per draw, one column per name; every row must be a valid model.
+    """
+
+    process: object
+    names: tuple = dataclasses.field(default=(), metadata=dict(static=True))
+    draws: jax.Array = ()
+
+    def validate(self, dt: float) -> None:
+        d = np.asarray(self.draws, float)
+        base = type(self.process).__name__
+        fields = [f.name for f in dataclasses.fields(self.process)]
+        if d.ndim != 2 or d.shape[0] < 1 or d.shape[1] != len(self.names):
+            raise ParameterError(f"PosteriorDraws: draws must be [draws, {len(self.names)}] (one column per name), "
+                                 f"got shape {d.shape}")
+        for name in self.names:
+            if name not in fields:
+                raise ParameterError(f"PosteriorDraws: {base} has no parameter {name!r}; allowed: {fields}")
+        self._with(d.T).validate(dt)  # every draw at once (the checks take arrays)
+
+    def _with(self, theta):
+        return dataclasses.replace(self.process, **{name: theta[i] for i, name in enumerate(self.names)})
+
+    def init(self, key, n: int, dt: float) -> "UncertainState":
+        k_theta, k_base = jax.random.split(key)
+        w, _ = samplers.hash_words(k_theta, n)
+        rows = (w % jnp.uint32(np.shape(self.draws)[0])).astype(jnp.int32)
+        theta = jnp.take(_f(self.draws), rows, axis=0).T  # [k, n]
+        return UncertainState(theta, self._with(theta).init(k_base, n, dt))
+
+    def step(self, key, state: "UncertainState", n: int, dt: float):
+        base_state, r = self._with(state.theta).step(key, state.base, n, dt)
+        return UncertainState(state.theta, base_state), r
+
+    def annual_moments(self):
+        return self._with(np.asarray(self.draws, float).mean(axis=0)).annual_moments()
 
 
 class UncertainState(NamedTuple):

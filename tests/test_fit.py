@@ -104,3 +104,26 @@ def test_a_fitted_process_from_a_config_writes_its_fit_table(tmp_path):
     bad.write_text("Date,ret\n2020-01-01,0.01\n2020-01-02,abc\n")
     with pytest.raises(ParameterError, match=r"bad.csv: column 'ret' on 2020-01-02"):
         load_returns(bad)
+
+
+def test_laplace_posterior_draws_keep_the_fits_covariance_and_run_as_a_process():
+    from sim import kelly
+    from sim.processes import PosteriorDraws
+
+    r = _sample(StudentT(0.08, 0.2, 4.0), 2520, 7)
+    f = fit.fit(r, "student_t")
+    post = f.laplace(4000, seed=1)
+    assert isinstance(post, PosteriorDraws) and post.names == ("mu", "sigma", "nu")
+    d = np.asarray(post.draws, np.float64)
+    assert (d[:, 1] > 0).all() and (d[:, 2] > 2).all()  # every draw a valid model
+    for i, k in enumerate(post.names):  # near the estimate, the delta method: the observed information
+        assert d[:, i].std() == pytest.approx(f.se[k], rel=0.15), k
+        assert abs(np.median(d[:, i]) - f.params[k]) < 0.3 * f.se[k], k  # the transforms keep the median
+    res = engine.simulate(post, n_paths=4096, n_steps=252, seed=0)
+    assert np.isfinite(res.stats.log_wealth).all()
+    obj = kelly.GrowthObjective(post, seed=0, n_paths=1024, n_steps=252)
+    assert np.isfinite(obj(0.5))
+    with pytest.raises(ParameterError, match="PosteriorDraws"):
+        PosteriorDraws(f.process, names=("mu", "sigma"), draws=d).validate(1 / 252)
+    with pytest.raises(ParameterError, match="no Laplace posterior"):
+        fit.fit(r, "garch_t", max_iter=2).laplace(10)
