@@ -348,17 +348,25 @@ class BlockBootstrap:
     sets ``dt``: daily returns go with 252 steps per year.
 
     Args:
-      returns: float[L] simple returns per step, finite, > -1, L >= 2.
+      returns: float[L] simple returns per step, or float[L, d] for ``d`` assets (a day's
+        cross-section is resampled together, so the assets' dependence is kept); finite,
+        > -1, L >= 2.
       mean_block: mean block length in steps, >= 1.
     """
 
     returns: jax.Array
     mean_block: float = 20.0
 
+    @property
+    def n_assets(self) -> int:
+        """0 for one series; ``d`` for a (days x assets) matrix (returns ``[n, d]``)."""
+        return int(np.shape(self.returns)[1]) if np.ndim(self.returns) == 2 else 0
+
     def validate(self, dt: float) -> None:
         arr = np.asarray(self.returns, dtype=np.float64)
-        if arr.ndim != 1 or arr.shape[0] < 2:
-            raise ParameterError(f"BlockBootstrap.returns must be a 1-D series of length >= 2, got shape {arr.shape}")
+        if arr.ndim not in (1, 2) or arr.shape[0] < 2 or (arr.ndim == 2 and arr.shape[1] < 1):
+            raise ParameterError(f"BlockBootstrap.returns must be a series [L] or a (days x assets) matrix [L, d] "
+                                 f"with L >= 2, got shape {arr.shape}")
         check_range("BlockBootstrap.returns", arr, -1.0, lo_closed=False)
         check_range("BlockBootstrap.mean_block", self.mean_block, 1.0)
 
@@ -380,7 +388,10 @@ class BlockBootstrap:
 
 
     def annual_moments(self, steps_per_year: float = 252.0):
+        """Mean and variance (one series), or mean vector and covariance matrix, annualized."""
         r = np.asarray(self.returns, np.float64)
+        if r.ndim == 2:
+            return r.mean(axis=0) * steps_per_year, np.cov(r, rowvar=False, ddof=1).reshape(r.shape[1], -1) * steps_per_year
         return r.mean() * steps_per_year, r.var(ddof=1) * steps_per_year
 
 
@@ -398,21 +409,28 @@ class Replay:
     ``sim.hedge`` uses to price options where it is known.
 
     Args:
-      returns: float[L] simple returns per step, finite, > -1.
-      implied: float[L] or None; finite values must be > 0.
+      returns: float[L] simple returns per step, or float[L, d] for ``d`` assets (returns
+        ``[n, d]``); finite, > -1.
+      implied: float[L] or None (one series only); finite values must be > 0.
     """
 
     returns: jax.Array
     implied: jax.Array | None = None
 
+    @property
+    def n_assets(self) -> int:
+        """0 for one series; ``d`` for a (days x assets) matrix."""
+        return int(np.shape(self.returns)[1]) if np.ndim(self.returns) == 2 else 0
+
     def validate(self, dt: float) -> None:
         arr = np.asarray(self.returns, dtype=np.float64)
-        if arr.ndim != 1 or arr.shape[0] < 1:
-            raise ParameterError(f"Replay.returns must be a 1-D series, got shape {arr.shape}")
+        if arr.ndim not in (1, 2) or arr.shape[0] < 1 or (arr.ndim == 2 and arr.shape[1] < 1):
+            raise ParameterError(f"Replay.returns must be a series [L] or a (days x assets) matrix [L, d], "
+                                 f"got shape {arr.shape}")
         check_range("Replay.returns", arr, -1.0, lo_closed=False)
         if self.implied is not None:
             iv = np.asarray(self.implied, dtype=np.float64)
-            if iv.shape != arr.shape:
+            if iv.shape != arr.shape[:1] or arr.ndim != 1:
                 raise ParameterError(f"Replay.implied must have the shape of returns {arr.shape}, got {iv.shape}")
             check_range("Replay.implied (where given)", iv[np.isfinite(iv)] if np.isfinite(iv).any() else [1.0],
                         0.0, lo_closed=False)
@@ -437,6 +455,8 @@ class Replay:
 
     def annual_moments(self, steps_per_year: float = 252.0):
         r = np.asarray(self.returns, np.float64)
+        if r.ndim == 2:
+            return r.mean(axis=0) * steps_per_year, np.cov(r, rowvar=False, ddof=0).reshape(r.shape[1], -1) * steps_per_year
         return r.mean() * steps_per_year, r.var() * steps_per_year
 
 

@@ -127,3 +127,26 @@ def test_laplace_posterior_draws_keep_the_fits_covariance_and_run_as_a_process()
         PosteriorDraws(f.process, names=("mu", "sigma"), draws=d).validate(1 / 252)
     with pytest.raises(ParameterError, match="no Laplace posterior"):
         fit.fit(r, "garch_t", max_iter=2).laplace(10)
+
+
+def test_replay_and_block_bootstrap_take_a_days_by_assets_matrix():
+    from sim import data, kelly
+    from sim.processes import BlockBootstrap, Replay
+
+    R = data.simple_returns(data.load_sp500_constituents().loc["2010":"2015"].iloc[:, :3]).to_numpy(np.float32)
+    bb = BlockBootstrap(R, 20.0)
+    assert bb.n_assets == 3 and BlockBootstrap(R[:, 0]).n_assets == 0
+    mean, cov = bb.annual_moments()
+    np.testing.assert_allclose(cov, np.cov(R.astype(np.float64), rowvar=False) * 252, rtol=1e-12)
+    draws = np.asarray(engine.sample_returns(bb, seed=1, n_paths=16, n_steps=64, block_size=16))
+    assert draws.shape[-1] == 3
+    rows = {tuple(r) for r in R}
+    assert all(tuple(x) in rows for x in draws.reshape(-1, 3))  # every day's cross-section kept together
+    res = engine.simulate(Replay(R), policy=engine.ConstantMix(np.full(3, 1 / 3, np.float32)), n_paths=1,
+                          n_steps=len(R), block_size=1, record_paths=1)
+    direct = np.prod(1 + R.astype(np.float64) @ np.full(3, 1 / 3))
+    assert np.exp(float(res.recorded[-1, 0])) == pytest.approx(direct, rel=1e-4)
+    best = kelly.optimize(kelly.GrowthObjective(bb, seed=0, n_paths=1024, n_steps=252), long_only=True, budget=1.0)
+    assert best.converged and best.constraint["kkt_ok"] and best.full_fraction.sum() <= 1 + 1e-6
+    with pytest.raises(ParameterError, match="days x assets"):
+        BlockBootstrap(np.zeros((2, 2, 2))).validate(1 / 252)
