@@ -274,19 +274,28 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
         se_values = np.sqrt(np.diag(cov)) if np.all(np.linalg.eigvalsh(info) > 0) else np.full(len(theta), np.nan)
     except np.linalg.LinAlgError:
         se_values = np.full(len(theta), np.nan)
-    u_cov = None
-    if not fixed or model != "garch_t" or not ({"alpha", "beta"} & set(fixed)):
-        keep = [i for i, k in enumerate(_U_NAMES[model]) if k not in fixed]  # coordinates that move
-        sub = u_info[np.ix_(keep, keep)]
-        if np.all(np.isfinite(sub)) and np.all(np.linalg.eigvalsh(sub) > 0):
-            u_cov = np.zeros_like(u_info)
-            u_cov[np.ix_(keep, keep)] = np.linalg.inv(sub)
+    u_cov = _unconstrained_cov(u_info, model, fixed)
     se = {k: float("nan") for k in spec["names"]}
     se.update(zip(free, map(float, se_values)))
     return FitResult(model=model, params=params, se=se, loglik=loglik, n_obs=int(r.size), converged=converged,
                      iterations=it, grad_norm=grad_norm, at_bound=_bounds(model, params),
                      process=_process(model, params), fixed=tuple(sorted(fixed)), _u_hat=np.asarray(u, np.float64),
                      _u_cov=u_cov)
+
+
+def _unconstrained_cov(u_info, model: str, fixed: dict):
+    """The inverse information in the unconstrained coordinates that move (held ones: 0), for
+    ``laplace``; None where it is not positive definite, or for a GARCH fit with alpha or beta
+    held (their coordinates mix both)."""
+    if model == "garch_t" and {"alpha", "beta"} & set(fixed):
+        return None
+    keep = [i for i, k in enumerate(_U_NAMES[model]) if k not in fixed]
+    sub = u_info[np.ix_(keep, keep)]
+    if not (np.all(np.isfinite(sub)) and np.all(np.linalg.eigvalsh(sub) > 0)):
+        return None
+    cov = np.zeros_like(u_info)
+    cov[np.ix_(keep, keep)] = np.linalg.inv(sub)
+    return cov
 
 
 @functools.lru_cache(maxsize=32)
