@@ -115,55 +115,19 @@ def load_vix() -> pd.Series:
     return validate_prices(s, name="vix.csv.gz")
 
 
-def load_prices(path, *, date_column: str = "Date", columns: list[str] | None = None) -> pd.DataFrame:
-    """A user's own prices from CSV (optionally gzipped) or parquet, through the same checks.
-
-    Args:
-      path: file with a date column and one column of prices per asset.
-      date_column: name of the date column.
-      columns: price columns to keep (default: all others).
-    """
+def _read_dated(path, what: str, date_column: str, columns) -> pd.DataFrame:
+    """A CSV (optionally gzipped) or parquet file with a date column, as a frame indexed by
+    date; the file, a missing column or the first bad date is named in the error."""
     path = pathlib.Path(path)
     if not path.exists():
-        raise ParameterError(f"price file {str(path)!r} does not exist")
+        raise ParameterError(f"{what} file {str(path)!r} does not exist")
     try:
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except pd.errors.EmptyDataError:
-        raise ParameterError(f"price file {str(path)!r} is empty; allowed: a header with a date column and "
-                             "price columns, and at least 2 rows") from None
+        raise ParameterError(f"{what} file {str(path)!r} is empty; allowed: a header with a date column and "
+                             f"{what} columns, and at least 2 rows") from None
     except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise ParameterError(f"price file {str(path)!r} cannot be read: {err}") from None
-    if date_column not in frame.columns:
-        raise ParameterError(f"{path.name}: no date column {date_column!r}; columns are {list(frame.columns)}")
-    dates = pd.to_datetime(frame[date_column], errors="coerce")
-    if dates.isna().any():
-        i = int(np.flatnonzero(dates.isna().to_numpy())[0])
-        raise ParameterError(f"{path.name}: row {i + 1}: {date_column} = {frame[date_column].iloc[i]!r} is not a date; "
-                             "allowed: dates such as 2020-01-31")
-    frame[date_column] = dates
-    frame = frame.set_index(date_column)
-    if columns is not None:
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise ParameterError(f"{path.name}: columns {missing} not found; columns are {list(frame.columns)}")
-        frame = frame[columns]
-    return validate_prices(frame, name=path.name)
-
-
-def load_returns(path, *, date_column: str = "Date", columns: list[str] | None = None) -> pd.DataFrame:
-    """A user's own simple returns (one column per asset, a date column) from CSV or parquet,
-    checked like prices: the file, a column or a date that is wrong is named, and so is the
-    first date whose return is missing, not finite, or not above -1."""
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise ParameterError(f"returns file {str(path)!r} does not exist")
-    try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise ParameterError(f"returns file {str(path)!r} is empty; allowed: a header with a date column and "
-                             "return columns, and at least 2 rows") from None
-    except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise ParameterError(f"returns file {str(path)!r} cannot be read: {err}") from None
+        raise ParameterError(f"{what} file {str(path)!r} cannot be read: {err}") from None
     if date_column not in frame.columns:
         raise ParameterError(f"{path.name}: no date column {date_column!r}; columns are {list(frame.columns)}")
     dates = pd.to_datetime(frame[date_column], errors="coerce")
@@ -177,14 +141,34 @@ def load_returns(path, *, date_column: str = "Date", columns: list[str] | None =
         if missing:
             raise ParameterError(f"{path.name}: columns {missing} not found; columns are {list(frame.columns)}")
         frame = frame[columns]
+    return frame
+
+
+def load_prices(path, *, date_column: str = "Date", columns: list[str] | None = None) -> pd.DataFrame:
+    """A user's own prices from CSV (optionally gzipped) or parquet, through the same checks.
+
+    Args:
+      path: file with a date column and one column of prices per asset.
+      date_column: name of the date column.
+      columns: price columns to keep (default: all others).
+    """
+    return validate_prices(_read_dated(path, "price", date_column, columns), name=pathlib.Path(path).name)
+
+
+def load_returns(path, *, date_column: str = "Date", columns: list[str] | None = None) -> pd.DataFrame:
+    """A user's own simple returns (one column per asset, a date column) from CSV or parquet,
+    checked like prices: the file, a column or a date that is wrong is named, and so is the
+    first date whose return is missing, not finite, or not above -1."""
+    frame = _read_dated(path, "returns", date_column, columns)
+    name = pathlib.Path(path).name
     if not frame.index.is_monotonic_increasing or frame.index.has_duplicates:
-        raise ParameterError(f"{path.name}: dates must be increasing without repeats")
+        raise ParameterError(f"{name}: dates must be increasing without repeats")
     for col in frame.columns:
         x = pd.to_numeric(frame[col], errors="coerce")
         bad = ~np.isfinite(x.to_numpy(dtype=float)) | (x.to_numpy(dtype=float) <= -1.0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ParameterError(f"{path.name}: column {col!r} on {frame.index[i].date()}: {frame[col].iloc[i]!r} is "
+            raise ParameterError(f"{name}: column {col!r} on {frame.index[i].date()}: {frame[col].iloc[i]!r} is "
                                  "not a simple return; allowed: finite numbers > -1")
         frame[col] = x.astype(float)
     return frame
