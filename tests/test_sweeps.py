@@ -138,7 +138,8 @@ def test_text_where_a_number_belongs_names_the_parameter(tmp_path):
     assert out.stderr.strip().splitlines() == ["error: market.fraction = 'abc' is not a number (its default is 1.0)"]
 
 
-def test_sigterm_stops_a_run_in_one_line_and_leaves_no_partial_file(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
+def test_sigterm_stops_a_run_in_one_line_and_leaves_no_partial_file(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "experiments.time_vs_ensemble", f"hydra.run.dir={tmp_path}",
                              "market.n_paths=4000000", "market.years=2"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -148,7 +149,7 @@ def test_sigterm_stops_a_run_in_one_line_and_leaves_no_partial_file(tmp_path):
     assert (tmp_path / ".running.json").exists(), proc.communicate()[1][-2000:]
     (tmp_path / ".coin_fan.csv.stale.tmp").write_text("")  # as an earlier kill would leave it
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("interrupted: ")
