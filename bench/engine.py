@@ -36,6 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # one device per core (sim.parallel.default_cpu_devices), which the child measures instead.
 os.environ.setdefault("FTL_CPU_DEVICES", "off")
 
+from _timing import best_of  # noqa: E402  (bench/ is this script's own path)
+
 MU, SIGMA, SPY = 0.08, 0.2, 252.0
 
 
@@ -56,15 +58,6 @@ def numpy_baseline(n_paths: int, n_steps: int, nu: float, chunk: int = 1 << 15, 
         out["sum_r"].append(r.sum(axis=0))
         out["sum_r2"].append((r * r).sum(axis=0))
     return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def time_best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def engine_rates(processes: dict, n_paths: int, n_steps: int, repeats: int) -> dict:
@@ -131,7 +124,7 @@ def main() -> None:
 
     from sim.processes import Gaussian, StudentT
 
-    numpy_seconds = time_best(lambda: numpy_baseline(args.numpy_paths, args.steps, 3.0), max(1, args.repeats - 1))
+    numpy_seconds = best_of(lambda: numpy_baseline(args.numpy_paths, args.steps, 3.0), max(1, args.repeats - 1))
     result = {"numpy_t3": args.numpy_paths * args.steps / numpy_seconds}
     processes = {"gauss": Gaussian(MU, SIGMA), "t3": StudentT(MU, SIGMA, 3.0), "t3_5": StudentT(MU, SIGMA, 3.5)}
     result.update(engine_rates(processes, args.paths, args.steps, args.repeats))

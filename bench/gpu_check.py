@@ -36,6 +36,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _timing import best_of  # noqa: E402  (bench/ is this script's own path)
 
 STATS_BOUND = 1e-5  # relative: float32 transcendental functions differ in their last bits only
 SPY = 252.0
@@ -50,16 +51,6 @@ SIZES = {
 REPORTED_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "L40S": 8.64e11, "L4": 3.0e11}
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # warm-up: compiles
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def engine_rate(process, n_paths: int, n_steps: int, policy=None, repeats: int = 2) -> float:
     import sim
 
@@ -67,7 +58,7 @@ def engine_rate(process, n_paths: int, n_steps: int, policy=None, repeats: int =
         sim.simulate(process, policy=policy or sim.ConstantMix(), seed=1, n_paths=n_paths, n_steps=n_steps,
                      steps_per_year=SPY)
 
-    return n_paths * n_steps / _best(run, repeats)
+    return n_paths * n_steps / best_of(run, repeats, warmup=True)
 
 
 def surface_rate(grid: int, n_paths: int, n_steps: int) -> float:
@@ -85,7 +76,7 @@ def surface_rate(grid: int, n_paths: int, n_steps: int) -> float:
         surface.ruin_surface(processes, fractions, axis="nu", values=nus, seed=0, n_paths=n_paths, n_steps=n_steps,
                              steps_per_year=SPY, n_bins=256, progress=lambda i: None)
 
-    return grid * grid * n_paths * n_steps / _best(run, 1)
+    return grid * grid * n_paths * n_steps / best_of(run, 1, warmup=True)
 
 
 def peak_memory(n_paths: int, n_steps: int) -> tuple[float | None, str]:
@@ -138,7 +129,7 @@ def bandwidth(n: int) -> float:
 
     x = jnp.ones((n,), jnp.float32)
     f = jax.jit(lambda v: v * 1.0001 + 1.0)
-    seconds = _best(lambda: f(x).block_until_ready(), 3)
+    seconds = best_of(lambda: f(x).block_until_ready(), 3, warmup=True)
     return 2 * 4 * n / seconds
 
 

@@ -20,6 +20,7 @@ import time
 from hydra.experimental.callback import Callback
 
 from experiments.harness import DONE
+from experiments.sweep import progress_line as _line
 
 log = logging.getLogger("sweep")
 
@@ -35,12 +36,6 @@ def sweep_size(overrides) -> int:
         if o.is_sweep_override():
             n *= len(list(o.sweep_string_iterator()))
     return n
-
-
-def _line(sweep_dir: pathlib.Path, message: str) -> None:
-    log.info(message)
-    with open(sweep_dir / "progress.log", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
 class SweepProgress(Callback):
@@ -172,6 +167,8 @@ class MlflowTracker(Callback):
     def _log(self, config, job_return) -> None:
         from omegaconf import OmegaConf
 
+        from experiments.sweep import flatten
+
         mlflow, uri = self._store()
         name = self.experiment or config.hydra.job.name
         exp = mlflow.get_experiment_by_name(name)
@@ -184,11 +181,11 @@ class MlflowTracker(Callback):
         out = pathlib.Path(config.hydra.runtime.output_dir)
         task = OmegaConf.to_container(config, resolve=True)
         task.pop("hydra", None)
-        params = {k: str(v)[:500] for k, v in _flat(task).items()}
+        params = {k: str(v)[:500] for k, v in flatten(task).items()}
         summary = {}
         if (out / "summary.json").exists():
             summary = json.loads((out / "summary.json").read_text())
-        metrics = {k: float(v) for k, v in _flat(summary).items()
+        metrics = {k: float(v) for k, v in flatten(summary).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(float(v)) < float("inf")}
         status = getattr(job_return.status, "name", str(job_return.status)).lower()
         with mlflow.start_run(run_name=out.name):
@@ -202,15 +199,3 @@ class MlflowTracker(Callback):
                     if f.is_file() and not f.name.startswith("."):
                         mlflow.log_artifact(str(f))
         log.info("MLflow: logged %s to %s (experiment %s)", out.name, uri, name)
-
-
-def _flat(node, prefix="") -> dict:
-    out = {}
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-    elif isinstance(node, list) and not any(isinstance(v, (dict, list)) for v in node):
-        out[prefix[:-1]] = node
-    elif not isinstance(node, list):
-        out[prefix[:-1]] = node
-    return out

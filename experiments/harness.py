@@ -273,7 +273,10 @@ def wrong_types(cfg, reference, prefix: str = "") -> list[str]:
         if OmegaConf.is_dict(node):
             out += wrong_types(node, ref, path + ".")
             continue
-        value, default = node._value(), ref._value() if hasattr(ref, "_value") else None
+        try:  # resolved values: an interpolation is judged by what it gives
+            value, default = cfg[key], reference[key]
+        except Exception:  # noqa: BLE001 - a value that cannot be resolved is the run's own error to raise
+            continue
         if _is_number(default) and isinstance(value, str):
             try:
                 float(value)
@@ -442,9 +445,8 @@ def _note_interrupted_sweep(sweep_dir: pathlib.Path) -> None:
         from experiments import sweep
 
         done = sum(1 for _ in sweep_dir.glob(f"*/{DONE}"))
-        with open(sweep_dir / "progress.log", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} sweep interrupted: {done} points done; run the same "
-                    "command again (with the same name) to resume\n")
+        sweep.progress_line(sweep_dir, f"sweep interrupted: {done} points done; run the same command again (with "
+                                       "the same name) to resume")
         sweep.write_table(sweep_dir)
     except Exception as err:  # never mask the interruption itself
         log.warning("sweep table not updated after the interruption: %s", err)

@@ -81,9 +81,7 @@ def _warnings(summary: dict) -> list[str]:
     def walk(node):
         if isinstance(node, dict):
             for k, v in node.items():
-                if k in ("warnings", "verdicts_warnings") and isinstance(v, list):
-                    out.extend(str(x) for x in v)
-                elif k == "notes" and isinstance(v, list):
+                if k in ("warnings", "notes") and isinstance(v, list):
                     out.extend(str(x) for x in v)
                 else:
                     walk(v)
@@ -138,38 +136,34 @@ def _cross_point_figures(frame: pd.DataFrame, experiment: str) -> list[bytes]:
     if done.empty:
         return []
     figs = []
-    if experiment == "ruin_surface" and "row.kelly_multiple" in done:
-        axis = next((c for c in done.columns if c.startswith("row.") and c not in
-                     ("row.kelly_multiple", "row.fraction") and not c.startswith("row.p_") and
-                     c not in ("row.ruin_probability", "row.median_growth", "row.growth_q05", "row.growth_q95",
-                               "row.mean_growth", "row.wipeout_probability")), None)
-        if axis is not None:
-            multiples = np.sort(done["row.kelly_multiple"].unique())
-            c = float(multiples[np.argmin(np.abs(multiples - 1.0))])
-            opt = [k for k in done.columns if k.startswith("summary.growth_optimal_multiple.")
-                   and not k.startswith("summary.growth_optimal_multiple_half")]
-            fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
-            for point, g in done.groupby("point", sort=True):
-                near = g[g["row.kelly_multiple"] == c].sort_values(axis)
-                axes[0].plot(near[axis], near["row.ruin_probability"], "o-", label=point)
-                axes[1].plot(near[axis], near["row.p_drawdown"], "o-", label=point)
-                if opt:
-                    xs = [float(k.rpartition("multiple.")[2]) for k in opt]
-                    order = np.argsort(xs)
-                    axes[2].plot(np.asarray(xs)[order], g[opt].iloc[0].to_numpy(dtype=float)[order], "o-", label=point)
-            values = np.sort(done[axis].unique())
-            for ax, what in zip(axes, (f"P(ruin) at Kelly multiple c = {c:.3g}",
-                                       f"P(max drawdown > level) at c = {c:.3g}",
-                                       "growth-optimal Kelly multiple c")):
-                ax.set_xlabel(axis[4:])
-                ax.set_ylabel(what)
-                if values.min() > 0 and values.max() / values.min() > 8:
-                    ax.set_xscale("log")
-                ax.set_xticks(values, [f"{v:g}" for v in values])
-                ax.legend(fontsize=7)
-            fig.suptitle("ruin probability across the sweep's points (one line per point)")
-            fig.tight_layout()
-            figs.append(_fig_bytes(fig))
+    axis = f"row.{done['summary.axis'].iloc[0]}" if "summary.axis" in done else None  # the surface's row key
+    if experiment == "ruin_surface" and "row.kelly_multiple" in done and axis in done:
+        multiples = np.sort(done["row.kelly_multiple"].unique())
+        c = float(multiples[np.argmin(np.abs(multiples - 1.0))])
+        opt = [k for k in done.columns if k.startswith("summary.growth_optimal_multiple.")
+               and not k.startswith("summary.growth_optimal_multiple_half")]
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+        for point, g in done.groupby("point", sort=True):
+            near = g[g["row.kelly_multiple"] == c].sort_values(axis)
+            axes[0].plot(near[axis], near["row.ruin_probability"], "o-", label=point)
+            axes[1].plot(near[axis], near["row.p_drawdown"], "o-", label=point)
+            if opt:
+                xs = [float(k.rpartition("multiple.")[2]) for k in opt]
+                order = np.argsort(xs)
+                axes[2].plot(np.asarray(xs)[order], g[opt].iloc[0].to_numpy(dtype=float)[order], "o-", label=point)
+        values = np.sort(done[axis].unique())
+        for ax, what in zip(axes, (f"P(ruin) at Kelly multiple c = {c:.3g}",
+                                   f"P(max drawdown > level) at c = {c:.3g}",
+                                   "growth-optimal Kelly multiple c")):
+            ax.set_xlabel(axis[4:])
+            ax.set_ylabel(what)
+            if values.min() > 0 and values.max() / values.min() > 8:
+                ax.set_xscale("log")
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.legend(fontsize=7)
+        fig.suptitle("ruin probability across the sweep's points (one line per point)")
+        fig.tight_layout()
+        figs.append(_fig_bytes(fig))
     scalars = [c for c in done.columns if c.startswith("summary.") and pd.api.types.is_numeric_dtype(done[c])
                and done[c].notna().any() and not c.endswith(("seconds", "per_second", ".seed"))]
     per_point = done.groupby("point", sort=True)[scalars].first() if scalars else pd.DataFrame()

@@ -19,13 +19,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import math
 import pathlib
 import re
+import time
 
 import pandas as pd
 
-__all__ = ["expand", "validate_points", "point_dirname", "varying_keys", "write_table", "build_table", "NATURAL", "STATE"]
+__all__ = ["flatten", "progress_line", "expand", "validate_points", "point_dirname", "varying_keys", "write_table", "build_table", "NATURAL", "STATE"]
 
 STATE = ".sweep.json"  # the sweep's points and start time, written when it starts
 FAILED = ".failed.json"  # a point's error, written by experiments.harness.hydra_main
@@ -34,6 +36,14 @@ SKIPPED = ".skipped.json"  # written when a point was found done and skipped
 #: the table each experiment's sweep rows come from (None: one row per point, from the summary)
 NATURAL = {"ruin_surface": "surface.csv", "kelly": "policies.csv", "hedge_overlay": "models.csv",
            "crash_protocol": "mc_policies.csv", "dispersion": "trades.csv", "time_vs_ensemble": None}
+
+
+def progress_line(sweep_dir, message: str) -> None:
+    """One timestamped line of the sweep's ``progress.log`` (and the log): starts, points,
+    failures, interruptions, the end."""
+    logging.getLogger("sweep").info(message)
+    with open(pathlib.Path(sweep_dir) / "progress.log", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
 def expand(overrides) -> list[list[str]]:
@@ -125,24 +135,33 @@ def _overrides_of(point: list[str]) -> dict:
     return out
 
 
-def _scalars(summary: dict) -> dict:
-    """The summary's numbers, booleans and short strings, nested keys joined by dots (lists
-    and long texts left out)."""
+def flatten(node, prefix: str = "", depth: int | None = None) -> dict:
+    """Nested mappings as one level, keys joined by dots (``prefix`` first); a list of scalars
+    is one value, a list holding mappings or lists is left out, and so is a mapping nested more
+    than ``depth`` levels down. The summaries' flattener for the sweep table and for MLflow."""
     out = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            key = f"{prefix}.{k}"
-            if isinstance(v, dict) and key.count(".") < 3:
-                walk(v, key)
-            elif isinstance(v, bool) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            if depth is None or depth > 1:
+                out.update(flatten(v, key + ".", None if depth is None else depth - 1))
+        elif isinstance(v, list):
+            if not any(isinstance(x, (dict, list)) for x in v):
                 out[key] = v
-            elif isinstance(v, str) and len(v) <= 40:
-                try:
-                    out[key] = float(v) if v in ("inf", "-inf", "nan") else v
-                except ValueError:
-                    out[key] = v
-    walk({k: v for k, v in summary.items() if k != "run"}, "summary")
+        else:
+            out[key] = v
+    return out
+
+
+def _scalars(summary: dict) -> dict:
+    """The summary's numbers, booleans and short strings, three levels down at most (lists and
+    long texts left out); ``to_jsonable``'s 'inf' / '-inf' / 'nan' become floats again."""
+    out = {}
+    for key, v in flatten({k: v for k, v in summary.items() if k != "run"}, "summary.", depth=3).items():
+        if isinstance(v, (bool, int, float)):
+            out[key] = v
+        elif isinstance(v, str) and len(v) <= 40:
+            out[key] = float(v) if v in ("inf", "-inf", "nan") else v
     if isinstance(summary.get("run"), dict):
         out["wall_seconds"] = summary["run"].get("wall_seconds")
     return out
@@ -166,6 +185,31 @@ def _status(d: pathlib.Path, started: float) -> tuple[str, str]:
     return "incomplete", "started but not finished (interrupted or killed)"
 
 
+_ROWS: dict = {}  # (point dir, its summary's mtime) -> its rows: a finished point is read once per process
+
+
+def _point_rows(d: pathlib.Path, status: str, experiment):
+    """A finished point's summary scalars joined with its natural table's rows (``row.*``),
+    and the experiment's name; nothing for a point that has not finished."""
+    summary_file = d / "summary.json"
+    if status not in ("done", "skipped") or not summary_file.exists():
+        return [], experiment
+    key = (str(d), summary_file.stat().st_mtime_ns)
+    if key not in _ROWS:
+        summary = json.loads(summary_file.read_text())
+        name = experiment or summary.get("experiment")
+        scalars = _scalars(summary)
+        natural = NATURAL.get(name)
+        if natural and (d / natural).exists():
+            table = pd.read_csv(d / natural)
+            found = [{**scalars, **{f"row.{k}": v for k, v in r.items()}} for r in table.to_dict(orient="records")]
+        else:
+            found = [scalars]
+        _ROWS[key] = (found, name)
+    found, name = _ROWS[key]
+    return found, experiment or name
+
+
 def build_table(sweep_dir) -> pd.DataFrame:
     """The sweep table of ``sweep_dir`` from what its point directories hold."""
     import yaml
@@ -182,17 +226,8 @@ def build_table(sweep_dir) -> pd.DataFrame:
         seen.add(tuple(sorted(point)))
         status, error = _status(d, started)
         base = {"point": d.name, **_overrides_of(point), "status": status, "error": error}
-        summary = {}
-        if status in ("done", "skipped") and (d / "summary.json").exists():
-            summary = json.loads((d / "summary.json").read_text())
-            experiment = experiment or summary.get("experiment")
-        base.update(_scalars(summary))
-        natural = NATURAL.get(experiment)
-        if summary and natural and (d / natural).exists():
-            table = pd.read_csv(d / natural)
-            rows += [{**base, **{f"row.{k}": v for k, v in r.items()}} for r in table.to_dict(orient="records")]
-        else:
-            rows.append(base)
+        found, experiment = _point_rows(d, status, experiment)
+        rows += [{**base, **r} for r in found] or [base]
     for point in state.get("points", []):
         if tuple(sorted(point)) not in seen:
             rows.append({"point": None, **_overrides_of(point), "status": "pending", "error": ""})

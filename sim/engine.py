@@ -53,6 +53,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sim import backend
 from sim import protocols
 from sim import stats as stats_lib
+from sim.outputs import progress_bar
 from sim.pytree import pytree_dataclass, static_field
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
@@ -400,8 +401,6 @@ def _report(progress, i, plan, owned, n_paths, block_size, t0, pid, n_proc, n_st
     done = int(np.minimum(n_paths - np.flatnonzero(owned) * block_size, block_size).sum())
     info = dict(chunk=i + 1, n_chunks=len(plan.mine), paths_done=done, n_paths=n_paths, elapsed_s=elapsed,
                 eta_s=elapsed / (i + 1) * (len(plan.mine) - i - 1), process=pid)
-    from sim.outputs import progress_bar
-
     progress_bar(i + 1, len(plan.mine), elapsed, "chunks")
     if progress is not None:
         progress(info)

@@ -985,7 +985,6 @@ def crash_day(unhedged, hedged: HedgeOverlay, *, drop: float, premium_years: flo
     vol at ``vol_after``. The hedge's gain on that day (hedged minus unhedged return, a
     fraction of NAV) against the premium budgeted over the flat years."""
     from sim.processes import Replay
-    from sim.validation import check_range
 
     check_range("event.drop", drop, -0.99, 0.0, hi_closed=False)
     check_range("event.vol_before", vol_before, 0.0, 5.0, lo_closed=False)

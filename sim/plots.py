@@ -21,9 +21,11 @@ __all__ = [
 
 
 def _plt():
+    import sys
+
     import matplotlib
 
-    if "matplotlib.pyplot" not in __import__("sys").modules:
+    if "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

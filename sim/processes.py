@@ -634,7 +634,7 @@ class ParameterUncertainty:
         return jnp.where(lognormal, shift + (loc - shift) * jnp.exp(scale * z), loc + scale * z)
 
     def _with(self, theta):
-        return dataclasses.replace(self.process, **{name: theta[i] for i, name in enumerate(self.names)})
+        return _with_parameters(self.process, self.names, theta)
 
     def init(self, key, n: int, dt: float) -> "UncertainState":
         k_theta, k_base = jax.random.split(key)
@@ -642,11 +642,21 @@ class ParameterUncertainty:
         return UncertainState(theta, self._with(theta).init(k_base, n, dt))
 
     def step(self, key, state: "UncertainState", n: int, dt: float):
-        base_state, r = self._with(state.theta).step(key, state.base, n, dt)
-        return UncertainState(state.theta, base_state), r
+        return _step_with_parameters(self.process, self.names, key, state, n, dt)
 
     def annual_moments(self):
         return self.process.annual_moments()
+
+
+def _with_parameters(process, names, theta):
+    """``process`` with its fields ``names`` set to the rows of ``theta`` (per-path values)."""
+    return dataclasses.replace(process, **{name: theta[i] for i, name in enumerate(names)})
+
+
+def _step_with_parameters(process, names, key, state: "UncertainState", n: int, dt: float):
+    """One step of ``process`` at each path's own parameters ``state.theta``."""
+    base_state, r = _with_parameters(process, names, state.theta).step(key, state.base, n, dt)
+    return UncertainState(state.theta, base_state), r
 
 
 @pytree_dataclass
@@ -680,7 +690,7 @@ class PosteriorDraws:
         self._with(d.T).validate(dt)  # every draw at once (the checks take arrays)
 
     def _with(self, theta):
-        return dataclasses.replace(self.process, **{name: theta[i] for i, name in enumerate(self.names)})
+        return _with_parameters(self.process, self.names, theta)
 
     def init(self, key, n: int, dt: float) -> "UncertainState":
         k_theta, k_base = jax.random.split(key)
@@ -690,8 +700,7 @@ class PosteriorDraws:
         return UncertainState(theta, self._with(theta).init(k_base, n, dt))
 
     def step(self, key, state: "UncertainState", n: int, dt: float):
-        base_state, r = self._with(state.theta).step(key, state.base, n, dt)
-        return UncertainState(state.theta, base_state), r
+        return _step_with_parameters(self.process, self.names, key, state, n, dt)
 
     def annual_moments(self):
         return self._with(np.asarray(self.draws, float).mean(axis=0)).annual_moments()
