@@ -14,7 +14,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,track]'
+	$(PY) -m pip install --quiet -e '.[test,track,bayes]'
 	touch $(STAMP)
 
 ## Run the main experiment (small default size, about a minute on a laptop CPU).

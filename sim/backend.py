@@ -47,10 +47,11 @@ import logging
 import os
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "target_chunk_paths", "materialize", "tranche_sum",
+__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "target_chunk_paths", "materialize", "trace_once", "tranche_sum",
            "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,22 @@ def _tuned(name: str) -> bool:
     return on_cpu() and not gpu_form() and name not in off and "all" not in off
 
 
-def _zeros_like_result(fn):
-    def zeros(*args):
-        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, *args))
-    return zeros
+def trace_once(fn, *args):
+    """``(call, shapes)``: ``fn`` traced once at ``args`` (its Python runs once), ``call``
+    replaying the recorded operations on arguments of the same kinds, and the output's
+    shapes. For code that needs a function's output shapes before calling it (a loop's
+    buffers, a conditional's other branch): ``jax.eval_shape`` and then a call would run the
+    function's Python twice, and tracing the engine's step is most of the time a small
+    run takes. The replay binds the same operations, so the program and its results are
+    the same as a direct call's."""
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
+    replay = jax.extend.core.jaxpr_as_fun(closed)
+    tree = jax.tree.structure(shapes)
+
+    def call(*a):
+        return jax.tree.unflatten(tree, replay(*jax.tree.leaves(a)))
+
+    return call, shapes
 
 
 def materialize(t, fn, *operands):
@@ -106,7 +119,8 @@ def materialize(t, fn, *operands):
     conditional on the traced step index ``t >= 0``); a plain call elsewhere."""
     if not _tuned("fences"):
         return fn(*operands)
-    return lax.cond(t >= 0, fn, _zeros_like_result(fn), *operands)
+    call, shapes = trace_once(fn, *operands)
+    return lax.cond(t >= 0, call, lambda *_: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), *operands)
 
 
 def tranche_sum(x):

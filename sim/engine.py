@@ -214,6 +214,7 @@ def simulate_block(key: jax.Array, block, process, policy, saver=None, *, block_
     acc0, pol0 = saver.init(block_size), policy.init(block_size, dt, process, pstate0)
     steps = jnp.arange(n_steps, dtype=jnp.int32)
     if backend.prefetch_draws():  # step t + 1's draws made in step t and carried
+        draw, _ = backend.trace_once(draw, pstate0, jnp.int32(0))  # one trace for both calls
 
         def one_step(carry, t):
             pstate, r, acc, pol = carry
@@ -221,7 +222,7 @@ def simulate_block(key: jax.Array, block, process, policy, saver=None, *, block_
             pstate, r_next = draw(pstate, t + 1)
             return (pstate, r_next, acc, pol), None
 
-        (_, _, acc, pol), _ = lax.scan(one_step, (*draw(pstate0, 0), acc0, pol0), steps)
+        (_, _, acc, pol), _ = lax.scan(one_step, (*draw(pstate0, jnp.int32(0)), acc0, pol0), steps)
     else:
 
         def one_step(carry, t):
@@ -277,12 +278,13 @@ def _run_chunk(key, blocks, n_valid, count, operands, *, block_fn, mesh, vectori
         if vectorize:
             every, first = split(jax.vmap(one)(blocks, n_valid))
             return dict(every, **jax.tree.map(lambda a: a[:1], first))
-        shapes = split(jax.eval_shape(one, blocks[0], n_valid[0]))
+        one_traced, shapes = backend.trace_once(one, blocks[0], n_valid[0])  # the block's Python runs once
+        shapes = split(shapes)
         acc = (jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes[0]),
                jax.tree.map(lambda s: jnp.zeros((1, *s.shape), s.dtype), shapes[1]))
 
         def body(i, acc):
-            every, first = split(one(blocks[i], n_valid[i]))
+            every, first = split(one_traced(blocks[i], n_valid[i]))
             every = jax.tree.map(lambda a, o: lax.dynamic_update_index_in_dim(a, o, i, 0), acc[0], every)
             first = jax.tree.map(lambda a, o: jnp.where(i == 0, o[None], a), acc[1], first)
             return every, first

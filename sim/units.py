@@ -19,8 +19,9 @@ def per_step_mean(mu_annual, dt: float):
 
 
 def per_step_vol(sigma_annual, dt: float):
-    """Volatility per step: ``sigma * sqrt(dt)``."""
-    return sigma_annual * jnp.sqrt(jnp.asarray(dt, jnp.float32))
+    """Volatility per step: ``sigma * sqrt(dt)`` (in float32 for float32 or Python-number
+    parameters, in float64 for float64 ones: the likelihoods of ``sim.fit``)."""
+    return sigma_annual * jnp.sqrt(jnp.asarray(dt, jnp.result_type(sigma_annual, jnp.float32)))
 
 
 def per_step_rate(rate_annual, dt: float):

@@ -150,3 +150,117 @@ def test_replay_and_block_bootstrap_take_a_days_by_assets_matrix():
     assert best.converged and best.constraint["kkt_ok"] and best.full_fraction.sum() <= 1 + 1e-6
     with pytest.raises(ParameterError, match="days x assets"):
         BlockBootstrap(np.zeros((2, 2, 2))).validate(1 / 252)
+
+
+def _numpy_forward(r, p, dt):
+    """The regime model's likelihood by a plain scaled forward algorithm (numpy, float64)."""
+    from scipy.special import gammaln
+
+    def unit_t(e, sigma, nu):
+        c = sigma * math.sqrt(dt) * math.sqrt((nu - 2) / nu)
+        x = e / c
+        return np.exp(gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
+                      - (nu + 1) / 2 * np.log1p(x * x / nu)) / c
+
+    dens = np.stack([unit_t(r - p[f"mu_{s}"] * dt, p[f"sigma_{s}"], p[f"nu_{s}"]) for s in ("calm", "crash")], 1)
+    up, down = 1 - math.exp(-p["rate_to_crash"] * dt), 1 - math.exp(-p["rate_to_calm"] * dt)
+    trans = np.array([[1 - up, up], [down, 1 - down]])
+    a = np.array([down, up]) / (up + down) * dens[0]
+    total = 0.0
+    for t in range(len(r)):
+        if t:
+            a = (a @ trans) * dens[t]
+        s = a.sum()
+        total += math.log(s)
+        a = a / s
+    return total
+
+
+def test_regime_likelihood_equals_a_plain_forward_algorithm():
+    from sim.processes import RegimeSwitching
+
+    true = RegimeSwitching(rate_to_crash=1.0, rate_to_calm=4.0)
+    r = _sample(true, 2520, 11)
+    params = {k: getattr(true, k) for k in ("mu_calm", "sigma_calm", "nu_calm", "mu_crash", "sigma_crash",
+                                             "nu_crash", "rate_to_crash", "rate_to_calm")}
+    for shift in (1.0, 0.7):  # at the truth and away from it
+        p = {k: v * shift if k.startswith("rate") or k.startswith("sigma") else v for k, v in params.items()}
+        ours = fit.log_likelihood(r, "regime_switching", p)
+        assert ours == pytest.approx(_numpy_forward(r, p, 1 / 252), rel=1e-9, abs=1e-9)
+    f = fit.fit(r, "regime_switching")
+    assert f.converged and f.params["sigma_crash"] > f.params["sigma_calm"]  # labelled: crash is the volatile one
+    assert f.loglik >= fit.log_likelihood(r, "regime_switching", params) - 1e-6  # the MLE beats the truth
+    assert isinstance(f.process, RegimeSwitching)
+
+
+def test_merton_likelihood_is_the_poisson_mixture_and_recovers_a_truth():
+    from scipy import stats as sps
+
+    from sim.processes import Merton
+
+    true = Merton(mu=0.08, sigma=0.12, lam=20.0, jump_mean=-0.02, jump_std=0.03)  # many jumps: identifiable
+    r = _sample(true, 5040, 12)
+    dt, x = 1 / 252, np.log1p(r)
+    k = math.expm1(true.jump_mean + true.jump_std**2 / 2)
+    drift = (true.mu - true.sigma**2 / 2 - true.lam * k) * dt
+    dens = sum(sps.poisson.pmf(n, true.lam * dt)
+               * sps.norm.pdf(x, drift + n * true.jump_mean, np.sqrt(true.sigma**2 * dt + n * true.jump_std**2))
+               for n in range(40))
+    params = {k_: getattr(true, k_) for k_ in ("mu", "sigma", "lam", "jump_mean", "jump_std")}
+    assert fit.log_likelihood(r, "merton", params) == pytest.approx(np.sum(np.log(dens) - x), rel=1e-10)
+    f = fit.fit(r, "merton")
+    assert f.converged and not f.at_bound, f.status
+    for name in ("sigma", "lam", "jump_mean", "jump_std"):
+        assert abs(f.params[name] - params[name]) < 4 * f.se[name], (name, f.params[name], f.se[name])
+    assert isinstance(f.process, Merton)
+
+
+def test_garch_t_likelihood_and_fit_agree_with_the_arch_package():
+    """The arch package's GARCH(1,1)-t on the S&P 500 (returns x 100, its scale): at our
+    estimate, with its start variance set to ours (h_1 = sigma^2 dt), its log-likelihood is
+    ours; its own maximum, where the start variance is not tied to omega, is barely higher."""
+    from arch import arch_model
+
+    from sim.data import load_sp500_index, simple_returns
+
+    r = simple_returns(load_sp500_index()).to_numpy()
+    f = fit.fit(r, "garch_t")
+    p, dt = f.params, 1 / 252
+    h0 = p["sigma"] ** 2 * dt
+    model = arch_model(100 * r, mean="Constant", vol="GARCH", p=1, q=1, dist="t", rescale=False)
+    model.volatility.backcast = lambda resids: 1e4 * h0  # arch's sigma^2_1 = omega + (alpha + beta) backcast = h0
+    ours = [100 * p["mu"] * dt, 1e4 * h0 * (1 - p["alpha"] - p["beta"]), p["alpha"], p["beta"], p["nu"]]
+    scale = r.size * math.log(100)  # the density of 100 r
+    assert model.fix(ours).loglikelihood + scale == pytest.approx(f.loglik, rel=1e-11)
+    theirs = model.fit(disp="off", tol=1e-12, options=dict(maxiter=2000))
+    assert theirs.convergence_flag == 0
+    gap = theirs.loglikelihood + scale - f.loglik
+    assert 0 <= gap < 0.5, gap  # one more free number (the start variance) is worth < 0.5 log-likelihood
+    for name, k in (("alpha[1]", "alpha"), ("beta[1]", "beta"), ("nu", "nu")):
+        assert abs(theirs.params[name] - p[k]) < 0.5 * f.se[k], (k, theirs.params[name], p[k])
+
+
+def test_nuts_posterior_converges_and_agrees_with_the_fit():
+    """NUTS (NumPyro) on a Student-t sample: R-hat < 1.01, bulk ESS > 400 for every parameter,
+    posterior means within 2 posterior SDs of the MLE, posterior SDs near the MLE's SEs; the
+    draws run as a process. (The S&P 500 figures, timed: bench/posterior.py.)"""
+    from sim import posterior
+    from sim.processes import PosteriorDraws
+
+    r = _sample(StudentT(0.08, 0.2, 4.0), 2520, 21)
+    post = posterior.nuts(r, "student_t", num_warmup=200, num_samples=200, seed=3)
+    assert post.converged and post.divergences == 0, post.status
+    for k, x in post.draws.items():
+        assert x.shape == (4, 200)
+        assert abs(x.mean() - post.mle.params[k]) < 2 * x.std(), k
+        assert 0.6 < x.std() / post.mle.se[k] < 1.6, (k, x.std(), post.mle.se[k])
+    table = post.table()
+    assert list(table.parameter) == ["mu", "sigma", "nu"] and (table.r_hat < 1.01).all()
+    draws = post.process_draws(256)
+    assert isinstance(draws, PosteriorDraws) and draws.draws.shape == (256, 3)
+    res = engine.simulate(draws, n_paths=256, n_steps=21, seed=0)
+    assert np.isfinite(res.stats.log_wealth).all()
+    with pytest.raises(ParameterError, match="posterior.priors.nu"):
+        posterior.nuts(r, "student_t", priors={"nu": ["cauchy", 0, 1]})
+    with pytest.raises(ParameterError, match="not parameters of student_t"):
+        posterior.nuts(r, "student_t", priors={"alpha": ["flat", 0, 0]})

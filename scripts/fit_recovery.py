@@ -1,0 +1,47 @@
+"""Parameter recovery of every likelihood in sim.fit: for each return model at its default
+parameters, fit ``--series`` simulated series of ``--years`` of daily returns and print, per
+parameter, the mean estimate against the truth (in standard errors over the series) and the
+coverage of the 95% Wald intervals. Writes the table as CSV when ``--out`` is given.
+
+    python scripts/fit_recovery.py                      # 50 series x 10 years, every model
+    python scripts/fit_recovery.py --models merton --series 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> None:
+    import pandas as pd
+
+    from sim import fit, processes
+
+    defaults = {"gaussian": processes.Gaussian(), "student_t": processes.StudentT(), "garch_t": processes.GarchT(),
+                "merton": processes.Merton(), "regime_switching": processes.RegimeSwitching()}
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=list(defaults), choices=list(defaults))
+    ap.add_argument("--series", type=int, default=50)
+    ap.add_argument("--years", type=float, default=10.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    tables = []
+    for m in args.models:
+        t0 = time.perf_counter()
+        table = fit.recovery(defaults[m], n_series=args.series, years=args.years, seed=args.seed)
+        table["seconds"] = time.perf_counter() - t0
+        tables.append(table)
+        print(table.drop(columns=["model", "n_series", "years"]).to_string(index=False, float_format="%.4g"),
+              f"\n[{m}: {time.perf_counter() - t0:.1f} s]\n", flush=True)
+    if args.out:
+        pd.concat(tables).to_csv(args.out, index=False)
+
+
+if __name__ == "__main__":
+    main()
