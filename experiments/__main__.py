@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-EXPERIMENTS = ("ruin_surface", "time_vs_ensemble", "kelly", "hedge_overlay", "crash_protocol", "dispersion")
+EXPERIMENTS = ("ruin_surface", "time_vs_ensemble", "kelly", "posterior_kelly", "hedge_overlay", "crash_protocol", "dispersion")
 TOOLS = {"report": "python -m experiments.report RUN_OR_SWEEP_DIR   an offline report.html of a run or a sweep",
          "reproduce": "python -m experiments.reproduce RUN_DIR        rerun a saved run and compare every number"}
 

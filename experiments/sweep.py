@@ -34,7 +34,7 @@ FAILED = ".failed.json"  # a point's error, written by experiments.harness.hydra
 SKIPPED = ".skipped.json"  # written when a point was found done and skipped
 
 #: the table each experiment's sweep rows come from (None: one row per point, from the summary)
-NATURAL = {"ruin_surface": "surface.csv", "kelly": "policies.csv", "hedge_overlay": "models.csv",
+NATURAL = {"ruin_surface": "surface.csv", "kelly": "policies.csv", "posterior_kelly": "policies.csv", "hedge_overlay": "models.csv",
            "crash_protocol": "mc_policies.csv", "dispersion": "trades.csv", "time_vs_ensemble": None}
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from sim.units import per_step_mean, per_step_prob, per_step_rate, per_step_vol
 from sim.validation import ParameterError, check_int
 
-__all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "regime_step_law", "recovery", "log_likelihood", "garch_variances"]
+__all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "regime_step_law", "recovery", "log_likelihood", "garch_variances", "compare"]
 
 MIN_RETURNS = 30  # the fewest returns a fit takes
 _NU_MAX = 200.0  # beyond this a Student-t is a Gaussian for any sample here: flagged as a bound
@@ -539,6 +539,25 @@ def log_likelihood(returns, model: str, params: dict, *, steps_per_year: float =
     with jax.enable_x64(True):
         p = {k: jnp.float64(params[k]) for k in _SPECS[model]["names"]}
         return float(_SPECS[model]["loglik"](p, *padded(r)[:1], 1.0 / float(steps_per_year), padded(r)[1]))
+
+
+def compare(fits: dict):
+    """The model comparison of fits to the same returns (``{name: FitResult}``): per model
+    the log-likelihood, parameter count, AIC, BIC, their distance to the best, and the Akaike
+    weight ``exp(-dAIC / 2)`` normalized (the data's relative support for each model); the
+    rows sorted by AIC, the preferred model first, each fit's status beside it."""
+    import pandas as pd
+
+    sizes = {f.n_obs for f in fits.values()}
+    if len(sizes) > 1:
+        raise ParameterError(f"compare: the fits are to samples of different lengths {sorted(sizes)}")
+    rows = [dict(model=name, loglik=f.loglik, k=f.k, aic=f.aic, bic=f.bic, status=f.status) for name, f in fits.items()]
+    out = pd.DataFrame(rows).sort_values("aic", ignore_index=True)
+    out["d_aic"] = out.aic - out.aic.min()
+    out["d_bic"] = out.bic - out.bic.min()
+    w = np.exp(-0.5 * out.d_aic.to_numpy())
+    out["akaike_weight"] = w / w.sum()
+    return out[["model", "loglik", "k", "aic", "d_aic", "bic", "d_bic", "akaike_weight", "status"]]
 
 
 def _model_of(process) -> str:

@@ -66,6 +66,8 @@ from sim.validation import ParameterError, check_int, check_range
 __all__ = [
     "KellyConvergenceError",
     "unknown_mean",
+    "sizing_under_posteriors",
+    "pinned_note",
     "policy_fractions",
     "evaluate_fractions",
     "estimation_error",
@@ -1099,3 +1101,47 @@ def shrinkage_table(base, sample_years, *, holding_years: float, steps_per_year:
                      "bayes_daily_rebalancing": bayes_shrinkage(T, 1 / steps_per_year),
                      "frequentist_optimum": frequentist_shrinkage(base.mu / base.sigma, T)})
     return pd.DataFrame(rows)
+
+
+def sizing_under_posteriors(fitted, posteriors: dict, *, seed: int, n_paths: int, n_steps: int,
+                            steps_per_year: float, risk_free: float, fractional_multiple: float,
+                            drawdown_level: float, drawdown_probability: float, drawdown_steps: int) -> list:
+    """The sizing policies of one fitted model on common random numbers: ``plug_in`` (numeric
+    Kelly on the fitted process), ``fractional`` (``fractional_multiple`` times it), one Kelly
+    per posterior in ``posteriors`` (``{name: process}``, e.g. a fit's Laplace draws or NUTS
+    draws as ``PosteriorDraws``: each path runs one joint draw for the horizon), and
+    ``drawdown`` (maximum growth with ``P(max drawdown > level over drawdown_steps) <=
+    probability`` on the fitted process). One dict per policy: ``policy``, ``fraction``,
+    ``converged`` and the fraction's Monte Carlo standard error where it has one."""
+    kw = dict(seed=seed, n_paths=n_paths, n_steps=n_steps, steps_per_year=steps_per_year, risk_free=risk_free)
+
+    def row(name, res, objective, fraction=None):
+        f = float(res.full_fraction if fraction is None else fraction)
+        se = res.fraction_se if fraction is None else None
+        return {"policy": name, "fraction": f, "fraction_se": float(se) if se is not None else float("nan"),
+                "converged": bool(res.converged), "note": pinned_note(objective, f) if fraction is None else ""}
+
+    plug_objective = GrowthObjective(fitted, **kw)
+    plug = optimize(plug_objective)
+    rows = [row("plug_in", plug, plug_objective), row("fractional", plug, plug_objective,
+                                                      fractional_multiple * plug.full_fraction)]
+    for name, process in posteriors.items():
+        objective = GrowthObjective(process, **kw)
+        rows.append(row(name, optimize(objective), objective))
+    dd_objective = GrowthObjective(fitted, drawdown=(drawdown_level, drawdown_probability),
+                                   **dict(kw, n_steps=drawdown_steps))
+    rows.append(row("drawdown", optimize(dd_objective), dd_objective))
+    return rows
+
+
+def pinned_note(objective: GrowthObjective, f: float, step: float = 0.05) -> str:
+    """"" when ``f`` is an interior optimum; a warning when ``(1 + step) f`` already wipes a
+    path of the objective's sample out: the optimum then sits against that path's barrier
+    (its fraction is set by the sample's worst draw and moves with the number of paths: more
+    paths, a worse worst draw), so it is not an optimum of the model. Measured on the S&P
+    500's Student-t fit (nu 2.9): 0.978 at 512 paths, 0.997 at 4,096, 0.998 at 32,768."""
+    g, _ = objective.values_and_se(np.array([f * (1 + step)], np.float32))
+    if np.isfinite(g[0]):
+        return ""
+    return (f"within {100 * step:.0f}% of a fraction that wipes out a path of {objective.n_paths}: set by the "
+            "worst draw, it moves with the number of paths; not an optimum of the model")

@@ -139,6 +139,11 @@ def kelly_growth_curves(curve: pd.DataFrame, fractions: dict):
         ax.plot(sub.fraction, sub.growth, color="k", label="g(f) on the evaluation model")
         ax.fill_between(sub.fraction, sub.growth - 1.96 * sub.growth_se, sub.growth + 1.96 * sub.growth_se,
                         color="k", alpha=0.15, label="95% band (per-path spread)")
+        if "posterior_growth" in sub:  # g(f) under a posterior (each path one joint draw), with its band
+            label = sub.posterior_label.iloc[0] if "posterior_label" in sub else "the posterior"
+            ax.plot(sub.fraction, sub.posterior_growth, color="C9", ls="--", label=f"g(f) under {label}")
+            ax.fill_between(sub.fraction, sub.posterior_growth - 1.96 * sub.posterior_growth_se,
+                            sub.posterior_growth + 1.96 * sub.posterior_growth_se, color="C9", alpha=0.15)
         for i, (name, f) in enumerate(fractions[part].items()):  # a style each: equal fractions stay visible
             ax.axvline(f, color=f"C{i}", ls=_STYLES[i % len(_STYLES)], lw=2.4 - 0.45 * i, label=f"{name} f = {f:.2f}")
         wiped = sub.fraction[~np.isfinite(sub.growth)]
@@ -381,5 +386,35 @@ def realized_correlation(rc: pd.DataFrame, zooms: dict):
         ax.set_ylabel("average correlation")
         ax.set_title(name)
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def posterior_panels(draws: pd.DataFrame, plug_in: dict):
+    """Per part (rows): the posterior of ``nu`` for each fitted model with one, and of the
+    Kelly fraction ``mu / sigma^2`` of each draw, by method (Laplace, NUTS), with the plug-in
+    Kelly fraction of each model marked (``plug_in[part][model]``). ``draws``: long format
+    with columns part, model, method, parameter, value."""
+    plt = _plt()
+    parts = list(dict.fromkeys(draws.part))
+    fig, axes = plt.subplots(len(parts), 2, figsize=(12, 4 * len(parts)), squeeze=False)
+    for row, part in zip(axes, parts):
+        sub = draws[draws.part == part]
+        for ax, parameter, xlabel in ((row[0], "nu", "degrees of freedom nu"),
+                                      (row[1], "kelly_fraction", "Kelly fraction mu / sigma^2 of the draw")):
+            cut = sub[sub.parameter == parameter]
+            for i, ((model, method), one) in enumerate(cut.groupby(["model", "method"], sort=False)):
+                ax.hist(one.value, bins=60, density=True, histtype="step", lw=1.6, color=f"C{i}",
+                        ls=_STYLES[i % len(_STYLES)], label=f"{model}, {method} ({len(one)} draws)")
+            if parameter == "kelly_fraction":
+                for i, (model, f) in enumerate(plug_in.get(part, {}).items()):
+                    ax.axvline(f, color="k", ls=_STYLES[i % len(_STYLES)], lw=1.0, label=f"{model} plug-in f = {f:.2f}")
+            if cut.empty:
+                ax.text(0.5, 0.5, "no model here has a nu", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(f"{part}: posterior of {'nu' if parameter == 'nu' else 'the Kelly fraction'}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("density")
+            if not cut.empty:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

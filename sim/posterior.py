@@ -33,7 +33,7 @@ import numpy as np
 from sim import fit as fit_lib
 from sim.validation import ParameterError, check_int
 
-__all__ = ["PRIORS", "PosteriorResult", "nuts", "rank_rhat", "bulk_ess"]
+__all__ = ["PRIORS", "PosteriorResult", "nuts", "check_priors", "require_numpyro", "rank_rhat", "bulk_ess"]
 
 PRIORS = {
     "mu": ["normal", 0.0, 1.0], "mu_calm": ["normal", 0.0, 1.0], "mu_crash": ["normal", 0.0, 2.0],
@@ -59,18 +59,21 @@ def _log_prior(kind: str, a: float, b: float, x):
     return jnp.zeros_like(x)
 
 
-def _priors(model: str, priors: dict | None) -> dict:
+def check_priors(model: str, priors: dict | None) -> dict:
+    """The priors of ``model``'s parameters: ``PRIORS`` with ``priors`` overriding (a config
+    may state priors for the parameters of every model: each model takes its own); raises a
+    one-line error naming a bad entry."""
     names = fit_lib._SPECS[model]["names"]
     given = dict(priors or {})
-    unknown = sorted(set(given) - set(names))
+    unknown = sorted(set(given) - set(PRIORS))
     if unknown:
-        raise ParameterError(f"posterior.priors: {unknown} are not parameters of {model}; allowed: {list(names)}")
+        raise ParameterError(f"posterior.priors: {unknown} are not parameters of any model; allowed: {sorted(PRIORS)}")
     out = {k: list(given.get(k, PRIORS[k])) for k in names}
-    for k, (kind, a, b) in out.items():
-        if kind not in _KINDS:
-            raise ParameterError(f"posterior.priors.{k} = {kind!r}; allowed: {list(_KINDS)}")
-        if kind in ("normal", "lognormal", "shifted_gamma") and not float(b) > 0:
-            raise ParameterError(f"posterior.priors.{k}: scale {b} must be > 0")
+    for k, law in out.items():
+        if len(law) != 3 or law[0] not in _KINDS:
+            raise ParameterError(f"posterior.priors.{k} = {law}; allowed: [kind, a, b] with kind in {list(_KINDS)}")
+        if law[0] in ("normal", "lognormal", "shifted_gamma") and not float(law[2]) > 0:
+            raise ParameterError(f"posterior.priors.{k}: scale {law[2]} must be > 0")
     return {k: (kind, float(a), float(b)) for k, (kind, a, b) in out.items()}
 
 
@@ -135,16 +138,15 @@ def nuts(returns, model: str, *, priors: dict | None = None, num_warmup: int = 3
     jitter; raises when the MLE did not converge (no sensible start)."""
     import time
 
-    try:
-        from numpyro.infer import MCMC, NUTS
-    except ImportError as err:  # pragma: no cover - the extra is installed by make test
-        raise ParameterError("posterior.method = nuts needs NumPyro: pip install -e '.[bayes]'") from err
+    require_numpyro()
+    from numpyro.infer import MCMC, NUTS
+
     for name, v, lo in (("num_warmup", num_warmup, 50), ("num_samples", num_samples, 50), ("num_chains", num_chains, 2)):
         check_int(f"posterior.{name}", v, lo)
     spec = fit_lib._SPECS.get(model)
     if spec is None:
         raise ParameterError(f"fit.model = {model!r}; allowed: {list(fit_lib.MODELS)}")
-    laws = _priors(model, priors)
+    laws = check_priors(model, priors)
     mle = fit_lib.fit(returns, model, steps_per_year=steps_per_year)
     if not mle.converged:
         raise ParameterError(f"{model}: the maximum-likelihood fit did not converge ({mle.status}); no NUTS start")
@@ -178,6 +180,14 @@ def nuts(returns, model: str, *, priors: dict | None = None, num_warmup: int = 3
     return PosteriorResult(model=model, draws=draws, r_hat={k: rank_rhat(v) for k, v in draws.items()},
                            ess_bulk={k: bulk_ess(v) for k, v in draws.items()}, divergences=divergences,
                            seconds=time.perf_counter() - t0, mle=mle, priors=laws)
+
+
+def require_numpyro() -> None:
+    """Raise a one-line error when NumPyro (the extra ``[bayes]``) is not installed."""
+    try:
+        import numpyro  # noqa: F401
+    except ImportError as err:  # pragma: no cover - make test installs it
+        raise ParameterError("posterior.nuts needs NumPyro: pip install -e '.[bayes]' (or posterior.nuts=false)") from err
 
 
 def _rank_normal(x: np.ndarray) -> np.ndarray:
