@@ -5,6 +5,7 @@ coverage of the 95% Wald intervals. Writes the table as CSV when ``--out`` is gi
 
     python scripts/fit_recovery.py                      # 50 series x 10 years, every model
     python scripts/fit_recovery.py --models merton --series 20
+    python scripts/fit_recovery.py --models merton --set lam=20 jump_mean=-0.02 jump_std=0.03
 """
 
 from __future__ import annotations
@@ -30,13 +31,20 @@ def main() -> None:
     ap.add_argument("--years", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--set", nargs="*", default=[], help="parameter=value of the simulated truth (one model)")
     args = ap.parse_args()
+    if args.set:
+        import dataclasses
+
+        given = {k: float(v) for k, v in (kv.split("=") for kv in args.set)}
+        defaults = {m: dataclasses.replace(p, **given) for m, p in defaults.items() if m in args.models}
     tables = []
     for m in args.models:
         t0 = time.perf_counter()
         table = fit.recovery(defaults[m], n_series=args.series, years=args.years, seed=args.seed)
         table["seconds"] = time.perf_counter() - t0
         tables.append(table)
+        print(f"{m}: {defaults[m]}")
         print(table.drop(columns=["model", "n_series", "years"]).to_string(index=False, float_format="%.4g"),
               f"\n[{m}: {time.perf_counter() - t0:.1f} s]\n", flush=True)
     if args.out:

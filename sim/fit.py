@@ -1,15 +1,17 @@
 """Maximum-likelihood fits of the return models, on the simulator's own parameterization.
 
-``fit(returns, model)`` fits ``"gaussian"``, ``"student_t"`` or ``"garch_t"`` to a series of
-simple returns (float64, JAX, optax L-BFGS on unconstrained coordinates; the GARCH variance
-recursion is a ``lax.scan``) and returns a ``FitResult`` whose ``process`` *is* the fitted
-``sim.processes`` object (annualized, unit-variance innovations), so the engine runs what was
-fitted. Standard errors come from the observed information (the autodiff Hessian of the
-log-likelihood in the model's own parameters); the result also holds the log-likelihood,
-AIC and BIC, and says when the optimizer did not converge or a parameter sits on a bound.
+``fit(returns, model)`` fits one of ``MODELS`` to a series of simple returns (float64, JAX,
+optax L-BFGS on unconstrained coordinates, as one compiled loop) and returns a ``FitResult``
+whose ``process`` *is* the fitted ``sim.processes`` object (annualized, unit-variance
+innovations), so the engine runs what was fitted. Standard errors come from the observed
+information (the autodiff Hessian of the log-likelihood in the model's own parameters); the
+result also holds the log-likelihood, AIC and BIC, and says when the optimizer did not
+converge or a parameter sits on a bound. ``compare`` ranks fits by AIC with Akaike weights;
+``recovery`` measures an estimator on simulated series; ``sim.posterior`` samples the same
+likelihoods by NUTS.
 
-The likelihoods are those the simulator draws from (``sim.processes``; per-step drift and
-volatility through ``sim.units``):
+The likelihoods are of the simple returns the simulator draws (``sim.processes``; per-step
+drift and volatility through ``sim.units``):
 
 * Gaussian: ``r ~ N(mu dt, sigma^2 dt)``.
 * Student-t: ``r = mu dt + sigma sqrt(dt) sqrt((nu - 2) / nu) T``, ``T ~ t(nu)``.
@@ -17,9 +19,19 @@ volatility through ``sim.units``):
   ``h_{t+1} = omega + alpha (r_t - mu dt)^2 + beta h_t``, ``omega = sigma^2 dt (1 - alpha - beta)``,
   ``h_1 = sigma^2 dt`` (the simulator's start). Stationarity is kept by construction:
   ``alpha + beta = sigmoid(a)``, ``alpha / (alpha + beta) = sigmoid(b)``.
+* Merton: ``log(1 + r)`` given ``N`` jumps in the step is normal (compensated drift, as the
+  simulator's), ``N ~ Poisson(lam dt)``: the mixture over ``N = 0..24`` (the simulator's own
+  truncation; the mass beyond is below 1e-25 for ``lam dt <= 1``), with the Jacobian of
+  ``log(1 + r)`` so that AIC compares with the other models on the same returns.
+* Regime switching (two states, unit-variance t in each): the hidden-Markov likelihood by the
+  forward algorithm in log space, switch probabilities ``1 - exp(-rate dt)`` per step after
+  each return, the first state drawn from the discrete chain's stationary law (the
+  simulator's). The crash state is labelled as the more volatile one.
 
-Not here yet (the issue's list): Merton (a truncated Poisson mixture), the two-state regime
-model (forward algorithm), posterior draws; see docs/DESIGN.md.
+The mixtures' likelihoods have several local maxima: their fits start from several points
+(one vectorized run) and keep the best converged one. Samples are padded to a multiple of
+4,096 returns with zero weights (``padded``), so fits of samples of different lengths share a
+compiled program.
 """
 
 from __future__ import annotations
@@ -466,14 +478,19 @@ def _unconstrained_cov(u_info, model: str, fixed: dict):
 @functools.lru_cache(maxsize=32)
 def fit_data(model: str = "student_t", data: str = "sp500", column: str | None = None, kind: str = "prices",
              start: str | None = None, end: str | None = None, steps_per_year: float = 252.0, mu=None, sigma=None,
-             nu=None, alpha=None, beta=None) -> FitResult:
+             nu=None, alpha=None, beta=None, lam=None, jump_mean=None, jump_std=None, mu_calm=None, sigma_calm=None,
+             nu_calm=None, mu_crash=None, sigma_crash=None, nu_crash=None, rate_to_crash=None,
+             rate_to_calm=None) -> FitResult:
     """``fit`` on data named in a config (``conf/process/fitted.yaml``): ``data`` is ``sp500``
     (the shipped index) or a CSV/parquet file of ``kind`` ``prices`` or ``returns`` with a
     ``Date`` column (``column``: the one to use, required when there are several); ``start`` /
-    ``end`` cut a date range; a parameter given a value (``mu``, ``sigma``, ...) is held there.
+    ``end`` cut a date range; a parameter of the model given a value (``mu=0.08``, ...) is held
+    there, one given ``None`` is fitted.
     Cached: the same arguments fit once per process."""
     from sim import data as sim_data
 
+    if model not in _SPECS:
+        raise ParameterError(f"process.model = {model!r}; allowed: {list(MODELS)}")
     if kind not in ("prices", "returns"):
         raise ParameterError(f"process.kind = {kind!r}; allowed: ['prices', 'returns']")
     if data == "sp500":
@@ -486,10 +503,17 @@ def fit_data(model: str = "student_t", data: str = "sp500", column: str | None =
         series = frame.iloc[:, 0]
         series = sim_data.simple_returns(series) if kind == "prices" else series
     series = series.loc[start:end]
-    if len(series) < 30:
+    if len(series) < MIN_RETURNS:
         raise ParameterError(f"process.start..process.end = {start}..{end} leaves {len(series)} returns of {data}; "
-                             "allowed: at least 30")
-    given = {k: v for k, v in dict(mu=mu, sigma=sigma, nu=nu, alpha=alpha, beta=beta).items() if v is not None}
+                             f"allowed: at least {MIN_RETURNS}")
+    held = dict(mu=mu, sigma=sigma, nu=nu, alpha=alpha, beta=beta, lam=lam, jump_mean=jump_mean, jump_std=jump_std,
+                mu_calm=mu_calm, sigma_calm=sigma_calm, nu_calm=nu_calm, mu_crash=mu_crash, sigma_crash=sigma_crash,
+                nu_crash=nu_crash, rate_to_crash=rate_to_crash, rate_to_calm=rate_to_calm)
+    given = {k: v for k, v in held.items() if v is not None}
+    other = sorted(set(given) - set(_SPECS[model]["names"]))
+    if other:
+        raise ParameterError(f"process.{other[0]} is given but is not a parameter of {model}; allowed: "
+                             f"{list(_SPECS[model]['names'])}")
     return fit(series.to_numpy(np.float64), model, fixed=given, steps_per_year=steps_per_year)
 
 
@@ -500,7 +524,8 @@ def recovery(process, model: str | None = None, *, n_series: int = 50, years: fl
     ``sim.engine.sample_returns``), and per parameter: the truth, the mean estimate, its
     standard error over the series, the bias in those standard errors, and the share of the
     series whose Wald interval at ``level`` (estimate +- z SE) covers the truth. Fits that did
-    not converge, or whose information is not positive definite, are counted and left out.
+    not converge, or whose information is not positive definite, are counted and left out;
+    those on a bound (``FitResult.at_bound``) are kept and counted.
     A ``pandas.DataFrame``, one row per parameter."""
     import pandas as pd
     from scipy import stats as sps
@@ -520,10 +545,11 @@ def recovery(process, model: str | None = None, *, n_series: int = 50, years: fl
         est = np.array([f.params[k] for f in ok])
         se = np.array([f.se[k] for f in ok])
         spread = est.std(ddof=1) / math.sqrt(len(est)) if len(est) > 1 else float("nan")
-        rows.append(dict(model=model, parameter=k, truth=truth, mean_estimate=est.mean(), se_of_mean=spread,
-                         bias_in_se=(est.mean() - truth) / spread, mean_reported_se=se.mean(),
+        rows.append(dict(model=model, parameter=k, truth=truth, mean_estimate=est.mean(), median_estimate=np.median(est),
+                         se_of_mean=spread, bias_in_se=(est.mean() - truth) / spread, median_reported_se=np.median(se),
                          coverage=float(np.mean(np.abs(est - truth) <= z * se)), n_used=len(ok),
-                         n_series=n_series, years=years))
+                         n_not_converged=sum(not f.converged for f in fits),
+                         n_at_bound=sum(bool(f.at_bound) for f in ok), n_series=n_series, years=years))
     return pd.DataFrame(rows)
 
 

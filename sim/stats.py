@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "wiped_out_note",
     "NEVER",
     "PathStats",
     "init_path_stats",
@@ -154,6 +155,15 @@ def paired_difference(a, b) -> dict:
         "lost": lost, "lost_se": lost_se,
         "both_wiped": float((~fa & ~fb).mean()),
     }
+
+
+def wiped_out_note(share: float) -> str:
+    """"" when no path was wiped out; else the sentence that goes beside a mean growth of
+    ``-inf``: the share wiped out, and where to look instead."""
+    if share <= 0:
+        return ""
+    return (f"{100 * share:.2f}% of the paths wiped out (1 + f r <= 0): the mean growth is -inf; see the median "
+            "growth and the paired difference's saved / lost shares")
 
 
 PAIRED_NOTE = ("paired difference over the paths finite in both runs; paths wiped out in one run only are "

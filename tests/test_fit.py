@@ -264,3 +264,21 @@ def test_nuts_posterior_converges_and_agrees_with_the_fit():
         posterior.nuts(r, "student_t", priors={"nu": ["cauchy", 0, 1]})
     with pytest.raises(ParameterError, match="not parameters of any model"):
         posterior.nuts(r, "student_t", priors={"alfa": ["flat", 0, 0]})
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("2020-01-01,0.01\n2020-01-02,-1.2\n2020-01-03,0.01\n", r"bad.csv: column 'ret' on 2020-01-02: -1.2 is not a simple return; allowed: finite numbers > -1"),
+    ("2020-01-01,0.01\n2020-01-02,nan\n2020-01-03,0.01\n", r"on 2020-01-02: missing is not a simple return"),
+    ("2020-01-01,0.01\n2020-01-02,\n2020-01-03,0.01\n", r"on 2020-01-02: missing is not a simple return"),
+    ("2020-01-01,0.01\n2020-01-03,0.02\n2020-01-02,0.01\n", r"row 3: Date 2020-01-02 does not come after 2020-01-03"),
+    ("2020-01-01,0.01\n2020-01-02,0.02\n2020-01-03,0.01\n", r"leaves 3 returns of .*bad.csv; allowed: at least 30"),
+])
+def test_a_bad_returns_file_is_named_before_any_fitting(tmp_path, rows, message):
+    path = tmp_path / "bad.csv"
+    path.write_text("Date,ret\n" + rows)
+    with pytest.raises(ParameterError, match=message):
+        fit.fit_data("student_t", data=str(path), kind="returns")
+    with pytest.raises(ParameterError, match=r"process.model = 'garch'; allowed: \['gaussian'"):
+        fit.fit_data("garch", data=str(path), kind="returns")
+    with pytest.raises(ParameterError, match="process.lam is given but is not a parameter of student_t"):
+        fit.fit_data("student_t", lam=2.0)

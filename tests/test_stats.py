@@ -85,3 +85,11 @@ def test_summary_with_wiped_out_paths_says_so_and_has_no_nan_quantiles():
     allruined = np.full((4, 3), -1.0)
     s = summarize(path_stats_from_returns(allruined), years=1.0, steps_per_year=3.0)
     assert s["survival_share"] == 0.0 and math.isnan(s["sharpe_median"])  # not a Sharpe beside ruin 1.0
+
+
+def test_a_mean_growth_of_minus_infinity_says_why():
+    from sim.stats import wiped_out_note
+
+    assert wiped_out_note(0.0) == ""
+    note = wiped_out_note(0.0164)
+    assert note.startswith("1.64% of the paths wiped out") and "-inf" in note

@@ -161,14 +161,19 @@ def load_returns(path, *, date_column: str = "Date", columns: list[str] | None =
     first date whose return is missing, not finite, or not above -1."""
     frame = _read_dated(path, "returns", date_column, columns)
     name = pathlib.Path(path).name
-    if not frame.index.is_monotonic_increasing or frame.index.has_duplicates:
-        raise ParameterError(f"{name}: dates must be increasing without repeats")
+    step = np.diff(frame.index.to_numpy())
+    if (step <= np.timedelta64(0)).any():
+        i = int(np.flatnonzero(step <= np.timedelta64(0))[0])
+        raise ParameterError(f"{name}: row {i + 2}: {date_column} {frame.index[i + 1].date()} does not come after "
+                             f"{frame.index[i].date()}; allowed: dates increasing without repeats")
     for col in frame.columns:
         x = pd.to_numeric(frame[col], errors="coerce")
         bad = ~np.isfinite(x.to_numpy(dtype=float)) | (x.to_numpy(dtype=float) <= -1.0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ParameterError(f"{name}: column {col!r} on {frame.index[i].date()}: {frame[col].iloc[i]!r} is "
+            value = frame[col].iloc[i]
+            shown = "missing" if pd.isna(value) else repr(value.item() if hasattr(value, "item") else value)
+            raise ParameterError(f"{name}: column {col!r} on {frame.index[i].date()}: {shown} is "
                                  "not a simple return; allowed: finite numbers > -1")
         frame[col] = x.astype(float)
     return frame
