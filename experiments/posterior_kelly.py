@@ -136,8 +136,7 @@ def _size_and_evaluate(part: str, entries: dict, evaluation, cfg: DictConfig) ->
                                                  risk_free=float(cfg.risk_free), floor=float(e.floor))
     table = pd.DataFrame([{**s, **{k: v for k, v in r.items() if k not in ("policy", "fraction")}}
                           for s, r in zip(sized, evaluated)])
-    table["share_wiped_out"] = [float(np.mean(~np.isfinite(wealth[k]))) for k in fractions]
-    table["evaluation_note"] = [stats.wiped_out_note(w) for w in table.share_wiped_out]
+    table["evaluation_note"] = [stats.wiped_out_note(w) for w in table.wipeout_probability]
     return table, wealth
 
 

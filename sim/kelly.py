@@ -1008,7 +1008,7 @@ def fit_student_t(returns, *, steps_per_year: float = 252.0, nus=None):
 #: the columns of ``evaluate_fractions``'s rows, from ``SimResult.summary``
 EVALUATION_COLUMNS = ("time_avg_growth", "time_avg_growth_se", "time_avg_growth_median", "median_wealth",
                       "ruin_probability", "p_max_drawdown_gt_50", "max_drawdown_median", "es99", "cagr_median",
-                      "calmar_median")
+                      "calmar_median", "wipeout_probability")
 
 
 def unknown_mean(fitted, sample_years: float):
