@@ -199,7 +199,7 @@ def test_merton_likelihood_is_the_poisson_mixture_and_recovers_a_truth():
     from sim.processes import Merton
 
     true = Merton(mu=0.08, sigma=0.12, lam=20.0, jump_mean=-0.02, jump_std=0.03)  # many jumps: identifiable
-    r = _sample(true, 5040, 12)
+    r = _sample(true, 2520, 12)  # 10 years, ~200 jumps
     dt, x = 1 / 252, np.log1p(r)
     k = math.expm1(true.jump_mean + true.jump_std**2 / 2)
     drift = (true.mu - true.sigma**2 / 2 - true.lam * k) * dt
