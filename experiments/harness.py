@@ -205,7 +205,10 @@ def use_compilation_cache() -> str | None:
         log.warning("no compilation cache (%s): %s", where, err)
         return None
     jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    # programs that compile in under 0.2 s are not worth a file each, except where the same
+    # small programs are compiled by many processes (the test suite sets 0 in the environment)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 0.2)))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return where
 
