@@ -107,10 +107,11 @@ def _posteriors(name: str, returns, cfg: DictConfig) -> dict:
 
 
 def _draw_rows(part: str, model: str, method: str, draws, risk_free: float) -> pd.DataFrame:
+    """Long rows for the posterior plot: nu (where the model has one) and each draw's Kelly
+    fraction to second order, (mean - r) / variance of the draw's model (its annual moments)."""
     values = dict(zip(draws.names, np.asarray(draws.draws, np.float64).T))
-    mu = values.get("mu", np.full(len(draws.draws), getattr(draws.process, "mu", np.nan)))
-    sigma = values.get("sigma", np.full(len(draws.draws), getattr(draws.process, "sigma", np.nan)))
-    rows = [pd.DataFrame({"parameter": "kelly_fraction", "value": (mu - risk_free) / sigma**2})]
+    kelly_f = kelly.second_order_kelly_of_draws(draws, risk_free)
+    rows = [pd.DataFrame({"parameter": "kelly_fraction", "value": kelly_f})]
     if "nu" in values:
         rows.append(pd.DataFrame({"parameter": "nu", "value": values["nu"]}))
     out = pd.concat(rows, ignore_index=True)

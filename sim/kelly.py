@@ -68,6 +68,7 @@ __all__ = [
     "unknown_mean",
     "sizing_under_posteriors",
     "pinned_note",
+    "second_order_kelly_of_draws",
     "policy_fractions",
     "evaluate_fractions",
     "estimation_error",
@@ -1144,3 +1145,17 @@ def pinned_note(objective: GrowthObjective, f: float, step: float = 0.05) -> str
         return ""
     return (f"within {100 * step:.0f}% of a fraction that wipes out a path of {objective.n_paths}: set by the "
             "worst draw, it moves with the number of paths; not an optimum of the model")
+
+
+def second_order_kelly_of_draws(draws, risk_free: float = 0.0) -> np.ndarray:
+    """For each joint draw of a ``sim.processes.PosteriorDraws``: the Kelly fraction of the
+    model with that draw's parameters, to second order, ``(mean - r) / variance`` of its
+    annual moments (``annual_moments``; the growth-optimal fraction under daily rebalancing
+    up to O(dt) terms). The posterior of the Kelly fraction, for plots and tables."""
+    import dataclasses
+
+    out = np.empty(len(draws.draws))
+    for i, row in enumerate(np.asarray(draws.draws, np.float64)):
+        mean, var = dataclasses.replace(draws.process, **dict(zip(draws.names, map(float, row)))).annual_moments()
+        out[i] = (mean - risk_free) / var
+    return out

@@ -392,7 +392,7 @@ def realized_correlation(rc: pd.DataFrame, zooms: dict):
 
 def posterior_panels(draws: pd.DataFrame, plug_in: dict):
     """Per part (rows): the posterior of ``nu`` for each fitted model with one, and of the
-    Kelly fraction ``mu / sigma^2`` of each draw, by method (Laplace, NUTS), with the plug-in
+    Kelly fraction ``(mean - r) / variance`` of each draw (second order), by method (Laplace, NUTS), with the plug-in
     Kelly fraction of each model marked (``plug_in[part][model]``). ``draws``: long format
     with columns part, model, method, parameter, value."""
     plt = _plt()
@@ -401,8 +401,8 @@ def posterior_panels(draws: pd.DataFrame, plug_in: dict):
     for row, part in zip(axes, parts):
         sub = draws[draws.part == part]
         for ax, parameter, xlabel in ((row[0], "nu", "degrees of freedom nu"),
-                                      (row[1], "kelly_fraction", "Kelly fraction mu / sigma^2 of the draw")):
-            cut = sub[sub.parameter == parameter]
+                                      (row[1], "kelly_fraction", "Kelly fraction (mean - r) / variance of the draw")):
+            cut = sub[(sub.parameter == parameter) & np.isfinite(sub.value)]
             for i, ((model, method), one) in enumerate(cut.groupby(["model", "method"], sort=False)):
                 ax.hist(one.value, bins=60, density=True, histtype="step", lw=1.6, color=f"C{i}",
                         ls=_STYLES[i % len(_STYLES)], label=f"{model}, {method} ({len(one)} draws)")
@@ -410,7 +410,7 @@ def posterior_panels(draws: pd.DataFrame, plug_in: dict):
                 for i, (model, f) in enumerate(plug_in.get(part, {}).items()):
                     ax.axvline(f, color="k", ls=_STYLES[i % len(_STYLES)], lw=1.0, label=f"{model} plug-in f = {f:.2f}")
             if cut.empty:
-                ax.text(0.5, 0.5, "no model here has a nu", ha="center", va="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, "no model here has a single nu", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(f"{part}: posterior of {'nu' if parameter == 'nu' else 'the Kelly fraction'}")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("density")

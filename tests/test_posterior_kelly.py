@@ -109,3 +109,15 @@ def test_posterior_kelly_rejects_bad_input_before_work(override, message):
         cfg = compose("posterior_kelly", overrides=[override])
     with pytest.raises(Exception, match=message.replace("[", r"\[").replace(".", r"\.")):
         posterior_kelly.check(cfg)
+
+
+def test_the_per_draw_kelly_fraction_is_mean_over_variance():
+    from sim.processes import Merton
+
+    draws = PosteriorDraws(Gaussian(0.08, 0.2), names=("mu", "sigma"),
+                           draws=np.array([[0.08, 0.2], [0.04, 0.1]], np.float32))
+    got = kelly.second_order_kelly_of_draws(draws, risk_free=0.01)
+    assert got == pytest.approx([(0.08 - 0.01) / 0.04, (0.04 - 0.01) / 0.01], rel=1e-6)
+    jumps = PosteriorDraws(Merton(), names=("lam",), draws=np.array([[2.0]], np.float32))
+    mean, var = Merton(lam=2.0).annual_moments()
+    assert kelly.second_order_kelly_of_draws(jumps)[0] == pytest.approx(mean / var, rel=1e-6)
