@@ -159,7 +159,6 @@ def run_resumable(run_fn, cfg, out_dir, *, experiment: str):
     summary = run_fn(cfg, out_dir)
     if jax.process_index() == 0:
         _write_fits(directory)
-    if jax.process_index() == 0:
         text = json.dumps({"experiment": experiment, "config_sha256": digest, "files": _outputs(directory)}, indent=2)
         atomic_write(record, lambda p: pathlib.Path(p).write_text(text + "\n"))
     return summary
@@ -205,10 +204,7 @@ def use_compilation_cache() -> str | None:
         log.warning("no compilation cache (%s): %s", where, err)
         return None
     jax.config.update("jax_compilation_cache_dir", where)
-    # programs that compile in under 0.2 s are not worth a file each, except where the same
-    # small programs are compiled by many processes (the test suite sets 0 in the environment)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 0.2)))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return where
 

@@ -75,7 +75,7 @@ def check(cfg: DictConfig):
         raise ParameterError(f"sp500.start..fit_end = {cfg.sp500.start}..{cfg.sp500.fit_end} leaves {fit_part.size} "
                              f"days to fit and {test_part.size} to evaluate; allowed: at least 252 each")
     truth = build_process(cfg.synthetic.process, steps_per_year=spy, where="synthetic.process")
-    fit._model_of(truth)  # a process with a likelihood here
+    fit.model_of(truth)  # a process with a likelihood here
     observed = engine.sample_returns(truth, seed=int(cfg.seed) + 101, n_paths=1, steps_per_year=spy,
                                      n_steps=round(cfg.synthetic.sample_years * spy), block_size=1)[0]
     return {"sp500": (fit_part, BlockBootstrap(test_part.astype(np.float32), cfg.sp500.mean_block)),
@@ -90,14 +90,15 @@ def _posteriors(name: str, returns, cfg: DictConfig) -> dict:
         if not f.converged:
             log.warning("%s / %s: %s", name, m, f.status)
         entry = {"fit": f, "processes": {}, "nuts": None, "draws": []}
-        if f.converged and f._u_cov is not None:
+        if f.has_laplace:
             entry["processes"]["laplace"] = f.laplace(int(cfg.posterior.laplace_draws), seed=int(cfg.seed))
         if cfg.posterior.nuts and m in cfg.posterior.nuts_models and f.converged:
             from sim import posterior
 
             post = posterior.nuts(returns, m, priors=OmegaConf.to_container(cfg.posterior.priors),
                                   num_warmup=int(cfg.posterior.num_warmup), num_samples=int(cfg.posterior.num_samples),
-                                  num_chains=int(cfg.posterior.num_chains), seed=int(cfg.seed), steps_per_year=spy)
+                                  num_chains=int(cfg.posterior.num_chains), seed=int(cfg.seed), steps_per_year=spy,
+                                  mle=f)
             log.info("%s / %s NUTS: %s (%.0f s)", name, m, post.status, post.seconds)
             entry["nuts"], entry["processes"]["nuts"] = post, post.process_draws()
         for method, proc in entry["processes"].items():
@@ -137,7 +138,8 @@ def _size_and_evaluate(part: str, entries: dict, evaluation, cfg: DictConfig) ->
                                                  risk_free=float(cfg.risk_free), floor=float(e.floor))
     table = pd.DataFrame([{**s, **{k: v for k, v in r.items() if k not in ("policy", "fraction")}}
                           for s, r in zip(sized, evaluated)])
-    table["evaluation_note"] = [stats.wiped_out_note(w) for w in table.wipeout_probability]
+    table["evaluation_note"] = [stats.wiped_out_note(w, "see time_avg_growth_median and the summary's paired "
+                                                      "differences (saved / lost shares)") for w in table.wipeout_probability]
     return table, wealth
 
 
@@ -209,11 +211,10 @@ def run(cfg: DictConfig, out_dir) -> dict:
     out.table("growth_curve.csv", curve)
     if nuts_tables:
         out.table("posterior.csv", pd.concat(nuts_tables, ignore_index=True))
-    policy_marks = {p: {m: f for m, f in marks[p].items()} for p in marks}
     out.figure("growth_curve.png", plots.kelly_growth_curves(curve, {p: {f"{m} plug-in": f for m, f in v.items()}
-                                                                    for p, v in policy_marks.items()}))
+                                                                    for p, v in marks.items()}))
     if draws:
-        out.figure("posterior.png", plots.posterior_panels(pd.concat(draws, ignore_index=True), policy_marks))
+        out.figure("posterior.png", plots.posterior_panels(pd.concat(draws, ignore_index=True), marks))
     summary = {"experiment": "posterior_kelly", "seed": cfg.seed, "models": list(cfg.models), **summary_parts}
     out.finish(summary, t_start)
     log.info("preferred: %s", {p: v["preferred_model"] for p, v in summary_parts.items()})

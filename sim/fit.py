@@ -47,7 +47,7 @@ import numpy as np
 from sim.units import per_step_mean, per_step_prob, per_step_rate, per_step_vol
 from sim.validation import ParameterError, check_int
 
-__all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "regime_step_law", "recovery", "log_likelihood", "garch_variances", "compare"]
+__all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "regime_step_law", "recovery", "log_likelihood", "garch_variances", "compare", "model_of", "SPECS", "padded"]
 
 MIN_RETURNS = 30  # the fewest returns a fit takes
 _NU_MAX = 200.0  # beyond this a Student-t is a Gaussian for any sample here: flagged as a bound
@@ -69,6 +69,16 @@ class FitResult:
     fixed: tuple = ()  # parameters held at given values (not estimated: no SE, not counted in k)
     _u_hat: np.ndarray | None = dataclasses.field(default=None, repr=False)  # the estimate, unconstrained
     _u_cov: np.ndarray | None = dataclasses.field(default=None, repr=False)  # its covariance there (Laplace)
+
+    @property
+    def unconstrained_estimate(self) -> np.ndarray:
+        """The estimate in the fit's unconstrained coordinates (``SPECS[model]["to_params"]``)."""
+        return self._u_hat
+
+    @property
+    def has_laplace(self) -> bool:
+        """Whether ``laplace`` can draw (converged, information positive definite)."""
+        return self.converged and self._u_cov is not None
 
     @property
     def k(self) -> int:
@@ -102,7 +112,7 @@ class FitResult:
             raise ParameterError(f"{self.model}: no Laplace posterior: {self.status if not self.converged else 'the information is not positive definite'}")
         rng = np.random.default_rng(seed)
         u = rng.multivariate_normal(self._u_hat, self._u_cov, size=check_int("n_draws", n_draws, 1))
-        spec = _SPECS[self.model]
+        spec = SPECS[self.model]
         with jax.enable_x64(True):
             params = spec["to_params"](jnp.asarray(u.T, jnp.float64))
         names = [k for k in spec["names"] if k not in self.fixed]
@@ -246,9 +256,12 @@ def _regime_params(u):
     return {k: to[kind](u[i]) for i, (k, kind) in enumerate(zip(names, kinds))}
 
 
-# unconstrained coordinates <-> the model's parameters, and the starting points (several for
-# the mixtures, whose likelihoods have more than one local maximum: the best fit is kept)
-_SPECS = {
+# Per model: its parameter names, its log-likelihood ``loglik(params, r, dt, w)`` (and a
+# ``loglik_parallel`` with faster gradients where one exists), the map from unconstrained
+# coordinates to parameters, and the starting points (several for the mixtures, whose
+# likelihoods have more than one local maximum: the best fit is kept). Public: sim.posterior
+# samples the same likelihoods in the same coordinates.
+SPECS = {
     "gaussian": dict(
         names=("mu", "sigma"), loglik=_loglik_gaussian,
         to_params=lambda u: {"mu": u[0], "sigma": jnp.exp(u[1])},
@@ -276,11 +289,12 @@ _SPECS = {
                                 math.log(2.0), math.log(rc), math.log(rm)]
                                for rc, rm in ((0.1, 2.0), (1.0, 4.0), (0.5, 8.0))]),
 }
-MODELS = tuple(_SPECS)
+MODELS = tuple(SPECS)
+_ALL_PARAMETERS = {k for spec in SPECS.values() for k in spec["names"]}  # fit_data's held-parameter arguments
 
-# the parameter each unconstrained coordinate moves (GARCH: persistence and share move alpha and beta)
-_U_NAMES = {m: spec["names"] for m, spec in _SPECS.items()}
-_MIXED = {"garch_t": {"alpha", "beta"}}  # parameters moved by more than one coordinate
+# coordinate i moves parameter names[i], except these, moved by more than one coordinate
+# (GARCH: persistence and share move alpha and beta together)
+_MIXED = {"garch_t": {"alpha", "beta"}}
 _RELABEL = {"regime_switching": [3, 4, 5, 0, 1, 2, 7, 6]}  # the same likelihood with the regimes' names swapped
 
 
@@ -341,7 +355,7 @@ def padded(r: np.ndarray):
 
 def _with_fixed(model: str, fixed_names: tuple):
     """``to_params(u, fixed_values)``: the model's parameters with the held ones replaced."""
-    to_params = _SPECS[model]["to_params"]
+    to_params = SPECS[model]["to_params"]
 
     def params(u, fixed_values):
         return {**to_params(u), **dict(zip(fixed_names, fixed_values))}
@@ -356,7 +370,7 @@ def _minimize(u0, r, w, dt, fixed_values, gtol, max_iter, *, model, fixed_names)
     ``u`` is below ``gtol`` (``u`` is then kept), not finite, or after ``max_iter``."""
     import optax
 
-    loglik, params = _SPECS[model]["loglik"], _with_fixed(model, fixed_names)
+    loglik, params = SPECS[model]["loglik"], _with_fixed(model, fixed_names)
 
     def nll(u):  # mean: O(1) whatever the sample length
         return -loglik(params(u, fixed_values), r, dt, w) / jnp.sum(w)
@@ -384,7 +398,7 @@ def _minimize(u0, r, w, dt, fixed_values, gtol, max_iter, *, model, fixed_names)
 def _information(u, r, w, dt, fixed_values, *, model, fixed_names):
     """At the estimate ``u``: the parameters, the log-likelihood, and minus its Hessian in the
     free parameters (the observed information) and in the unconstrained coordinates."""
-    spec, params = _SPECS[model], _with_fixed(model, fixed_names)
+    spec, params = SPECS[model], _with_fixed(model, fixed_names)
     free = [k for k in spec["names"] if k not in fixed_names]
     theta_hat = params(u, fixed_values)
 
@@ -404,10 +418,10 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
     are estimated given them). Converged when the gradient of the mean negative
     log-likelihood in the unconstrained coordinates is below ``gtol``. The mixtures (Merton,
     regime switching) start from several points and keep the best converged fit."""
-    if model not in _SPECS:
+    if model not in SPECS:
         raise ParameterError(f"fit.model = {model!r}; allowed: {list(MODELS)}")
     r = _check_returns(returns)
-    spec = _SPECS[model]
+    spec = SPECS[model]
     fixed = {k: float(v) for k, v in (fixed or {}).items()}
     unknown = sorted(set(fixed) - set(spec["names"]))
     if unknown:
@@ -420,13 +434,14 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
         u0 = jnp.asarray(starts, jnp.float64)
         u, its, gs = jax.vmap(lambda v: _minimize(v, rj, wj, dt, values, gtol, max_iter, model=model,
                                                   fixed_names=names))(u0)
-        lls = jax.vmap(lambda v: -_SPECS[model]["loglik"](_with_fixed(model, names)(v, values), rj, dt, wj))(u)
+        lls = jax.vmap(lambda v: -SPECS[model]["loglik"](_with_fixed(model, names)(v, values), rj, dt, wj))(u)
         its, gs = np.asarray(its), np.asarray(gs, np.float64)
         best = _best_start(np.asarray(lls), gs, gtol)
         u_best = u[best]
-        if model in _RELABEL and not fixed and float(spec["to_params"](u_best)["sigma_crash"]) < float(
-                spec["to_params"](u_best)["sigma_calm"]):
-            u_best = u_best[jnp.asarray(_RELABEL[model])]  # the crash regime is the volatile one
+        if model in _RELABEL and not fixed:
+            p = spec["to_params"](u_best)
+            if float(p["sigma_crash"]) < float(p["sigma_calm"]):
+                u_best = u_best[jnp.asarray(_RELABEL[model])]  # the crash regime is the volatile one
         theta_hat, loglik, info, u_info = _information(u_best, rj, wj, dt, values, model=model, fixed_names=names)
         params = {k: float(v) for k, v in theta_hat.items()}
         info, u_info = np.asarray(info, np.float64), np.asarray(u_info, np.float64)
@@ -466,7 +481,7 @@ def _unconstrained_cov(u_info, model: str, fixed: dict):
     that several coordinates move (GARCH's alpha or beta)."""
     if _MIXED.get(model, set()) & set(fixed):
         return None
-    keep = [i for i, k in enumerate(_U_NAMES[model]) if k not in fixed]
+    keep = [i for i, k in enumerate(SPECS[model]["names"]) if k not in fixed]
     sub = u_info[np.ix_(keep, keep)]
     if not (np.all(np.isfinite(sub)) and np.all(np.linalg.eigvalsh(sub) > 0)):
         return None
@@ -487,9 +502,10 @@ def fit_data(model: str = "student_t", data: str = "sp500", column: str | None =
     ``end`` cut a date range; a parameter of the model given a value (``mu=0.08``, ...) is held
     there, one given ``None`` is fitted.
     Cached: the same arguments fit once per process."""
+    held = {k: v for k, v in locals().items() if k in _ALL_PARAMETERS}  # the arguments, before any local
     from sim import data as sim_data
 
-    if model not in _SPECS:
+    if model not in SPECS:
         raise ParameterError(f"process.model = {model!r}; allowed: {list(MODELS)}")
     if kind not in ("prices", "returns"):
         raise ParameterError(f"process.kind = {kind!r}; allowed: ['prices', 'returns']")
@@ -506,14 +522,11 @@ def fit_data(model: str = "student_t", data: str = "sp500", column: str | None =
     if len(series) < MIN_RETURNS:
         raise ParameterError(f"process.start..process.end = {start}..{end} leaves {len(series)} returns of {data}; "
                              f"allowed: at least {MIN_RETURNS}")
-    held = dict(mu=mu, sigma=sigma, nu=nu, alpha=alpha, beta=beta, lam=lam, jump_mean=jump_mean, jump_std=jump_std,
-                mu_calm=mu_calm, sigma_calm=sigma_calm, nu_calm=nu_calm, mu_crash=mu_crash, sigma_crash=sigma_crash,
-                nu_crash=nu_crash, rate_to_crash=rate_to_crash, rate_to_calm=rate_to_calm)
     given = {k: v for k, v in held.items() if v is not None}
-    other = sorted(set(given) - set(_SPECS[model]["names"]))
+    other = sorted(set(given) - set(SPECS[model]["names"]))
     if other:
         raise ParameterError(f"process.{other[0]} is given but is not a parameter of {model}; allowed: "
-                             f"{list(_SPECS[model]['names'])}")
+                             f"{list(SPECS[model]['names'])}")
     return fit(series.to_numpy(np.float64), model, fixed=given, steps_per_year=steps_per_year)
 
 
@@ -532,7 +545,7 @@ def recovery(process, model: str | None = None, *, n_series: int = 50, years: fl
 
     from sim import engine
 
-    model = model or _model_of(process)
+    model = model or model_of(process)
     n_steps = int(round(years * steps_per_year))
     paths = engine.sample_returns(process, seed=seed, n_paths=n_series, n_steps=n_steps,
                                   steps_per_year=steps_per_year, block_size=min(n_series, 256))
@@ -540,7 +553,7 @@ def recovery(process, model: str | None = None, *, n_series: int = 50, years: fl
     fits = [fit(np.asarray(x, np.float64), model, steps_per_year=steps_per_year) for x in paths]
     ok = [f for f in fits if f.converged and all(np.isfinite(f.se[k]) for k in f.params)]
     rows = []
-    for k in _SPECS[model]["names"]:
+    for k in SPECS[model]["names"]:
         truth = float(getattr(process, k))
         est = np.array([f.params[k] for f in ok])
         se = np.array([f.se[k] for f in ok])
@@ -556,15 +569,15 @@ def recovery(process, model: str | None = None, *, n_series: int = 50, years: fl
 def log_likelihood(returns, model: str, params: dict, *, steps_per_year: float = 252.0) -> float:
     """The log-likelihood of simple ``returns`` under ``model`` at ``params`` (the model's
     annualized parameters, every one given), in float64: what ``fit`` maximizes."""
-    if model not in _SPECS:
+    if model not in SPECS:
         raise ParameterError(f"fit.model = {model!r}; allowed: {list(MODELS)}")
-    missing = sorted(set(_SPECS[model]["names"]) - set(params))
+    missing = sorted(set(SPECS[model]["names"]) - set(params))
     if missing:
         raise ParameterError(f"log_likelihood: {model} needs {missing}")
     r = _check_returns(returns)
     with jax.enable_x64(True):
-        p = {k: jnp.float64(params[k]) for k in _SPECS[model]["names"]}
-        return float(_SPECS[model]["loglik"](p, *padded(r)[:1], 1.0 / float(steps_per_year), padded(r)[1]))
+        p = {k: jnp.float64(params[k]) for k in SPECS[model]["names"]}
+        return float(SPECS[model]["loglik"](p, *padded(r)[:1], 1.0 / float(steps_per_year), padded(r)[1]))
 
 
 def compare(fits: dict):
@@ -586,7 +599,8 @@ def compare(fits: dict):
     return out[["model", "loglik", "k", "aic", "d_aic", "bic", "d_bic", "akaike_weight", "status"]]
 
 
-def _model_of(process) -> str:
+def model_of(process) -> str:
+    """The name in ``MODELS`` of a process's likelihood; an error naming the allowed ones."""
     from sim import processes
 
     kinds = {processes.Gaussian: "gaussian", processes.StudentT: "student_t", processes.GarchT: "garch_t",

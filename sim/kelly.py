@@ -1154,8 +1154,6 @@ def second_order_kelly_of_draws(draws, risk_free: float = 0.0) -> np.ndarray:
     up to O(dt) terms). The posterior of the Kelly fraction, for plots and tables."""
     import dataclasses
 
-    out = np.empty(len(draws.draws))
-    for i, row in enumerate(np.asarray(draws.draws, np.float64)):
-        mean, var = dataclasses.replace(draws.process, **dict(zip(draws.names, map(float, row)))).annual_moments()
-        out[i] = (mean - risk_free) / var
-    return out
+    columns = np.asarray(draws.draws, np.float64).T  # every draw at once: annual_moments takes arrays
+    mean, var = dataclasses.replace(draws.process, **dict(zip(draws.names, columns))).annual_moments()
+    return np.broadcast_to((mean - risk_free) / var, (columns.shape[1],)).astype(np.float64)

@@ -63,7 +63,7 @@ def check_priors(model: str, priors: dict | None) -> dict:
     """The priors of ``model``'s parameters: ``PRIORS`` with ``priors`` overriding (a config
     may state priors for the parameters of every model: each model takes its own); raises a
     one-line error naming a bad entry."""
-    names = fit_lib._SPECS[model]["names"]
+    names = fit_lib.SPECS[model]["names"]
     given = dict(priors or {})
     unknown = sorted(set(given) - set(PRIORS))
     if unknown:
@@ -132,10 +132,12 @@ class PosteriorResult:
 
 
 def nuts(returns, model: str, *, priors: dict | None = None, num_warmup: int = 300, num_samples: int = 300,
-         num_chains: int = 4, seed: int = 0, steps_per_year: float = 252.0) -> PosteriorResult:
+         num_chains: int = 4, seed: int = 0, steps_per_year: float = 252.0,
+         mle: fit_lib.FitResult | None = None) -> PosteriorResult:
     """NUTS draws of ``model``'s parameters given simple ``returns`` (see the module's text).
-    ``num_chains`` chains run vectorized on one device, each started at the MLE plus a small
-    jitter; raises when the MLE did not converge (no sensible start)."""
+    ``num_chains`` chains run vectorized on one device, each started at the MLE (``mle``, a
+    fit of ``model`` to these returns, or fitted here) plus a small jitter; raises when the
+    MLE did not converge (no sensible start)."""
     import time
 
     require_numpyro()
@@ -143,11 +145,15 @@ def nuts(returns, model: str, *, priors: dict | None = None, num_warmup: int = 3
 
     for name, v, lo in (("num_warmup", num_warmup, 50), ("num_samples", num_samples, 50), ("num_chains", num_chains, 2)):
         check_int(f"posterior.{name}", v, lo)
-    spec = fit_lib._SPECS.get(model)
+    spec = fit_lib.SPECS.get(model)
     if spec is None:
         raise ParameterError(f"fit.model = {model!r}; allowed: {list(fit_lib.MODELS)}")
     laws = check_priors(model, priors)
-    mle = fit_lib.fit(returns, model, steps_per_year=steps_per_year)
+    if mle is None:
+        mle = fit_lib.fit(returns, model, steps_per_year=steps_per_year)
+    elif mle.model != model or mle.n_obs != np.size(returns) or mle.fixed:
+        raise ParameterError(f"nuts: the start must be a free fit of {model} to these {np.size(returns)} returns, "
+                             f"got {mle.model} ({mle.n_obs} returns, held {list(mle.fixed)})")
     if not mle.converged:
         raise ParameterError(f"{model}: the maximum-likelihood fit did not converge ({mle.status}); no NUTS start")
     r, dt = np.asarray(returns, np.float64), 1.0 / float(steps_per_year)
@@ -168,7 +174,7 @@ def nuts(returns, model: str, *, priors: dict | None = None, num_warmup: int = 3
             return -(loglik(p, rj, dt, wj) + log_prior + log_jac)
 
         key = jax.random.key(seed)
-        u_hat = jnp.asarray(mle._u_hat, jnp.float64)
+        u_hat = jnp.asarray(mle.unconstrained_estimate, jnp.float64)
         init = u_hat + 0.01 * jax.random.normal(jax.random.fold_in(key, 1), (num_chains, u_hat.size), jnp.float64)
         mcmc = MCMC(NUTS(potential_fn=potential, dense_mass=True), num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, chain_method="vectorized", progress_bar=False)

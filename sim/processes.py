@@ -66,6 +66,11 @@ def _f(x):
     return jnp.asarray(x, _F32)
 
 
+def _n_assets(returns) -> int:
+    """0 for a series of returns ``[L]``; ``d`` for a (days x assets) matrix ``[L, d]``."""
+    return int(np.shape(returns)[1]) if np.ndim(returns) == 2 else 0
+
+
 def _limited(r):
     """Limited liability: a simple return below -1 sends the price to zero (``r = -1``)."""
     return jnp.maximum(r, jnp.float32(-1.0))
@@ -360,7 +365,7 @@ class BlockBootstrap:
     @property
     def n_assets(self) -> int:
         """0 for one series; ``d`` for a (days x assets) matrix (returns ``[n, d]``)."""
-        return int(np.shape(self.returns)[1]) if np.ndim(self.returns) == 2 else 0
+        return _n_assets(self.returns)
 
     def validate(self, dt: float) -> None:
         arr = np.asarray(self.returns, dtype=np.float64)
@@ -419,8 +424,8 @@ class Replay:
 
     @property
     def n_assets(self) -> int:
-        """0 for one series; ``d`` for a (days x assets) matrix."""
-        return int(np.shape(self.returns)[1]) if np.ndim(self.returns) == 2 else 0
+        """0 for one series; ``d`` for a (days x assets) matrix (returns ``[n, d]``)."""
+        return _n_assets(self.returns)
 
     def validate(self, dt: float) -> None:
         arr = np.asarray(self.returns, dtype=np.float64)

@@ -157,13 +157,14 @@ def paired_difference(a, b) -> dict:
     }
 
 
-def wiped_out_note(share: float) -> str:
+def wiped_out_note(share: float, instead: str = "time_avg_growth_mean_finite is the mean over the other paths, "
+                                                "conditional on not being wiped out") -> str:
     """"" when no path was wiped out; else the sentence that goes beside a mean growth of
-    ``-inf``: the share wiped out, and where to look instead."""
+    ``-inf``: the share wiped out, and ``instead``, where to look (``summary_notes`` uses it)."""
     if share <= 0:
         return ""
-    return (f"{100 * share:.2f}% of the paths wiped out (1 + f r <= 0): the mean growth is -inf; see the median "
-            "growth and the paired difference's saved / lost shares")
+    return (f"{share:.4%} of paths are wiped out: time_avg_growth (the mean over all paths) is -inf, which is the "
+            f"true E[log W]/T; {instead}")
 
 
 PAIRED_NOTE = ("paired difference over the paths finite in both runs; paths wiped out in one run only are "
@@ -180,9 +181,7 @@ def summary_notes(summary: dict) -> list[str]:
     """One plain sentence per figure of ``summarize`` that is not what it seems at a glance."""
     notes = []
     if summary.get("wipeout_probability", 0) > 0:
-        notes.append(f"{summary['wipeout_probability']:.4%} of paths are wiped out: time_avg_growth (the mean "
-                     "over all paths) is -inf, which is the true E[log W]/T; time_avg_growth_mean_finite is the "
-                     "mean over the other paths, conditional on not being wiped out")
+        notes.append(wiped_out_note(summary["wipeout_probability"]))
     if summary.get("survival_share", 1) < 1:
         notes.append(f"sharpe_median and calmar_median are over the {summary['survival_share']:.2%} of paths "
                      "that were never ruined (undefined on a ruined path)")

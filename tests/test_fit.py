@@ -262,6 +262,8 @@ def test_nuts_posterior_converges_and_agrees_with_the_fit():
     assert np.isfinite(res.stats.log_wealth).all()
     with pytest.raises(ParameterError, match="posterior.priors.nu"):
         posterior.nuts(r, "student_t", priors={"nu": ["cauchy", 0, 1]})
+    with pytest.raises(ParameterError, match="the start must be a free fit of student_t"):
+        posterior.nuts(r, "student_t", mle=fit.fit(r, "gaussian"))
     with pytest.raises(ParameterError, match="not parameters of any model"):
         posterior.nuts(r, "student_t", priors={"alfa": ["flat", 0, 0]})
 

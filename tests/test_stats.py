@@ -92,4 +92,5 @@ def test_a_mean_growth_of_minus_infinity_says_why():
 
     assert wiped_out_note(0.0) == ""
     note = wiped_out_note(0.0164)
-    assert note.startswith("1.64% of the paths wiped out") and "-inf" in note
+    assert note.startswith("1.6400% of paths are wiped out") and "-inf" in note
+    assert wiped_out_note(0.0164, "see the median").endswith("; see the median")
