@@ -20,6 +20,12 @@ Prints one JSON line:
   difference of a small run's per-path log wealth against the same run on the CPU, over
   ``max(1, |value|)`` (only the last bits of transcendental functions and sums may differ;
   bound ``STATS_BOUND``), the same paths wiped out, ``stats_ok``;
+* ``variants``: the Student-t rate at the larger size under each choice of random-word
+  generator (``unrolled`` / ``primitive`` Threefry, ``sim.backend.word_generator``) and scan
+  unroll factor (``1`` / ``4``, ``sim.backend.scan_unroll``), keyed ``words/unroll``;
+  ``fastest_variant`` and its ratio to the default (``unrolled/1``); ``words_primitive_equal_cpu``:
+  the primitive's words here equal the CPU path's. Choose with ``FTL_WORDS`` and
+  ``FTL_SCAN_UNROLL``;
 * ``bandwidth_bytes_per_s``: measured streaming bandwidth (a jitted scale-and-add over a large
   array, read + write), ``bandwidth_reported`` for known devices, the HBM ceiling of a scan
   that reads and writes a 16-byte carry per path-step (``bandwidth / 32``), and
@@ -123,6 +129,32 @@ def against_cpu() -> dict:
             "stats_ok": same_wipeouts and rel <= STATS_BOUND}
 
 
+def variants(n_paths: int, n_steps: int) -> dict:
+    """The Student-t engine's rate under each word generator and scan unroll factor, and the
+    primitive's words against the CPU path's."""
+    import jax
+    import numpy as np
+
+    import sim
+    from sim import backend, samplers
+
+    def words(device):
+        with jax.default_device(device):
+            return np.stack(jax.jit(lambda k: samplers.hash_words(k, 1 << 16))(jax.random.key(20261201)))
+
+    cpu_words = words(jax.devices("cpu")[0])
+    rates, same = {}, True
+    for gen in backend.WORD_GENERATORS:
+        for unroll in (1, 4):
+            with backend.choices(words=gen, unroll=unroll):
+                rates[f"{gen}/{unroll}"] = engine_rate(sim.StudentT(0.08, 0.2, 3.5), n_paths, n_steps)
+                if gen == "primitive" and unroll == 1:
+                    same = bool(np.array_equal(words(jax.devices()[0]), cpu_words))
+    best = max(rates, key=rates.get)
+    return {"variants": rates, "fastest_variant": best, "fastest_vs_default": rates[best] / rates["unrolled/1"],
+            "words_primitive_equal_cpu": same}
+
+
 def bandwidth(n: int) -> float:
     import jax
     import jax.numpy as jnp
@@ -160,6 +192,7 @@ def main(argv=None) -> dict:
     out["peak_memory_bytes"], out["peak_memory_kind"] = peak_memory(*size["memory"])
     out["memory_run"] = list(size["memory"])
     out.update(against_cpu())
+    out.update(variants(size["paths"][-1], size["steps"]))
     bw = bandwidth(size["bandwidth_elems"])
     reported = next((v for k, v in REPORTED_BANDWIDTH.items() if k in out["device"]), None)
     ceiling = (reported or bw) / 32.0  # a 16-byte carry read and written per path-step

@@ -43,6 +43,7 @@ of ``(seed, block_size, path, step)``); floating-point results may differ in the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -51,8 +52,8 @@ import jax.extend
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "target_chunk_paths", "materialize", "trace_once", "tranche_sum",
-           "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
+__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "target_chunk_paths", "word_generator", "scan_unroll", "choices",
+           "materialize", "trace_once", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
 
 log = logging.getLogger(__name__)
 _NOTED = []
@@ -89,6 +90,65 @@ def target_chunk_paths(bytes_per_path: int = 256) -> int:
     if not limit:
         return 1 << 20
     return int(min(_GPU_CHUNK_MAX, max(1 << 20, limit // (4 * bytes_per_path))))
+
+
+WORD_GENERATORS = ("unrolled", "primitive")
+_CHOSEN: dict = {}  # set by ``choices`` (a benchmark comparing them in one process), over the environment
+
+
+def word_generator() -> str:
+    """Which Threefry-2x32 computes the random words (``sim.samplers.hash_words``):
+    ``unrolled``, written out as elementwise operations that fuse with the sampler (2.4x the
+    words per second of the primitive on the 2-core CPU), or ``primitive``, JAX's own
+    ``threefry2x32`` (``jax.extend.random.threefry_2x32``, lowered as JAX chooses for the
+    backend). Both compute the same function: the words are the same integers
+    (tests/test_samplers.py, tests/test_gpu_form.py). ``FTL_WORDS`` chooses; the default is
+    ``unrolled`` on every backend until a GPU measurement says otherwise (``make gpu-check``
+    times both)."""
+    name = _CHOSEN.get("words") or os.environ.get("FTL_WORDS", "").strip().lower() or "unrolled"
+    if name not in WORD_GENERATORS:
+        raise ValueError(f"FTL_WORDS={name!r}: allowed {', '.join(WORD_GENERATORS)}")
+    return name
+
+
+def scan_unroll() -> int:
+    """Steps per iteration of the engine's time loop (``lax.scan(..., unroll=k)``): ``k`` steps
+    in one loop body, which on a GPU fuses them into one kernel per ``k`` steps and divides the
+    per-iteration launch cost by ``k``. 1 by default (the CPU's measured best: the state stays
+    in cache either way); ``FTL_SCAN_UNROLL`` chooses (1..64). The draws of step ``t`` are the
+    same whatever ``k`` (keys are ``fold_in(k_steps, t)``); floats may differ in their last bits
+    where XLA contracts multiply-adds differently in the longer body (tests/test_gpu_form.py)."""
+    raw = _CHOSEN.get("unroll") or os.environ.get("FTL_SCAN_UNROLL", "").strip() or "1"
+    try:
+        k = int(raw)
+    except ValueError:
+        k = 0
+    if not 1 <= k <= 64:
+        raise ValueError(f"FTL_SCAN_UNROLL={raw!r}: allowed an integer in 1..64")
+    return k
+
+
+@contextlib.contextmanager
+def choices(*, words: str | None = None, unroll: int | None = None):
+    """Trace and run under these choices of ``word_generator`` and ``scan_unroll`` (for a
+    benchmark that compares them in one process). JAX's in-memory caches of compiled functions
+    are cleared on entry and exit, so kernels are traced again under the choice; the persistent
+    cache keys by program, so it never hands back the other choice's code."""
+    old = dict(_CHOSEN)
+    _CHOSEN.update({k: v for k, v in (("words", words), ("unroll", unroll)) if v is not None})
+    try:
+        word_generator(), scan_unroll()  # an invalid choice fails here, before any tracing
+    except ValueError:
+        _CHOSEN.clear()
+        _CHOSEN.update(old)
+        raise
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        _CHOSEN.clear()
+        _CHOSEN.update(old)
+        jax.clear_caches()
 
 
 def _tuned(name: str) -> bool:

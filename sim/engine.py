@@ -222,7 +222,8 @@ def simulate_block(key: jax.Array, block, process, policy, saver=None, *, block_
             pstate, r_next = draw(pstate, t + 1)
             return (pstate, r_next, acc, pol), None
 
-        (_, _, acc, pol), _ = lax.scan(one_step, (*draw(pstate0, jnp.int32(0)), acc0, pol0), steps)
+        (_, _, acc, pol), _ = lax.scan(one_step, (*draw(pstate0, jnp.int32(0)), acc0, pol0), steps,
+                                       unroll=backend.scan_unroll())
     else:
 
         def one_step(carry, t):
@@ -231,7 +232,7 @@ def simulate_block(key: jax.Array, block, process, policy, saver=None, *, block_
             acc, pol = advance(pstate, r, acc, pol, t)
             return (pstate, acc, pol), None
 
-        (_, acc, pol), _ = lax.scan(one_step, (pstate0, acc0, pol0), steps)
+        (_, acc, pol), _ = lax.scan(one_step, (pstate0, acc0, pol0), steps, unroll=backend.scan_unroll())
     valid = jnp.arange(block_size) < (block_size if n_valid is None else n_valid)
     return dict(saver.finish(acc, valid), extras=policy.outputs(pol))
 

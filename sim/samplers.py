@@ -30,8 +30,11 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 from jax import lax
+
+from sim import backend
 
 __all__ = ["threefry2x32", "hash_words", "uniform", "uniform_pair", "normal", "student_t", "poisson_small"]
 
@@ -78,7 +81,11 @@ def hash_words(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
       ``(w0, w1)``, each ``uint32[n]``; lane ``i`` hashes the counter ``(i, 0)``.
     """
     k = jax.random.key_data(key)
-    return threefry2x32(k[0], k[1], lax.iota(jnp.uint32, n), jnp.zeros((n,), jnp.uint32))
+    counters = (lax.iota(jnp.uint32, n), jnp.zeros((n,), jnp.uint32))
+    if backend.word_generator() == "primitive":  # JAX's own lowering of the same hash
+        out = jax.extend.random.threefry_2x32(k, jnp.concatenate(counters))
+        return out[:n], out[n:]
+    return threefry2x32(k[0], k[1], *counters)
 
 
 def _unit_open_closed(w: jax.Array) -> jax.Array:

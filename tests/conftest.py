@@ -14,21 +14,35 @@ _CREATED: list[str] = []
 
 
 def _session_compilation_cache() -> None:
-    """One JAX persistent compilation cache for the whole test session, shared by the xdist
-    workers and every experiment they start in a subprocess (the same kernels are compiled
-    once, not once per process), in a fresh directory per session, never the user's cache.
-    The first process of the session (pytest's controller, or a run without workers) makes
-    the directory and puts it in the environment, which the workers inherit; it removes it at
-    the end. ``FTL_TEST_JAX_CACHE=off`` turns it off. Set before JAX is imported."""
-    if os.environ.get("FTL_TEST_JAX_CACHE") == "off":
+    """One JAX persistent compilation cache for the test session, shared by the xdist workers and
+    every experiment they start in a subprocess, kept between sessions in the user's cache
+    directory (``$XDG_CACHE_HOME/fat-tails-lab/jax-tests``, least recently used entries evicted
+    beyond 2 GiB): a second session on the same machine, from any clone, loads the kernels the
+    first one compiled. JAX keys an entry by the compiled program, its options and the JAX
+    version, so a changed kernel is compiled again and a result never depends on the cache.
+    ``FTL_TEST_JAX_CACHE=fresh`` uses a new directory removed at the end (a cold session, to
+    measure compilation), ``FTL_TEST_JAX_CACHE=off`` none, ``FTL_TEST_JAX_CACHE_DIR`` another
+    directory. The first process of the session (pytest's controller, or a run without workers)
+    chooses and puts it in the environment, which the workers inherit. Set before JAX is imported."""
+    mode = os.environ.get("FTL_TEST_JAX_CACHE", "")
+    if mode == "off":
         os.environ["FTL_JAX_CACHE"] = "off"
         return
     where = os.environ.get("FTL_TEST_JAX_CACHE_DIR")
-    if not where:
+    if not where and mode == "fresh":
         where = tempfile.mkdtemp(prefix="ftl-test-jax-cache-")
-        os.environ["FTL_TEST_JAX_CACHE_DIR"] = where
         _CREATED.append(where)
+    elif not where:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        where = os.path.join(base, "fat-tails-lab", "jax-tests")
+        try:
+            os.makedirs(where, exist_ok=True)
+        except OSError:  # no writable cache directory: a session's own
+            where = tempfile.mkdtemp(prefix="ftl-test-jax-cache-")
+            _CREATED.append(where)
+    os.environ["FTL_TEST_JAX_CACHE_DIR"] = where
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", where)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     os.environ.setdefault("FTL_JAX_CACHE", where)  # the experiments' own setting (experiments.harness)
 

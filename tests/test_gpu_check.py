@@ -20,4 +20,7 @@ def test_device_check_prints_every_figure_on_the_cpu():
     assert r["surface_per_point_path_step"] > 0 and r["surface_vs_single_point"] > 0
     assert 0 < r["hedged_vs_plain"] < 2 and r["peak_memory_bytes"] > 0
     assert r["words_equal_cpu"] is True and r["stats_ok"] is True and r["stats_max_rel_diff_cpu"] == 0.0
+    assert set(r["variants"]) == {"unrolled/1", "unrolled/4", "primitive/1", "primitive/4"}
+    assert all(v > 0 for v in r["variants"].values()) and r["fastest_vs_default"] >= 1.0
+    assert r["words_primitive_equal_cpu"] is True
     assert r["bandwidth_bytes_per_s"] > 0 and r["hbm_ceiling_path_steps_per_s"] > 0 and r["t3_5_vs_ceiling"] > 0

@@ -42,21 +42,47 @@ def compute() -> dict:
 
 
 def test_the_gpu_form_on_the_cpu_agrees_with_the_cpu_path(tmp_path):
+    """The GPU form as it runs by default, and with its alternatives (JAX's threefry primitive
+    for the words, the time loop unrolled 4 steps per iteration), against the CPU path."""
     from sim import backend
 
     assert not backend.gpu_form() and not backend.vectorize_blocks("cpu")
+    assert backend.word_generator() == "unrolled" and backend.scan_unroll() == 1
     here = compute()
     script = (f"import numpy as np\nfrom sim import backend\nassert backend.gpu_form() and backend.vectorize_blocks('cpu')\n"
               f"assert backend.target_chunk_paths() == 1 << 20\n"
-              f"from tests.test_gpu_form import compute\nnp.savez({str(tmp_path / 'gpu.npz')!r}, **compute())\n")
+              f"from tests.test_gpu_form import compute\nnp.savez({str(tmp_path / 'gpu.npz')!r}, **compute())\n"
+              f"with backend.choices(words='primitive', unroll=4):\n"
+              f"    assert backend.word_generator() == 'primitive' and backend.scan_unroll() == 4\n"
+              f"    np.savez({str(tmp_path / 'alt.npz')!r}, **compute())\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, FTL_EXECUTION="gpu", JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    there = dict(np.load(tmp_path / "gpu.npz"))
-    np.testing.assert_array_equal(there["words"], here["words"])  # the random words: the same integers
-    for k in ("t_ruin_step", "h_sales", "s_ruin", "s_drawdown"):  # integer outcomes and counts
-        np.testing.assert_array_equal(there[k], here[k], err_msg=k)
-    for k in ("t_draws", "t_log_wealth", "h_log_wealth", "h_premium", "s_mean_growth"):
-        a, b = there[k].astype(np.float64), here[k].astype(np.float64)
-        gap = np.where(np.isfinite(b), np.abs(a - b) / np.maximum(np.abs(b), 1.0), 0.0)
-        assert np.all(np.isfinite(a) == np.isfinite(b)) and np.nanmax(gap) <= BOUND, (k, float(np.nanmax(gap)))
+    for form in ("gpu", "alt"):
+        there = dict(np.load(tmp_path / f"{form}.npz"))
+        np.testing.assert_array_equal(there["words"], here["words"])  # the random words: the same integers
+        for k in ("t_ruin_step", "h_sales", "s_ruin", "s_drawdown"):  # integer outcomes and counts
+            np.testing.assert_array_equal(there[k], here[k], err_msg=f"{form}: {k}")
+        for k in ("t_draws", "t_log_wealth", "h_log_wealth", "h_premium", "s_mean_growth"):
+            a, b = there[k].astype(np.float64), here[k].astype(np.float64)
+            gap = np.where(np.isfinite(b), np.abs(a - b) / np.maximum(np.abs(b), 1.0), 0.0)
+            assert np.all(np.isfinite(a) == np.isfinite(b)) and np.nanmax(gap) <= BOUND, (form, k, float(np.nanmax(gap)))
+
+
+def test_backend_choices_name_what_is_allowed(monkeypatch):
+    import pytest
+
+    from sim import backend
+
+    monkeypatch.setenv("FTL_WORDS", "philox")
+    with pytest.raises(ValueError, match="FTL_WORDS='philox': allowed unrolled, primitive"):
+        backend.word_generator()
+    monkeypatch.setenv("FTL_SCAN_UNROLL", "0")
+    with pytest.raises(ValueError, match=r"FTL_SCAN_UNROLL='0': allowed an integer in 1\.\.64"):
+        backend.scan_unroll()
+    monkeypatch.delenv("FTL_WORDS")
+    monkeypatch.delenv("FTL_SCAN_UNROLL")
+    with pytest.raises(ValueError, match="FTL_SCAN_UNROLL"):
+        with backend.choices(unroll=100):
+            pass
+    assert backend.scan_unroll() == 1  # the failed choice left nothing behind
