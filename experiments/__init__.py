@@ -12,7 +12,7 @@ OmegaConf.register_new_resolver("pid", lambda: str(os.getpid()), replace=True, u
 
 
 def _point(overrides, num, sweep_dir):
-    from experiments.sweep import point_dirname
+    from lab.sweep import point_dirname
 
     return point_dirname(list(overrides), num, sweep_dir)
 

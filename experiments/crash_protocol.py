@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.harness import (OutputWriter, build_monetizers, build_portfolio, build_process, build_program,
+from lab.harness import (OutputWriter, build_monetizers, build_portfolio, build_process, build_program,
                                  build_vol_model, build, hydra_main)
 from sim import engine, hedge, plots, protocols, regime
 from sim.data import detector_inputs

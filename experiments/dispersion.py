@@ -32,7 +32,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.harness import OutputWriter, check_fields, hydra_main, instantiate
+from lab.harness import OutputWriter, check_fields, hydra_main, instantiate
 from sim import dispersion as dsp
 from sim import engine, plots
 from sim.data import load_sp500_constituents

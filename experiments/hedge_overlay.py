@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.harness import (OutputWriter, build_monetizers, build_portfolio, build_process, build_program,
+from lab.harness import (OutputWriter, build_monetizers, build_portfolio, build_process, build_program,
                                  build_vol_model, hydra_main)
 from sim import engine, hedge, plots, stats
 from sim.data import load_sp500_index, load_vix, simple_returns

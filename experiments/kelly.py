@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.harness import OutputWriter, build_process, hydra_main
+from lab.harness import OutputWriter, build_process, hydra_main
 from sim import engine, kelly, plots
 from sim.data import load_sp500_index, simple_returns
 from sim.processes import BlockBootstrap, Gaussian, StudentT

@@ -32,7 +32,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from experiments.harness import OutputWriter, build_process, hydra_main
+from lab.harness import OutputWriter, build_process, hydra_main
 from sim import plots, surface
 from sim.validation import check_int, check_range
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.harness import OutputWriter, build_process, hydra_main
+from lab.harness import OutputWriter, build_process, hydra_main
 from sim import plots, stats
 from sim.engine import ConstantMix, simulate
 from sim.processes import Binary, Gaussian

@@ -81,11 +81,10 @@ def hash_words(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
       ``(w0, w1)``, each ``uint32[n]``; lane ``i`` hashes the counter ``(i, 0)``.
     """
     k = jax.random.key_data(key)
-    counters = (lax.iota(jnp.uint32, n), jnp.zeros((n,), jnp.uint32))
     if backend.word_generator() == "primitive":  # JAX's own lowering of the same hash
-        out = jax.extend.random.threefry_2x32(k, jnp.concatenate(counters))
+        out = jax.extend.random.threefry_2x32(k, jnp.concatenate([lax.iota(jnp.uint32, n), jnp.zeros((n,), jnp.uint32)]))
         return out[:n], out[n:]
-    return threefry2x32(k[0], k[1], *counters)
+    return threefry2x32(k[0], k[1], lax.iota(jnp.uint32, n), jnp.zeros((n,), jnp.uint32))
 
 
 def _unit_open_closed(w: jax.Array) -> jax.Array:

@@ -42,9 +42,14 @@ def _session_compilation_cache() -> None:
             _CREATED.append(where)
     os.environ["FTL_TEST_JAX_CACHE_DIR"] = where
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", where)
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+    try:  # JAX evicts under a file lock (filelock, in the test extra); without it, unbounded
+        import filelock  # noqa: F401
+
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+    except ImportError:
+        pass
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-    os.environ.setdefault("FTL_JAX_CACHE", where)  # the experiments' own setting (experiments.harness)
+    os.environ.setdefault("FTL_JAX_CACHE", where)  # the experiments' own setting (lab.harness)
 
 
 def pytest_unconfigure(config):

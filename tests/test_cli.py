@@ -10,7 +10,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from experiments import harness
+from lab import harness
 from tests.conftest import ROOT
 
 TINY = ["coin.n_players=200", "coin.n_rounds=5", "market.n_paths=256", "market.years=0.1", "engine.block_size=128",
@@ -82,7 +82,7 @@ def test_two_runs_started_together_get_their_own_directories(tmp_path):
 def test_a_second_run_into_a_directory_in_use_refuses_to_start(tmp_path):
     # The directory is held by a live process of this host (this test's own, through the
     # same claim the experiments take): deterministic, not a race against a running job.
-    from experiments.harness import claim_run_dir
+    from lab.harness import claim_run_dir
 
     claim = claim_run_dir(tmp_path)
     second = _run("experiments.time_vs_ensemble", *TINY, f"hydra.run.dir={tmp_path}")

@@ -1,5 +1,5 @@
 """Every option of every config group that mirrors sim/ composes into an experiment that uses
-the group and builds its object (``experiments.harness.instantiate``), which then validates;
+the group and builds its object (``lab.harness.instantiate``), which then validates;
 an unknown key in a group node is rejected with the allowed ones. Composition only (no
 simulation): the end-to-end runs are in each experiment's own test."""
 
@@ -8,7 +8,7 @@ import os
 import pytest
 from hydra import compose, initialize_config_dir
 
-from experiments.harness import instantiate
+from lab.harness import instantiate
 from sim import dispersion, engine, hedge, market, processes, protocols, regime
 from sim.validation import ParameterError
 

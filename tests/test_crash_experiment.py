@@ -40,7 +40,7 @@ def test_crash_protocol_rejects_bad_config_before_work(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from experiments import crash_protocol
-    from experiments.harness import check_known_keys
+    from lab.harness import check_known_keys
 
     cmd = [sys.executable, "-m", "experiments.crash_protocol", "protocol.partial_fraction=1.5",
            f"hydra.run.dir={tmp_path}"]

@@ -118,7 +118,7 @@ def test_killed_multirun_resumes_without_recomputing_finished_points(tmp_path):
 
 
 def test_reproduce_a_saved_run_and_catch_an_edited_number(tmp_path):
-    from experiments.reproduce import reproduce
+    from lab.reproduce import reproduce
 
     _finish(_multirun(tmp_path, "coin.n_players=2000"))
     run = job_dir(tmp_path, 0)

@@ -88,7 +88,7 @@ def test_an_invalid_combination_fails_before_any_point_runs(tmp_path):
 
 
 def test_sweep_table_records_failed_and_pending_points(tmp_path):
-    from experiments import sweep
+    from lab import sweep
 
     points = [["a=1"], ["a=2"], ["a=3"]]
     (tmp_path / sweep.STATE).write_text(json.dumps({"experiment": "time_vs_ensemble", "start": 0.0,
@@ -117,7 +117,7 @@ def test_sweep_table_records_failed_and_pending_points(tmp_path):
 
 
 def test_a_run_report_holds_every_figure_and_table(tmp_path):
-    from experiments.report import main
+    from lab.report import main
 
     out = _run("experiments.time_vs_ensemble", f"hydra.run.dir={tmp_path}", "coin.n_players=200", "coin.n_rounds=5",
                "market.n_paths=256", "market.years=0.1", "engine.block_size=128", "engine.n_snapshots=2")

@@ -441,7 +441,7 @@ def _stop_on_sigterm() -> None:
 def _note_interrupted_sweep(sweep_dir: pathlib.Path) -> None:
     """The interruption in the sweep's ``progress.log`` and table (what is done stays done)."""
     try:
-        from experiments import sweep
+        from lab import sweep
 
         done = sum(1 for _ in sweep_dir.glob(f"*/{DONE}"))
         sweep.progress_line(sweep_dir, f"sweep interrupted: {done} points done; run the same command again (with "
@@ -457,8 +457,8 @@ def _remove_partial_files(directory: pathlib.Path) -> None:
 
 
 def _record_failure(directory: pathlib.Path, err: Exception) -> None:
-    """``.failed.json`` in a sweep point's directory: its error in one line (``experiments.sweep``)."""
-    from experiments.sweep import FAILED
+    """``.failed.json`` in a sweep point's directory: its error in one line (``lab.sweep``)."""
+    from lab.sweep import FAILED
 
     directory.mkdir(parents=True, exist_ok=True)
     line = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

@@ -1,12 +1,12 @@
 """Hydra callbacks: a sweep as a whole (every point validated first; progress, points done,
 elapsed, ETA, failures and interruptions, on the terminal and in ``<sweep dir>/progress.log``;
-the sweep table and report, ``experiments.sweep`` and ``experiments.report``), whatever the
+the sweep table and report, ``lab.sweep`` and ``lab.report``), whatever the
 launcher (basic, joblib, submitit).
 
 Registered in every experiment's config (``hydra.callbacks.progress``). The number of points
 is the product of the sizes of the sweep overrides (``a=1,2,3 b=x,y``: 6), written to
 ``<sweep dir>/.sweep.json`` when the multirun starts; a point counts as done when its
-directory holds the completion record of ``experiments.harness`` (also when it was skipped
+directory holds the completion record of ``lab.harness`` (also when it was skipped
 because an earlier, interrupted run of the same sweep had finished it).
 """
 
@@ -19,8 +19,8 @@ import time
 
 from hydra.experimental.callback import Callback
 
-from experiments.harness import DONE
-from experiments.sweep import progress_line as _line
+from lab.harness import DONE
+from lab.sweep import progress_line as _line
 
 log = logging.getLogger("sweep")
 
@@ -47,7 +47,7 @@ class SweepProgress(Callback):
         import atexit
         import sys
 
-        from experiments import sweep
+        from lab import sweep
         from sim.validation import ParameterError
 
         sweep_dir = pathlib.Path(config.hydra.sweep.dir)
@@ -81,7 +81,7 @@ class SweepProgress(Callback):
             _line(sweep_dir, f"sweep interrupted or failed: {done} points done; run the same command again "
                              "(with the same name) to resume")
             try:
-                from experiments import sweep
+                from lab import sweep
 
                 sweep.write_table(sweep_dir)
             except Exception:  # the table is a convenience here; never mask the interruption
@@ -90,7 +90,7 @@ class SweepProgress(Callback):
     def on_job_end(self, config, job_return, **kwargs) -> None:
         if str(config.hydra.mode) != "RunMode.MULTIRUN":
             return
-        from experiments import sweep
+        from lab import sweep
 
         sweep_dir = pathlib.Path(config.hydra.sweep.dir)
         try:
@@ -121,7 +121,7 @@ class SweepProgress(Callback):
             self._report(sweep_dir)
 
     def _report(self, sweep_dir: pathlib.Path) -> None:
-        from experiments.report import write_report
+        from lab.report import write_report
 
         try:
             _line(sweep_dir, f"report: {write_report(sweep_dir)}")
@@ -167,7 +167,7 @@ class MlflowTracker(Callback):
     def _log(self, config, job_return) -> None:
         from omegaconf import OmegaConf
 
-        from experiments.sweep import flatten
+        from lab.sweep import flatten
 
         mlflow, uri = self._store()
         name = self.experiment or config.hydra.job.name

@@ -30,7 +30,7 @@ import pandas as pd
 __all__ = ["flatten", "progress_line", "expand", "validate_points", "point_dirname", "varying_keys", "write_table", "build_table", "NATURAL", "STATE"]
 
 STATE = ".sweep.json"  # the sweep's points and start time, written when it starts
-FAILED = ".failed.json"  # a point's error, written by experiments.harness.hydra_main
+FAILED = ".failed.json"  # a point's error, written by lab.harness.hydra_main
 SKIPPED = ".skipped.json"  # written when a point was found done and skipped
 
 #: the table each experiment's sweep rows come from (None: one row per point, from the summary)
@@ -97,7 +97,7 @@ def validate_points(config, points) -> None:
     ``ParameterError`` naming the point."""
     from hydra import compose
 
-    from experiments.harness import check_known_keys
+    from lab.harness import check_known_keys
     from sim.validation import ParameterError
 
     hc = config.hydra
@@ -168,7 +168,7 @@ def _scalars(summary: dict) -> dict:
 
 
 def _status(d: pathlib.Path, started: float) -> tuple[str, str]:
-    from experiments.harness import DONE
+    from lab.harness import DONE
 
     if (d / DONE).exists():
         skipped = d / SKIPPED
