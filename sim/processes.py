@@ -599,6 +599,9 @@ class ParameterUncertainty:
       kinds: tuple, "normal" or "lognormal" per name (static).
       loc, scale, shift: float[k] per name (``shift`` only for lognormal: the lower bound,
         e.g. 2 for a Student-t ``nu``).
+
+    ``ParameterUncertainty.from_draws(process, names, draws)`` takes a set of joint posterior
+    draws instead (one row per path: correlations kept).
     """
 
     process: object
@@ -631,6 +634,14 @@ class ParameterUncertainty:
                 raise ParameterError(
                     f"ParameterUncertainty: {base}.{name} is bounded; give it a lognormal prior (with shift)"
                 )
+
+    @staticmethod
+    def from_draws(process, names, draws) -> "PosteriorDraws":
+        """Parameter uncertainty given as a set of joint draws instead of per-parameter priors
+        (a NUTS or Laplace posterior, a bootstrap of fits): each path takes one whole row of
+        ``draws`` (``float[m, len(names)]``), so the correlations between parameters are kept
+        (``PosteriorDraws``); the priors of this class draw each parameter independently."""
+        return PosteriorDraws(process, names=tuple(names), draws=np.asarray(draws, np.float32))
 
     def draw_parameters(self, key, n: int):
         z = jnp.stack([samplers.normal(k, n) for k in jax.random.split(key, len(self.names))])  # [k, n]

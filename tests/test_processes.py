@@ -150,3 +150,23 @@ def test_multi_asset_accepts_a_rounded_correlation_matrix_and_rejects_a_wrong_on
         MultiAsset(mu=np.full(5, 0.05), sigma=sd, corr=bad).validate(1 / 252)
     with pytest.raises(ParameterError, match=r"MultiAsset.corr"):
         MultiAsset(mu=np.zeros(2), sigma=np.ones(2), corr=np.array([[1.0, 1.1], [1.1, 1.0]])).validate(1 / 252)
+
+
+def test_parameter_uncertainty_from_joint_draws_keeps_each_row_whole():
+    """Each path takes one whole row of the draws (mu and sigma perfectly anti-correlated here:
+    a path with independent draws would mix them), every row about equally often."""
+    from sim.processes import ParameterUncertainty, PosteriorDraws
+    from sim.validation import ParameterError
+
+    rows = np.array([[0.02, 0.30], [0.08, 0.20], [0.14, 0.10]], np.float32)
+    post = ParameterUncertainty.from_draws(Gaussian(0.0, 0.2), ("mu", "sigma"), rows)
+    assert isinstance(post, PosteriorDraws)
+    post.validate(1 / 252)
+    n = 30000
+    theta = np.asarray(post.init(jax.random.key(4), n, 1 / 252).theta).T  # [n, 2]
+    match = (theta[:, None, :] == rows[None, :, :]).all(axis=2)  # [n, 3]: which row each path took
+    assert (match.sum(axis=1) == 1).all()  # one whole row per path, never a mix
+    counts = match.sum(axis=0)
+    assert np.all(np.abs(counts - n / 3) <= 4 * np.sqrt(n * (1 / 3) * (2 / 3))), counts
+    with pytest.raises(ParameterError, match="sigma"):  # an invalid row is named before any run
+        ParameterUncertainty.from_draws(Gaussian(0.0, 0.2), ("mu", "sigma"), [[0.05, -0.1]]).validate(1 / 252)
