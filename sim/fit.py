@@ -172,7 +172,7 @@ def garch_variances(e, h0, omega, alpha, beta, *, parallel: bool = False):
             h_next = beta * h + c_t
             return h_next, h_next
 
-        _, rest = jax.lax.scan(step, h0, c)
+        _, rest = jax.lax.scan(step, h0, c)  # over the data's days (a likelihood), not simulated time
     else:
         def compose(first, second):  # apply first, then second
             return first[0] * second[0], second[0] * first[1] + second[1]
@@ -236,7 +236,7 @@ def _loglik_regime(p, r, dt, w):
     def step(a, e_t):
         return jax.scipy.special.logsumexp(a[:, None] + log_p, axis=0) + e_t, None
 
-    a, _ = jax.lax.scan(step, a0, log_e[1:])
+    a, _ = jax.lax.scan(step, a0, log_e[1:])  # over the data's days (a likelihood), not simulated time
     return jax.scipy.special.logsumexp(a)
 
 
