@@ -117,8 +117,9 @@ def test_killed_multirun_resumes_without_recomputing_finished_points(tmp_path):
     assert "3/3 points done" in (broken / "progress.log").read_text()
 
 
-def test_reproduce_a_saved_run_and_catch_an_edited_number(tmp_path):
-    from lab.reproduce import reproduce
+def test_reproduce_a_saved_run_and_catch_an_edited_number(tmp_path, capsys):
+    import experiments.reproduce
+    from lab.reproduce import main, reproduce
 
     _finish(_multirun(tmp_path, "coin.n_players=2000"))
     run = job_dir(tmp_path, 0)
@@ -130,12 +131,12 @@ def test_reproduce_a_saved_run_and_catch_an_edited_number(tmp_path):
     cells[2] = repr(float(cells[2]) * (1 + 1e-6))  # one number, nudged in its 7th digit
     table[3] = ",".join(cells)
     (run / "market_fan.csv").write_text("\n".join(table) + "\n")
-    result = reproduce(run)
-    assert not result["ok"] and len(result["mismatches"]) == 1, result["mismatches"]
-    assert result["mismatches"][0].startswith("market_fan.csv: row 2, column")
-    cli = subprocess.run([sys.executable, "-m", "experiments.reproduce", str(run)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert cli.returncode == 1 and "MISMATCH" in cli.stdout
+    capsys.readouterr()
+    assert main([str(run)]) == 1  # the command's own path (python -m experiments.reproduce RUN_DIR)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"MISMATCH: 1 difference(s) against {run}:", lines
+    assert lines[1].startswith("  market_fan.csv: row 2, column"), lines
+    assert experiments.reproduce.main is main  # the command is this function
 
 
 @pytest.mark.slow
