@@ -47,7 +47,7 @@ import numpy as np
 from sim.units import per_step_mean, per_step_prob, per_step_rate, per_step_vol
 from sim.validation import ParameterError, check_int
 
-__all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "regime_step_law", "recovery", "log_likelihood", "garch_variances", "compare", "model_of", "SPECS", "padded"]
+__all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "few_events_notes", "MIN_JUMPS", "MIN_CRASHES", "regime_step_law", "recovery", "log_likelihood", "garch_variances", "compare", "model_of", "SPECS", "padded"]
 
 MIN_RETURNS = 30  # the fewest returns a fit takes
 _NU_MAX = 200.0  # beyond this a Student-t is a Gaussian for any sample here: flagged as a bound
@@ -67,6 +67,7 @@ class FitResult:
     process: object  # the fitted sim.processes object
 
     fixed: tuple = ()  # parameters held at given values (not estimated: no SE, not counted in k)
+    few_events: list = dataclasses.field(default_factory=list)  # parameters resting on few events (few_events_notes)
     _u_hat: np.ndarray | None = dataclasses.field(default=None, repr=False)  # the estimate, unconstrained
     _u_cov: np.ndarray | None = dataclasses.field(default=None, repr=False)  # its covariance there (Laplace)
 
@@ -98,6 +99,8 @@ class FitResult:
             return "NOT CONVERGED: the best point found, not an estimate"
         if self.at_bound:
             return f"on a bound ({', '.join(self.at_bound)}): standard errors not reliable"
+        if self.few_events:
+            return f"converged; weakly identified ({'; '.join(self.few_events)})"
         return "converged"
 
     def laplace(self, n_draws: int = 1000, seed: int = 0):
@@ -341,6 +344,33 @@ def _bounds(model: str, params: dict, dt: float) -> list:
     return out
 
 
+MIN_JUMPS, MIN_CRASHES = 20, 5
+
+
+def few_events_notes(model: str, params: dict, years: float) -> list:
+    """Where a fit's parameters rest on few events in the sample, so that their standard
+    errors (and the intervals built on them) are not to be trusted: Merton's jump size with
+    fewer than ``MIN_JUMPS`` expected jumps (``lam * years``), the regime model's crash regime
+    with fewer than ``MIN_CRASHES`` expected crash episodes (``years * rate_to_crash`` x the
+    calm regime's stationary share). Measured (``sim.fit.recovery``, 50 series of 10 years):
+    at Merton's defaults (about 5 jumps) the 95% Wald intervals of jump_mean and jump_std
+    covered 72% and 56%; at the regime model's defaults (about one crash) those of sigma_crash
+    and mu_crash 63% and 78%; with about 200 jumps or 8 crash episodes, 88-98%."""
+    out = []
+    if model == "merton":
+        jumps = params["lam"] * years
+        if jumps < MIN_JUMPS:
+            out.append(f"about {jumps:.1f} jumps in the sample, fewer than {MIN_JUMPS}: jump_mean and jump_std rest on "
+                       "them and their intervals under-cover")
+    if model == "regime_switching":
+        up, down = params["rate_to_crash"], params["rate_to_calm"]
+        crashes = years * up * down / (up + down)
+        if crashes < MIN_CRASHES:
+            out.append(f"about {crashes:.1f} crash episodes in the sample, fewer than {MIN_CRASHES}: the crash regime's "
+                       "parameters rest on them and their intervals under-cover")
+    return out
+
+
 _BUCKET = 4096
 
 
@@ -452,7 +482,7 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
     return FitResult(model=model, params={k: params[k] for k in spec["names"]}, se=se, loglik=float(loglik),
                      n_obs=int(r.size), converged=converged, iterations=int(its[best]), grad_norm=grad_norm,
                      at_bound=_bounds(model, params, dt), process=_process(model, params), fixed=names,
-                     _u_hat=np.asarray(u_best, np.float64), _u_cov=_unconstrained_cov(u_info, model, fixed))
+                     few_events=few_events_notes(model, params, r.size * dt), _u_hat=np.asarray(u_best, np.float64), _u_cov=_unconstrained_cov(u_info, model, fixed))
 
 
 def _best_start(nlls: np.ndarray, grad_norms: np.ndarray, gtol: float) -> int:
