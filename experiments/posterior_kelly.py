@@ -200,6 +200,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
             "plug_in_fraction_range_across_models": [float(plug.min()), float(plug.max())],
             "growth_range_across_models_plug_in": [float(table[table.policy == "plug_in"].time_avg_growth.min()),
                                                    float(table[table.policy == "plug_in"].time_avg_growth.max())],
+            "fit_status": {m: e["fit"].status for m, e in entries.items()},  # weakly identified, on a bound, ...
             "not_converged": [f"{r.model}/{r.policy}" for r in table.itertuples() if not r.converged],
             "pinned_by_worst_draw": [f"{r.model}/{r.policy}" for r in table.itertuples() if r.note],
             "nuts_status": {m: e["nuts"].status for m, e in entries.items() if e["nuts"] is not None},

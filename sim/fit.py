@@ -47,7 +47,8 @@ import numpy as np
 from sim.units import per_step_mean, per_step_prob, per_step_rate, per_step_vol
 from sim.validation import ParameterError, check_int
 
-__all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "few_events_notes", "MIN_JUMPS", "MIN_CRASHES", "regime_step_law", "recovery", "log_likelihood", "garch_variances", "compare", "model_of", "SPECS", "padded"]
+__all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "few_events_notes", "MIN_JUMPS", "MIN_CRASHES",
+           "regime_step_law", "recovery", "log_likelihood", "garch_variances", "compare", "model_of", "SPECS", "padded"]
 
 MIN_RETURNS = 30  # the fewest returns a fit takes
 _NU_MAX = 200.0  # beyond this a Student-t is a Gaussian for any sample here: flagged as a bound
@@ -366,8 +367,8 @@ def few_events_notes(model: str, params: dict, years: float) -> list:
         up, down = params["rate_to_crash"], params["rate_to_calm"]
         crashes = years * up * down / (up + down)
         if crashes < MIN_CRASHES:
-            out.append(f"about {crashes:.1f} crash episodes in the sample, fewer than {MIN_CRASHES}: the crash regime's "
-                       "parameters rest on them and their intervals under-cover")
+            out.append(f"about {crashes:.1f} crash episodes in the sample, fewer than {MIN_CRASHES}: the crash "
+                       "regime's parameters rest on them and their intervals under-cover")
     return out
 
 
@@ -482,7 +483,8 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
     return FitResult(model=model, params={k: params[k] for k in spec["names"]}, se=se, loglik=float(loglik),
                      n_obs=int(r.size), converged=converged, iterations=int(its[best]), grad_norm=grad_norm,
                      at_bound=_bounds(model, params, dt), process=_process(model, params), fixed=names,
-                     few_events=few_events_notes(model, params, r.size * dt), _u_hat=np.asarray(u_best, np.float64), _u_cov=_unconstrained_cov(u_info, model, fixed))
+                     few_events=few_events_notes(model, params, r.size * dt), _u_hat=np.asarray(u_best, np.float64),
+                     _u_cov=_unconstrained_cov(u_info, model, fixed))
 
 
 def _best_start(nlls: np.ndarray, grad_norms: np.ndarray, gtol: float) -> int:
@@ -607,7 +609,8 @@ def log_likelihood(returns, model: str, params: dict, *, steps_per_year: float =
     r = _check_returns(returns)
     with jax.enable_x64(True):
         p = {k: jnp.float64(params[k]) for k in SPECS[model]["names"]}
-        return float(SPECS[model]["loglik"](p, *padded(r)[:1], 1.0 / float(steps_per_year), padded(r)[1]))
+        rp, wp = padded(r)
+        return float(SPECS[model]["loglik"](p, rp, 1.0 / float(steps_per_year), wp))
 
 
 def compare(fits: dict):

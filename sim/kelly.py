@@ -1152,8 +1152,5 @@ def second_order_kelly_of_draws(draws, risk_free: float = 0.0) -> np.ndarray:
     model with that draw's parameters, to second order, ``(mean - r) / variance`` of its
     annual moments (``annual_moments``; the growth-optimal fraction under daily rebalancing
     up to O(dt) terms). The posterior of the Kelly fraction, for plots and tables."""
-    import dataclasses
-
-    columns = np.asarray(draws.draws, np.float64).T  # every draw at once: annual_moments takes arrays
-    mean, var = dataclasses.replace(draws.process, **dict(zip(draws.names, columns))).annual_moments()
-    return np.broadcast_to((mean - risk_free) / var, (columns.shape[1],)).astype(np.float64)
+    mean, var = draws.moments_of_draws()
+    return (mean - risk_free) / var

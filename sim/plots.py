@@ -410,7 +410,8 @@ def posterior_panels(draws: pd.DataFrame, plug_in: dict):
                 for i, (model, f) in enumerate(plug_in.get(part, {}).items()):
                     ax.axvline(f, color="k", ls=_STYLES[i % len(_STYLES)], lw=1.0, label=f"{model} plug-in f = {f:.2f}")
             if cut.empty:
-                ax.text(0.5, 0.5, "no model here has a single nu", ha="center", va="center", transform=ax.transAxes)
+                empty = "no model here has a single nu" if parameter == "nu" else "no finite Kelly fraction of a draw"
+                ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
             ax.set_title(f"{part}: posterior of {'nu' if parameter == 'nu' else 'the Kelly fraction'}")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("density")

@@ -721,6 +721,13 @@ class PosteriorDraws:
     def annual_moments(self):
         return self._with(np.asarray(self.draws, float).mean(axis=0)).annual_moments()
 
+    def moments_of_draws(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, variance)`` of the annual return of each draw's model, ``float64[m]`` each
+        (every draw at once: ``annual_moments`` takes arrays)."""
+        mean, var = self._with(np.asarray(self.draws, np.float64).T).annual_moments()
+        m = np.shape(self.draws)[0]
+        return np.broadcast_to(np.asarray(mean, np.float64), (m,)), np.broadcast_to(np.asarray(var, np.float64), (m,))
+
 
 class UncertainState(NamedTuple):
     theta: jax.Array  # float32[k, n], each path's parameter draw

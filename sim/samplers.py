@@ -82,7 +82,8 @@ def hash_words(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     """
     k = jax.random.key_data(key)
     if backend.word_generator() == "primitive":  # JAX's own lowering of the same hash
-        out = jax.extend.random.threefry_2x32(k, jnp.concatenate([lax.iota(jnp.uint32, n), jnp.zeros((n,), jnp.uint32)]))
+        counters = jnp.concatenate([lax.iota(jnp.uint32, n), jnp.zeros((n,), jnp.uint32)])  # x0 then x1
+        out = jax.extend.random.threefry_2x32(k, counters)
         return out[:n], out[n:]
     return threefry2x32(k[0], k[1], lax.iota(jnp.uint32, n), jnp.zeros((n,), jnp.uint32))
 

@@ -87,6 +87,10 @@ def test_posterior_kelly_runs_end_to_end(tmp_path):
     assert {"r_hat", "ess_bulk", "status"} <= set(post.columns) and set(post.parameter) == {"mu", "sigma"}
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sp500"]["preferred_model"] == "student_t"
+    fits = pd.read_csv(tmp_path / "fits.csv")
+    for part in ("sp500", "synthetic"):  # each fit's status, in the summary as in the table
+        status = fits[fits.part == part].groupby("model").status.first().to_dict()
+        assert summary[part]["fit_status"] == status and set(status) == set(per_model), (part, status)
     assert set(summary["sp500"]["pinned_by_worst_draw"]) == pinned  # the table's notes, in the summary
     against = summary["synthetic"]["against_plug_in"]["gaussian"]
     assert set(against) >= {"plug_in_fraction", "laplace", "nuts", "fractional", "drawdown"}
