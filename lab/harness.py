@@ -204,7 +204,7 @@ def use_compilation_cache() -> str | None:
         log.warning("no compilation cache (%s): %s", where, err)
         return None
     jax.config.update("jax_compilation_cache_dir", where)
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the test suite caches every compile (0)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own setting wins (the suite sets 0)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return where
