@@ -104,13 +104,71 @@ def job_dir(sweep_dir, num: int) -> pathlib.Path:
     return job_dirs(sweep_dir)[num]
 
 
+def run_module(module: str, args: list[str], *, timeout: float = 600, env: dict | None = None):
+    """``python -m module args`` as a ``subprocess.CompletedProcess`` (returncode, stdout,
+    stderr). Run in this process (no interpreter, JAX or Hydra start-up; kernels this test
+    worker has traced already are reused) unless ``env`` adds to the environment, which only a
+    child process can take. The command line, Hydra's parse of it, its logging and its exit
+    code are the command's own; what a run changes in the process (the root logger, Hydra's
+    global state, the SIGTERM handler the harness installs) is put back afterwards. The tests
+    of the process boundary itself (kills, launchers, concurrent runs, several processes)
+    start real ones."""
+    if env:
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **env})
+    import contextlib
+    import io
+    import logging
+    import runpy
+    import signal
+    import warnings
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    class Stream(io.StringIO):
+        def close(self):  # logging.config closes old handlers' streams (absl's): keep the text
+            pass
+
+    root = logging.getLogger()
+    saved = (sys.argv, os.getcwd(), signal.getsignal(signal.SIGTERM), root.handlers[:], root.level)
+    out, err, code = Stream(), Stream(), 0
+    # handlers made earlier on this process's stdout/stderr write to the command's, as in a child
+    moved = [(h, h.stream) for h in (r() for r in logging._handlerList[:]) if h is not None
+             and vars(h).get("stream") is not None and h.stream in (sys.stdout, sys.stderr)]
+    for h, stream in moved:
+        h.stream = out if stream is sys.stdout else err
+    sys.argv = [module, *args]  # runpy sets argv[0] to the module's file, as python -m does
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package",
+                                    category=RuntimeWarning)  # runpy: the test imported the module already
+            try:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        for h in root.handlers[:]:
+            if h not in saved[3]:
+                root.removeHandler(h)
+                h.close()
+        for h in saved[3]:
+            if h not in root.handlers:
+                root.addHandler(h)
+        root.setLevel(saved[4])
+        for h, stream in moved:
+            h.stream = stream
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        signal.signal(signal.SIGTERM, saved[2])
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
 def run_multirun(module: str, overrides: list[str], sweep_dir, files: list[str], env=None) -> list[dict]:
-    """Run ``python -m module -m overrides`` for real into ``sweep_dir``; check that every job
-    directory holds ``files`` (non-empty) and Hydra's saved config; return each job's summary."""
-    cmd = [sys.executable, "-m", module, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env=None if env is None else {**os.environ, **env})
-    assert out.returncode == 0, out.stderr[-3000:]
+    """Run ``python -m module -m overrides`` into ``sweep_dir`` (``run_module``); check that every
+    job directory holds ``files`` (non-empty) and Hydra's saved config; return each job's summary."""
+    out = run_module(module, ["-m", *overrides, f"hydra.sweep.dir={sweep_dir}"], env=env)
+    assert out.returncode == 0, (out.stderr + out.stdout)[-3000:]
     jobs = job_dirs(sweep_dir)
     summaries = []
     for job in jobs:
@@ -125,3 +183,4 @@ def pytest_collection_modifyitems(config, items):
     """The slow tests first, so that the xdist workers do not end on one long test while the
     other waits (a stable sort: the order within each tier is kept)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+

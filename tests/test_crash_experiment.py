@@ -1,13 +1,11 @@
 """The crash_protocol experiment end to end, small: the regime model, three policies."""
 
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, job_dir, run_multirun
+from tests.conftest import ROOT, job_dir, run_module, run_multirun
 
 TINY = ["~process@models.merton", "~process@models.garch_t", "~monetize@monetize.profit_take",
         "~monetize@monetize.price_level",
@@ -42,9 +40,7 @@ def test_crash_protocol_rejects_bad_config_before_work(tmp_path):
     from experiments import crash_protocol
     from lab.harness import check_known_keys
 
-    cmd = [sys.executable, "-m", "experiments.crash_protocol", "protocol.partial_fraction=1.5",
-           f"hydra.run.dir={tmp_path}"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = run_module("experiments.crash_protocol", ["protocol.partial_fraction=1.5", f"hydra.run.dir={tmp_path}"])
     assert out.returncode == 2 and "protocol.partial_fraction" in out.stderr, out.stderr[-1500:]
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not (tmp_path / "mc_policies.csv").exists()

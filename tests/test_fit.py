@@ -73,25 +73,20 @@ def test_fit_says_what_it_cannot_do():
 
 
 def test_a_fitted_process_from_a_config_writes_its_fit_table(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     import pandas as pd
 
     from sim.data import load_returns, load_sp500_index, simple_returns
-    from tests.conftest import ROOT
+    from tests.conftest import run_module
 
     r = simple_returns(load_sp500_index()).loc["2000":"2004"]
     path = tmp_path / "mine.csv"
     pd.DataFrame({"Date": r.index.strftime("%Y-%m-%d"), "ret": r.to_numpy()}).to_csv(path, index=False)
     assert load_returns(path)["ret"].to_numpy() == pytest.approx(r.to_numpy())
     direct = fit.fit(r.to_numpy(), "student_t")
-    out = subprocess.run([sys.executable, "-m", "experiments.time_vs_ensemble", f"hydra.run.dir={tmp_path / 'run'}",
-                          "process=fitted", "process.model=student_t", f"process.data={path}", "process.kind=returns",
-                          "coin.n_players=200", "coin.n_rounds=5", "market.n_paths=256", "market.years=0.1",
-                          "engine.block_size=128"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    out = run_module("experiments.time_vs_ensemble", [
+        f"hydra.run.dir={tmp_path / 'run'}", "process=fitted", "process.model=student_t", f"process.data={path}",
+        "process.kind=returns", "coin.n_players=200", "coin.n_rounds=5", "market.n_paths=256", "market.years=0.1",
+        "engine.block_size=128"])
     assert out.returncode == 0, out.stderr[-2000:]
     table = pd.read_csv(tmp_path / "run" / "fit.csv").set_index("parameter")
     for k, v in direct.params.items():

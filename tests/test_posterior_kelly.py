@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -11,7 +9,7 @@ import pytest
 
 from sim import engine, fit, kelly
 from sim.processes import Gaussian, PosteriorDraws
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_module
 
 TINY = ["models=[gaussian,student_t]", "posterior.nuts_models=[gaussian]",  # NUTS of the t: tests/test_fit.py "posterior.num_warmup=100",
         "posterior.num_samples=100", "optimizer.n_paths=512", "evaluation.n_paths=512", "evaluation.years=2",
@@ -60,8 +58,7 @@ def test_a_kelly_fraction_against_a_wipe_out_barrier_says_so():
 
 
 def test_posterior_kelly_runs_end_to_end(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "experiments.posterior_kelly", f"hydra.run.dir={tmp_path}", *TINY],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = run_module("experiments.posterior_kelly", [f"hydra.run.dir={tmp_path}", *TINY])
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("fits.csv", "model_comparison.csv", "policies.csv", "posterior.csv", "growth_curve.csv",
                  "growth_curve.png", "posterior.png", "summary.json"):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sim.validation import ParameterError
-from tests.conftest import ROOT, job_dir
+from tests.conftest import ROOT, job_dir, run_module
 
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
 
@@ -95,7 +95,8 @@ def test_killed_multirun_resumes_without_recomputing_finished_points(tmp_path):
     import signal
 
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    _finish(_multirun(whole, POINTS))
+    ref = run_module("experiments.time_vs_ensemble", ["-m", POINTS, *TINY, f"hydra.sweep.dir={whole}"])  # uninterrupted
+    assert ref.returncode == 0, ref.stderr[-3000:]
     proc = _multirun(broken, POINTS, start_new_session=True)
     deadline = time.time() + 240
     while len(_done(broken)) < 2 and time.time() < deadline and proc.poll() is None:

@@ -16,15 +16,14 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_module
 
 SURFACE = ["surface.n_paths=256", "engine.block_size=128", "surface.values=[3.0,6.0]", "surface.multiples.num=5"]
 POINTS = ["process=student_t,garch_t", "surface.years=0.5,1"]
 
 
-def _run(*args, timeout=300, **kw):
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), **kw)
+def _run(module, *args):
+    return run_module(module, list(args))
 
 
 def _chromium():
