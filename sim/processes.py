@@ -568,7 +568,7 @@ class MultiAsset:
             t = samplers.student_t(k, n, nu_safe) * jnp.sqrt((nu_safe - 2.0) / nu_safe)
             return jnp.where(finite, t, samplers.normal(k, n))
 
-        z = jnp.stack([shock(keys[i]) for i in range(d)], axis=1)  # [n, d]
+        z = jax.vmap(shock, out_axes=1)(keys)  # [n, d]: asset i's shocks from keys[i], traced once for all d
         chol = jnp.linalg.cholesky(clean_correlation(jnp, _f(self.corr)))
         shocks = z @ chol.T  # row i: L z_i
         return state, _limited(per_step_mean(_f(self.mu), dt) + per_step_vol(_f(self.sigma), dt) * shocks)
