@@ -48,7 +48,7 @@ from sim.units import per_step_mean, per_step_prob, per_step_rate, per_step_vol
 from sim.validation import ParameterError, check_int
 
 __all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "few_events_notes", "MIN_JUMPS", "MIN_CRASHES",
-           "regime_step_law", "recovery", "log_likelihood", "garch_variances", "compare", "model_of", "SPECS", "padded"]
+           "regime_step_law", "recovery", "likelihood_ratio_statistic", "profile_interval", "log_likelihood", "garch_variances", "compare", "model_of", "SPECS", "padded"]
 
 MIN_RETURNS = 30  # the fewest returns a fit takes
 _NU_MAX = 200.0  # beyond this a Student-t is a Gaussian for any sample here: flagged as a bound
@@ -68,6 +68,7 @@ class FitResult:
     process: object  # the fitted sim.processes object
 
     fixed: tuple = ()  # parameters held at given values (not estimated: no SE, not counted in k)
+    steps_per_year: float = 252.0  # the returns' frequency
     few_events: list = dataclasses.field(default_factory=list)  # parameters resting on few events (few_events_notes)
     _u_hat: np.ndarray | None = dataclasses.field(default=None, repr=False)  # the estimate, unconstrained
     _u_cov: np.ndarray | None = dataclasses.field(default=None, repr=False)  # its covariance there (Laplace)
@@ -346,6 +347,8 @@ def _bounds(model: str, params: dict, dt: float) -> list:
 
 
 MIN_JUMPS, MIN_CRASHES = 20, 5
+# parameters that are positive (profile_interval searches them on a log scale)
+_POSITIVE = {"sigma", "sigma_calm", "sigma_crash", "lam", "jump_std", "rate_to_crash", "rate_to_calm", "alpha", "beta"}
 
 
 def few_events_notes(model: str, params: dict, years: float) -> list:
@@ -483,6 +486,7 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
     return FitResult(model=model, params={k: params[k] for k in spec["names"]}, se=se, loglik=float(loglik),
                      n_obs=int(r.size), converged=converged, iterations=int(its[best]), grad_norm=grad_norm,
                      at_bound=_bounds(model, params, dt), process=_process(model, params), fixed=names,
+                     steps_per_year=float(steps_per_year),
                      few_events=few_events_notes(model, params, r.size * dt), _u_hat=np.asarray(u_best, np.float64),
                      _u_cov=_unconstrained_cov(u_info, model, fixed))
 
@@ -563,7 +567,7 @@ def fit_data(model: str = "student_t", data: str = "sp500", column: str | None =
 
 
 def recovery(process, model: str | None = None, *, n_series: int = 50, years: float = 10.0,
-             steps_per_year: float = 252.0, seed: int = 0, level: float = 0.95):
+             steps_per_year: float = 252.0, seed: int = 0, level: float = 0.95, likelihood_ratio: bool = True):
     """Parameter recovery: fit ``model`` (default: the process's own) to ``n_series``
     simulated series of ``years`` of returns from ``process`` (the engine's draws,
     ``sim.engine.sample_returns``), and per parameter: the truth, the mean estimate, its
@@ -571,6 +575,10 @@ def recovery(process, model: str | None = None, *, n_series: int = 50, years: fl
     series whose Wald interval at ``level`` (estimate +- z SE) covers the truth. Fits that did
     not converge, or whose information is not positive definite, are counted and left out;
     those on a bound (``FitResult.at_bound``) are kept and counted.
+    With ``likelihood_ratio``, also ``coverage_lr``: the share of the converged fits whose
+    profile-likelihood interval at ``level`` covers the truth, i.e. ``2 (loglik - loglik with
+    the parameter held at the truth) <= chi2_1(level)`` (one more fit per series and
+    parameter; no information matrix needed, so singular fits count too; ``n_used_lr``).
     A ``pandas.DataFrame``, one row per parameter."""
     import pandas as pd
     from scipy import stats as sps
@@ -582,20 +590,83 @@ def recovery(process, model: str | None = None, *, n_series: int = 50, years: fl
     paths = engine.sample_returns(process, seed=seed, n_paths=n_series, n_steps=n_steps,
                                   steps_per_year=steps_per_year, block_size=min(n_series, 256))
     z = float(sps.norm.ppf(0.5 + level / 2))
-    fits = [fit(np.asarray(x, np.float64), model, steps_per_year=steps_per_year) for x in paths]
+    series = [np.asarray(x, np.float64) for x in paths]
+    fits = [fit(x, model, steps_per_year=steps_per_year) for x in series]
     ok = [f for f in fits if f.converged and all(np.isfinite(f.se[k]) for k in f.params)]
+    chi2 = float(sps.chi2.ppf(level, 1))
     rows = []
     for k in SPECS[model]["names"]:
         truth = float(getattr(process, k))
         est = np.array([f.params[k] for f in ok])
         se = np.array([f.se[k] for f in ok])
         spread = est.std(ddof=1) / math.sqrt(len(est)) if len(est) > 1 else float("nan")
-        rows.append(dict(model=model, parameter=k, truth=truth, mean_estimate=est.mean(), median_estimate=np.median(est),
-                         se_of_mean=spread, bias_in_se=(est.mean() - truth) / spread, median_reported_se=np.median(se),
-                         coverage=float(np.mean(np.abs(est - truth) <= z * se)), n_used=len(ok),
-                         n_not_converged=sum(not f.converged for f in fits),
-                         n_at_bound=sum(bool(f.at_bound) for f in ok), n_series=n_series, years=years))
+        row = dict(model=model, parameter=k, truth=truth, mean_estimate=est.mean(), median_estimate=np.median(est),
+                   se_of_mean=spread, bias_in_se=(est.mean() - truth) / spread, median_reported_se=np.median(se),
+                   coverage=float(np.mean(np.abs(est - truth) <= z * se)), n_used=len(ok),
+                   n_not_converged=sum(not f.converged for f in fits),
+                   n_at_bound=sum(bool(f.at_bound) for f in ok), n_series=n_series, years=years)
+        if likelihood_ratio:
+            lr = [likelihood_ratio_statistic(x, f, {k: truth}) for x, f in zip(series, fits) if f.converged]
+            row.update(coverage_lr=float(np.mean(np.asarray(lr) <= chi2)), n_used_lr=len(lr))
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def likelihood_ratio_statistic(returns, result: FitResult, held: dict) -> float:
+    """``2 (loglik at the estimate - loglik maximized with ``held`` parameters at their
+    values)`` for simple ``returns`` and their free fit ``result``: chi-square with
+    ``len(held)`` degrees of freedom under the hypothesis that the held values are the truth
+    (Wilks). At most 0 below (a held fit that climbs higher than the free one found: 0)."""
+    held_fit = fit(returns, result.model, fixed=held, steps_per_year=result.steps_per_year)
+    if not np.isfinite(held_fit.loglik):  # held outside the model's domain: no likelihood there
+        return math.inf
+    return max(0.0, 2.0 * (result.loglik - held_fit.loglik))
+
+
+def profile_interval(returns, result: FitResult, name: str, *, level: float = 0.95, max_doublings: int = 12):
+    """The profile-likelihood interval of parameter ``name`` at ``level``: the values ``v``
+    where ``likelihood_ratio_statistic(returns, result, {name: v}) <= chi2_1(level)``, found
+    by bracketing outward from the estimate and Brent's method on each side (each evaluation
+    is one fit with ``name`` held). Positive parameters (scales, rates, ``nu - 2``) are
+    searched on a log scale. Returns ``(low, high)``; a side where the statistic stays below
+    the threshold up to the domain's edge (after ``max_doublings`` doublings of the
+    distance) is that edge (``0``, ``2`` for ``nu``, ``inf``): the data do not bound it."""
+    from scipy import optimize as sopt
+    from scipy import stats as sps
+
+    if name not in result.params or name in result.fixed:
+        raise ParameterError(f"profile_interval: {name!r} is not a free parameter of this {result.model} fit; "
+                             f"allowed: {[k for k in result.params if k not in result.fixed]}")
+    r = _check_returns(returns)
+    chi2 = float(sps.chi2.ppf(level, 1))
+    est, se = float(result.params[name]), float(result.se[name])
+    floor = 2.0 if name.startswith("nu") else 0.0 if name in _POSITIVE else None
+
+    def to_x(v):  # the search coordinate
+        return v if floor is None else math.log(v - floor)
+
+    def to_v(x):
+        return x if floor is None else floor + math.exp(x)
+
+    def excess(x):
+        return min(likelihood_ratio_statistic(r, result, {name: to_v(x)}), 1e6) - chi2
+
+    x0 = to_x(est)
+    width = (se if np.isfinite(se) and se > 0 else 0.1 * max(abs(est), 1e-3))
+    step = width if floor is None else max(width / max(est - floor, 1e-12), 0.05)
+    ends = []
+    for sign in (-1.0, 1.0):
+        d, found = step, None
+        for _ in range(max_doublings):
+            if excess(x0 + sign * d) > 0:
+                found = sopt.brentq(excess, *sorted((x0 + sign * d / 2 if d > step else x0, x0 + sign * d)),
+                                    xtol=1e-6 * max(1.0, abs(x0)))
+                break
+            d *= 2.0
+        edge = (floor if floor is not None else -math.inf) if sign < 0 else math.inf
+        ends.append(to_v(found) if found is not None else edge)
+    return ends[0], ends[1]
+
 
 
 def log_likelihood(returns, model: str, params: dict, *, steps_per_year: float = 252.0) -> float:

@@ -307,9 +307,33 @@ def test_a_bad_returns_file_is_named_before_any_fitting(tmp_path, rows, message)
 
 def test_recovery_reports_bias_and_coverage_per_parameter():
     """A small recovery run (scripts/fit_recovery.py runs 50 series x 10 years per model): the
-    Gaussian MLE of sigma is unbiased to O(1/n) and its 95% intervals cover about 95%."""
+    Gaussian MLE of sigma is unbiased to O(1/n) and its 95% intervals, Wald and profile
+    likelihood, cover about 95%."""
     table = fit.recovery(Gaussian(0.08, 0.2), n_series=40, years=2, seed=3).set_index("parameter")
-    assert list(table.index) == ["mu", "sigma"] and (table.n_used == 40).all()
+    assert list(table.index) == ["mu", "sigma"] and (table.n_used == 40).all() and (table.n_used_lr == 40).all()
     assert abs(table.loc["sigma", "bias_in_se"]) < 3.5
     assert 0.8 <= table.loc["sigma", "coverage"] <= 1.0 and 0.8 <= table.loc["mu", "coverage"] <= 1.0
+    assert 0.8 <= table.loc["sigma", "coverage_lr"] <= 1.0 and 0.8 <= table.loc["mu", "coverage_lr"] <= 1.0
     assert table.loc["mu", "median_reported_se"] == pytest.approx(0.2 / math.sqrt(2), rel=0.05)
+
+
+def test_profile_interval_is_the_gaussian_closed_form():
+    """For Gaussian returns (n of them, MLE variance s^2 per step) the likelihood-ratio
+    statistic of mu is n log(1 + (xbar - mu dt)^2 / s^2), of sigma n (s^2/v - 1 - log(s^2/v))
+    with v = sigma^2 dt: the profile interval's ends solve them = chi2_1(0.95)."""
+    from scipy import optimize as sopt
+
+    rng = np.random.default_rng(1)
+    dt = 1 / 252
+    r = rng.normal(0.08 * dt, 0.2 * math.sqrt(dt), 500)
+    f = fit.fit(r, "gaussian")
+    n, s2, c = r.size, r.var(), sps.chi2.ppf(0.95, 1)
+    half = math.sqrt(s2) / dt * math.sqrt(math.expm1(c / n))
+    np.testing.assert_allclose(fit.profile_interval(r, f, "mu"), [r.mean() / dt - half, r.mean() / dt + half],
+                               rtol=1e-7)
+    stat = lambda v: n * (s2 / v - 1 - math.log(s2 / v)) - c  # noqa: E731
+    ends = [math.sqrt(sopt.brentq(stat, a, b, xtol=1e-16) / dt) for a, b in ((s2 / 10, s2), (s2, 10 * s2))]
+    np.testing.assert_allclose(fit.profile_interval(r, f, "sigma"), ends, rtol=1e-6)
+    assert fit.likelihood_ratio_statistic(r, f, {"mu": f.params["mu"]}) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ParameterError, match="'nu' is not a free parameter of this gaussian fit"):
+        fit.profile_interval(r, f, "nu")
