@@ -18,8 +18,8 @@ concave function of ``f`` (a sample average of ``log`` of affine functions) whos
 a grid search on the same draws must find too. The gradient comes from forward-mode
 differentiation through the engine's scan (``jax.jacfwd``), so memory stays proportional to
 the number of paths (reverse mode would store every step); a ``custom_vjp`` hands that
-gradient to optax, whose L-BFGS with a zoom line search does the optimization. A draw with
-``1 + f X <= 0`` wipes the path out and makes ``g = -inf``: the line search treats that as
+gradient to the optimizers (Newton steps on the exact derivatives for one asset; L-BFGS
+for several assets under a drawdown constraint). A draw with ``1 + f X <= 0`` wipes the path out and makes ``g = -inf``: the line search treats that as
 outside the domain and steps back, so the optimizer never returns such an ``f``.
 
 Every return model of ``sim.processes`` works, including several assets (``MultiAsset``;
@@ -838,7 +838,10 @@ def _augmented_lagrangian(loss_vg, means, u, eps: float, *, max_iter: int, gtol:
 def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bool = False,
              budget: float | None = None, x0=None, max_iter: int = 200, gtol: float = 1e-6, xtol: float = 1e-6,
              constraint_tol: float = 2e-3, kkt_tol: float = 1e-5, strict: bool = True) -> KellyResult:
-    """Kelly (or fractional Kelly) by gradient with optax L-BFGS on ``objective``'s draws.
+    """Kelly (or fractional Kelly) on ``objective``'s draws: Newton steps on the exact gradient
+    and Hessian for one asset or under long-only / budget constraints (``_optimize_weights``),
+    the ray bisection for one asset under the drawdown constraint, optax L-BFGS on an
+    augmented Lagrangian for several assets under it.
 
     Args:
       objective: a ``GrowthObjective``; built with ``drawdown=(d, eps)`` it maximizes ``g``
@@ -847,14 +850,15 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
       long_only, budget: constraints for several assets (``f >= 0``, ``sum f <= budget``).
       x0: starting fraction (default: the Gaussian reference Kelly, stepped back into the
         domain).
-      max_iter, gtol, xtol: at most ``max_iter`` L-BFGS steps per solve; converged when the
+      max_iter, gtol, xtol: at most ``max_iter`` steps per solve; (L-BFGS) converged when the
         gradient norm (per year, in the optimizer's coordinates) is below ``gtol`` or the
         quasi-Newton step is shorter than ``xtol`` (near a wipe-out barrier the curvature is
         huge and float32 cannot push the gradient itself below ``gtol``).
       constraint_tol: allowed excess of the smoothed breach probability over ``eps``.
-      kkt_tol: with ``long_only`` or ``budget``, the largest violation (per year) of the
-        optimality conditions in weight space allowed for ``converged=True`` (``kkt_check``:
-        equal marginal growth on the assets held, no higher on those at zero).
+      kkt_tol: for the Newton solves (one asset, ``long_only`` or ``budget``), the largest
+        violation (per year) of the optimality conditions in weight space allowed for
+        ``converged=True`` (``kkt_check``: a zero gradient for one free asset; equal marginal
+        growth on the assets held, no higher on those at zero).
       strict: raise ``KellyConvergenceError`` instead of returning an unconverged result.
     """
     check_range("multiple (Kelly multiple c)", multiple, 0.0, 10.0, lo_closed=False)
@@ -878,7 +882,7 @@ def optimize(objective: GrowthObjective, *, multiple: float = 1.0, long_only: bo
         return jnp.asarray(transform.to_u(_starting_point(objective, x0)), jnp.float32)
 
     constraint_info, f_w, u = None, None, None
-    if dd is None and (long_only or budget is not None):
+    if dd is None and (long_only or budget is not None or objective.n_assets == 0):
         f_w, kkt, iterations, converged = _optimize_weights(
             objective, long_only=bool(long_only), budget=None if budget is None else float(budget), x0=x0,
             max_iter=max_iter, kkt_tol=kkt_tol, xtol=xtol)
