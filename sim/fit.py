@@ -48,7 +48,8 @@ from sim.units import per_step_mean, per_step_prob, per_step_rate, per_step_vol
 from sim.validation import ParameterError, check_int
 
 __all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "few_events_notes", "MIN_JUMPS", "MIN_CRASHES",
-           "regime_step_law", "recovery", "likelihood_ratio_statistic", "profile_interval", "log_likelihood", "garch_variances", "compare", "model_of", "SPECS", "padded"]
+           "regime_step_law", "recovery", "likelihood_ratio_statistic", "profile_interval", "log_likelihood",
+           "garch_variances", "compare", "model_of", "SPECS", "padded"]
 
 MIN_RETURNS = 30  # the fewest returns a fit takes
 _NU_MAX = 200.0  # beyond this a Student-t is a Gaussian for any sample here: flagged as a bound

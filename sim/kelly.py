@@ -19,7 +19,8 @@ a grid search on the same draws must find too. The gradient comes from forward-m
 differentiation through the engine's scan (``jax.jacfwd``), so memory stays proportional to
 the number of paths (reverse mode would store every step); a ``custom_vjp`` hands that
 gradient to the optimizers (Newton steps on the exact derivatives for one asset; L-BFGS
-for several assets under a drawdown constraint). A draw with ``1 + f X <= 0`` wipes the path out and makes ``g = -inf``: the line search treats that as
+for several assets under a drawdown constraint). A draw with ``1 + f X <= 0`` wipes the
+path out and makes ``g = -inf``: the line search treats that as
 outside the domain and steps back, so the optimizer never returns such an ``f``.
 
 Every return model of ``sim.processes`` works, including several assets (``MultiAsset``;
