@@ -30,7 +30,7 @@ drift and volatility through ``sim.units``):
 
 The mixtures' likelihoods have several local maxima: their fits start from several points
 (one vectorized run) and keep the best converged one. Samples are padded to a multiple of
-4,096 returns with zero weights (``padded``), so fits of samples of different lengths share a
+1,024 returns with zero weights (``padded``), so fits of samples of different lengths share a
 compiled program.
 """
 
@@ -376,11 +376,11 @@ def few_events_notes(model: str, params: dict, years: float) -> list:
     return out
 
 
-_BUCKET = 4096
+_BUCKET = 1024
 
 
 def padded(r: np.ndarray):
-    """``(r, w)`` as float64 arrays rounded up to a multiple of 4,096 observations: the
+    """``(r, w)`` as float64 arrays rounded up to a multiple of 1,024 observations: the
     returns with zeros after them, and weights 1 for the data, 0 for the padding."""
     n = -(-r.size // _BUCKET) * _BUCKET
     w = np.zeros(n)
