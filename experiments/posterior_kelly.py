@@ -163,7 +163,7 @@ def _growth_curve(part: str, entries: dict, preferred: str, evaluation, fraction
     spy, o = float(cfg.steps_per_year), cfg.optimizer
     kw = dict(seed=int(cfg.seed) + 11, n_paths=int(o.n_paths), n_steps=round(o.years * spy), steps_per_year=spy,
               risk_free=float(cfg.risk_free))
-    grid = np.linspace(0.0, 1.5 * max(max(fractions), 0.5), 61)
+    grid = np.linspace(0.0, 1.5 * max(max(fractions), 0.5), 41)
     g, se = kelly.GrowthObjective(evaluation, **kw).values_and_se(grid)
     out = pd.DataFrame({"part": part, "fraction": grid, "growth": g, "growth_se": se})
     procs = entries[preferred]["processes"]

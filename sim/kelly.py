@@ -545,13 +545,20 @@ def _starting_point(objective: GrowthObjective, x0):
             x0 = np.full(max(objective.n_assets, 1), 0.5) if objective.n_assets else 0.5
     x0 = np.asarray(x0, float)
     for _ in range(60):  # step back toward f = 0 until every path survives
-        if np.isfinite(objective(x0)):
+        if _survives(objective, x0):
             return x0
         x0 = x0 * 0.5
     raise KellyConvergenceError(
         f"no fraction with finite growth found on the path from the starting point to 0 "
         f"({type(objective.process).__name__}): every fraction tried wipes a path out"
     )
+
+
+def _survives(objective: GrowthObjective, f) -> bool:
+    """Whether every path survives at ``f`` (finite growth), from the derivatives' engine pass
+    (``derivatives``), the program the Newton solves run anyway: a separate value program
+    would be compiled for this check alone."""
+    return bool(np.isfinite(objective.derivatives(f)[0]))
 
 
 def project_feasible(f, long_only: bool, budget: float | None) -> np.ndarray:
@@ -598,7 +605,7 @@ def _weight_start(objective: GrowthObjective, x0, long_only: bool, budget: float
     f = project_feasible(np.atleast_1d(_starting_point(objective, x0)).astype(float), long_only, budget)
     interior = np.full(d, (budget if budget is not None else 1.0) / (d + 1)) if long_only else np.zeros(d)
     f = 0.5 * f + 0.5 * interior
-    while not np.isfinite(objective(as_f(f))):
+    while not _survives(objective, as_f(f)):
         f = 0.5 * f
     return f
 
