@@ -112,7 +112,7 @@ def run_module(module: str, args: list[str], *, timeout: float = 600, env: dict 
     code are the command's own; what a run changes in the process (the root logger, Hydra's
     global state, the SIGTERM handler the harness installs) is put back afterwards. The tests
     of the process boundary itself (kills, launchers, concurrent runs, several processes)
-    start real ones."""
+    start real ones. ``timeout`` bounds a child process only (pytest's own limits hold in process)."""
     if env:
         return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=timeout, env={**os.environ, **env})
@@ -183,4 +183,3 @@ def pytest_collection_modifyitems(config, items):
     """The slow tests first, so that the xdist workers do not end on one long test while the
     other waits (a stable sort: the order within each tier is kept)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
