@@ -366,13 +366,14 @@ def few_events_notes(model: str, params: dict, years: float) -> list:
         jumps = params["lam"] * years
         if jumps < MIN_JUMPS:
             out.append(f"about {jumps:.1f} jumps in the sample, fewer than {MIN_JUMPS}: jump_mean and jump_std rest on "
-                       "them and their intervals under-cover")
+                       "them and their Wald intervals under-cover (fit.profile_interval: closer)")
     if model == "regime_switching":
         up, down = params["rate_to_crash"], params["rate_to_calm"]
         crashes = years * up * down / (up + down)
         if crashes < MIN_CRASHES:
             out.append(f"about {crashes:.1f} crash episodes in the sample, fewer than {MIN_CRASHES}: the crash "
-                       "regime's parameters rest on them and their intervals under-cover")
+                       "regime's parameters rest on them and their Wald intervals under-cover (fit.profile_interval: "
+                       "closer)")
     return out
 
 
