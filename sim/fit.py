@@ -502,12 +502,14 @@ def _best_start(nlls: np.ndarray, grad_norms: np.ndarray, gtol: float) -> int:
 
 
 def _standard_errors(info: np.ndarray) -> np.ndarray:
-    """Square roots of the inverse information's diagonal; NaN where it is not positive definite."""
+    """Square roots of the inverse information's diagonal; NaN where it is not positive definite
+    (or so ill-conditioned that the inverse's diagonal comes out negative)."""
     if not np.all(np.isfinite(info)):
         return np.full(len(info), np.nan)
     try:
         if np.all(np.linalg.eigvalsh(info) > 0):
-            return np.sqrt(np.diag(np.linalg.inv(info)))
+            var = np.diag(np.linalg.inv(info))
+            return np.where(var > 0, np.sqrt(np.abs(var)), np.nan)
     except np.linalg.LinAlgError:
         pass
     return np.full(len(info), np.nan)
