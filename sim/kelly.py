@@ -430,15 +430,22 @@ class GrowthObjective:
     def derivatives(self, f):
         """``(g, g_se, grad, grad_cov, hessian)`` at ``f``, in float64 on the host: the mean
         growth and its standard error, the gradient and the covariance of its sample mean
-        (from the per-path gradients), and the Hessian."""
-        growth, jac, hess = (np.asarray(a, float) for a in
-                             _analytic_derivs_jit(self._as_f(f), *self._args(), self.spec))
-        if self.n_assets == 0:
-            jac, hess = jac[:, 0], hess.reshape(1, 1)
-        n = growth.shape[0]
-        g_se = growth.std(ddof=1) / math.sqrt(n) if np.isfinite(growth).all() else float("nan")
-        grad_cov = np.atleast_2d(np.cov(jac, rowvar=False)) / n
-        return growth.mean(), g_se, jac.mean(axis=0), grad_cov, hess
+        (from the per-path gradients), and the Hessian. The last point's result is kept: the
+        optimizers ask again at the point they start from and the point they stop at (one
+        engine pass each saved), and get copies."""
+        f32 = np.asarray(self._as_f(f))
+        key = (f32.shape, f32.tobytes())
+        last = getattr(self, "_last_derivatives", None)
+        if last is None or last[0] != key:
+            growth, jac, hess = (np.asarray(a, float) for a in
+                                 _analytic_derivs_jit(jnp.asarray(f32), *self._args(), self.spec))
+            if self.n_assets == 0:
+                jac, hess = jac[:, 0], hess.reshape(1, 1)
+            n = growth.shape[0]
+            g_se = growth.std(ddof=1) / math.sqrt(n) if np.isfinite(growth).all() else float("nan")
+            grad_cov = np.atleast_2d(np.cov(jac, rowvar=False)) / n
+            last = self._last_derivatives = (key, (growth.mean(), g_se, jac.mean(axis=0), grad_cov, hess))
+        return tuple(np.copy(v) if isinstance(v, np.ndarray) else v for v in last[1])
 
     def _replace(self, **changes) -> "GrowthObjective":
         args = dict(seed=self.seed, n_paths=self.n_paths, n_steps=self.n_steps, steps_per_year=self.steps_per_year,
@@ -603,8 +610,9 @@ def _weight_start(objective: GrowthObjective, x0, long_only: bool, budget: float
     """A start strictly inside the feasible set, where every path survives."""
     d = max(objective.n_assets, 1)
     f = project_feasible(np.atleast_1d(_starting_point(objective, x0)).astype(float), long_only, budget)
-    interior = np.full(d, (budget if budget is not None else 1.0) / (d + 1)) if long_only else np.zeros(d)
-    f = 0.5 * f + 0.5 * interior
+    if long_only or budget is not None:  # halfway to an interior point, off every bound
+        interior = np.full(d, (budget if budget is not None else 1.0) / (d + 1)) if long_only else np.zeros(d)
+        f = 0.5 * f + 0.5 * interior
     while not _survives(objective, as_f(f)):
         f = 0.5 * f
     return f
@@ -719,6 +727,11 @@ def _optimize_weights(objective: GrowthObjective, *, long_only: bool, budget: fl
         if np.abs(step).max() <= xtol:
             kkt = kkt_check(grad, f, long_only=long_only, budget=budget, tol=kkt_tol)
             if kkt["ok"]:
+                return as_f(f), kkt, it, True
+            if not (long_only or budget is not None) and np.all(np.linalg.eigvalsh(hess) < 0):
+                # no constraint: the stationary point is within xtol (the Newton step of a concave
+                # g), the rule L-BFGS used; near a wipe-out barrier the curvature is so large that
+                # float32 cannot bring the gradient itself below kkt_tol
                 return as_f(f), kkt, it, True
             released, budget_on = _release(kkt, zero, grad, budget_on, kkt_tol)
             if released:

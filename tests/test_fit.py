@@ -337,3 +337,7 @@ def test_profile_interval_is_the_gaussian_closed_form():
     assert fit.likelihood_ratio_statistic(r, f, {"mu": f.params["mu"]}) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ParameterError, match="'nu' is not a free parameter of this gaussian fit"):
         fit.profile_interval(r, f, "nu")
+    edges = {(m, k): fit.lower_edge(m, k) for m in fit.MODELS for k in fit.SPECS[m]["names"]}
+    assert edges[("student_t", "nu")] == 2.0 and edges[("regime_switching", "nu_crash")] == 2.0
+    assert edges[("merton", "jump_std")] == 0.0 and edges[("garch_t", "alpha")] == 0.0
+    assert edges[("merton", "jump_mean")] == -math.inf and edges[("gaussian", "mu")] == -math.inf
