@@ -530,6 +530,42 @@ def simulate(
     )
 
 
+def _fractions_block(key, block, n_valid, process, policies, saver, **kwargs):
+    """``simulate_block`` for a batch of constant-mix policies on the same draws: ``vmap`` over
+    the policies only, so the process (its draws and state, which no policy feeds back into)
+    is computed once per block and only the wealth arithmetic is batched: outputs ``[K, ...]``."""
+    return jax.vmap(lambda pol: simulate_block(key, block, process, pol, saver, n_valid=n_valid, **kwargs))(policies)
+
+
+def simulate_fractions(process, fractions, *, seed: int = 0, n_paths: int, n_steps: int, steps_per_year: float = 252.0,
+                       risk_free: float = 0.0, floor: float = 0.0, block_size: int = DEFAULT_BLOCK_SIZE,
+                       chunk_paths: int | None = None, devices: list | None = None,
+                       progress: Callable[[dict], None] | None = None) -> list[SimResult]:
+    """``simulate(process, policy=ConstantMix(f, risk_free, floor))`` for every ``f`` of
+    ``fractions`` (each a scalar, or a ``[d]`` vector for a model of ``d`` assets) in one pass
+    over the same draws: one ``SimResult`` per fraction, as ``simulate`` with the same seed
+    gives (the same draws; the wealth arithmetic batched over the fractions, which may move
+    a result in its last float32 bit against a run of one fraction, as XLA may contract its
+    multiply-adds differently). The process is simulated once, not once per fraction."""
+    fractions = [np.asarray(f, np.float32) for f in fractions]
+    if not fractions:
+        return []
+    for f in fractions:
+        _validate(process, ConstantMix(f, risk_free, floor), n_paths, n_steps, steps_per_year, block_size,
+                  chunk_paths, 0, 0)
+    k = len(fractions)
+    policies = ConstantMix(np.stack(fractions), np.full(k, risk_free, np.float32), np.full(k, floor, np.float32))
+    fn = bind(_fractions_block, block_size=block_size, n_steps=n_steps, dt=1.0 / float(steps_per_year))
+    out, wall = run_blocks(fn, (process, policies, PathStatsSaver(floor)), seed=seed, n_paths=n_paths,
+                           block_size=block_size, chunk_paths=chunk_paths, devices=devices, progress=progress,
+                           n_steps=n_steps)
+    none = np.empty((0, n_paths), np.float32)
+    return [SimResult(stats=stats_lib.PathStats(*(a[:, i].reshape(-1)[:n_paths] for a in out["stats"])),
+                      n_steps=n_steps, steps_per_year=float(steps_per_year), snapshot_steps=np.arange(0),
+                      snapshots=none, recorded=np.zeros((n_steps + 1, 0), np.float32), wall_seconds=wall,
+                      extras={}) for i in range(k)]
+
+
 # --------------------------------------------------------------------------- traced runs
 
 

@@ -449,10 +449,18 @@ def _information(u, r, w, dt, fixed_values, *, model, fixed_names):
     def total_free(theta):  # the log-likelihood in the model's own (free) parameters
         return spec["loglik"]({**theta_hat, **dict(zip(free, theta))}, r, dt, w)
 
+    def free_theta(v):  # the unconstrained coordinates to the free parameters (no data: cheap)
+        p = params(v, fixed_values)
+        return jnp.stack([p[k] for k in free])
+
     theta = jnp.stack([theta_hat[k] for k in free])
-    info = -jax.hessian(total_free)(theta)
-    u_info = -jax.hessian(lambda v: spec["loglik"](params(v, fixed_values), r, dt, w))(u)
-    return theta_hat, total_free(theta), info, u_info
+    grad = jax.grad(total_free)
+    hess = jax.jacfwd(grad)(theta)
+    # the Hessian in u by the chain rule, exactly (one second derivative of the likelihood, not
+    # two): d2l/du2 = J' H J + sum_k dl/dtheta_k d2theta_k/du2, J = dtheta/du
+    jac = jax.jacfwd(free_theta)(u)
+    u_hess = jac.T @ hess @ jac + jnp.einsum("k,kij->ij", grad(theta), jax.hessian(free_theta)(u))
+    return theta_hat, total_free(theta), -hess, -u_hess
 
 
 def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float = 252.0, max_iter: int = 500,

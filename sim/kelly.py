@@ -61,6 +61,7 @@ import numpy as np
 import optax
 
 from sim import engine
+from sim.processes import PosteriorDraws
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
 
@@ -361,6 +362,8 @@ class GrowthObjective:
         block_size = min(engine.DEFAULT_BLOCK_SIZE, n_paths) if block_size is None else check_int(
             "block_size", block_size, 1)
         process.validate(1.0 / steps_per_year)
+        if isinstance(process, PosteriorDraws) and process.n_rows is None:
+            process = process.padded()  # one compiled program for posteriors of up to 4,096 draws (same results)
         self.process = process
         self.n_assets = int(process.n_assets) if hasattr(process, "n_assets") else 0
         self.seed, self.n_steps, self.steps_per_year = seed, n_steps, float(steps_per_year)
@@ -381,6 +384,8 @@ class GrowthObjective:
         self.drawdown, self.temperature = drawdown, float(temperature)
         self.spec = _Spec(self.n_blocks, block_size, n_steps, self.steps_per_year, self.risk_free,
                           None if drawdown is None else float(drawdown[0]), self.temperature, n_paths)
+        # the derivatives do not use the drawdown fields: one program with and without a constraint
+        self._derivs_spec = self.spec._replace(drawdown_level=None, temperature=0.0)
 
     def _args(self):
         return jnp.uint32(self.seed), self.process
@@ -438,7 +443,7 @@ class GrowthObjective:
         last = getattr(self, "_last_derivatives", None)
         if last is None or last[0] != key:
             growth, jac, hess = (np.asarray(a, float) for a in
-                                 _analytic_derivs_jit(jnp.asarray(f32), *self._args(), self.spec))
+                                 _analytic_derivs_jit(jnp.asarray(f32), *self._args(), self._derivs_spec))
             if self.n_assets == 0:
                 jac, hess = jac[:, 0], hess.reshape(1, 1)
             n = growth.shape[0]
@@ -1069,9 +1074,10 @@ def evaluate_fractions(process, fractions: dict, *, seed: int, n_paths: int, n_s
     """Each fraction held on ``process`` (the same draws for all): one row per policy with
     ``EVALUATION_COLUMNS``, and the per-path terminal log wealth per policy."""
     rows, wealth = [], {}
-    for name, f in fractions.items():
-        res = engine.simulate(process, seed=seed, n_paths=n_paths, n_steps=n_steps, steps_per_year=steps_per_year,
-                              policy=engine.ConstantMix(f, risk_free, floor))
+    results = engine.simulate_fractions(process, list(fractions.values()), seed=seed, n_paths=n_paths,
+                                        n_steps=n_steps, steps_per_year=steps_per_year, risk_free=risk_free,
+                                        floor=floor)  # one pass: the process is simulated once for all
+    for (name, f), res in zip(fractions.items(), results):
         s = res.summary()
         wealth[name] = res.stats.log_wealth
         rows.append({"policy": name, "fraction": f, **{k: s[k] for k in EVALUATION_COLUMNS}})
@@ -1166,7 +1172,7 @@ def pinned_note(objective: GrowthObjective, f: float, step: float = 0.05) -> str
     (its fraction is set by the sample's worst draw and moves with the number of paths: more
     paths, a worse worst draw), so it is not an optimum of the model. Measured on the S&P
     500's Student-t fit (nu 2.9): 0.978 at 512 paths, 0.997 at 4,096, 0.998 at 32,768."""
-    if np.isfinite(objective(f * (1 + step))):  # the optimizer's own compiled g(f): no new compile
+    if _survives(objective, f * (1 + step)):  # the Newton solves' own derivatives program: no new compile
         return ""
     return (f"within {100 * step:.0f}% of a fraction that wipes out a path of {objective.n_paths}: set by the "
             "worst draw, it moves with the number of paths; not an optimum of the model")

@@ -34,7 +34,7 @@ or to first order in ``dt`` where noted), which fix the Gaussian Kelly reference
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -687,11 +687,32 @@ class PosteriorDraws:
       process: the base model; its values of the named fields are ignored.
       names: tuple of field names of ``process`` (static).
       draws: float[m, k], one row per draw, one column per name; every row must be a valid model.
+      n_rows: None (every row of ``draws`` is a draw), or the number ``m`` of leading rows that
+        are (traced: ``padded`` makes a copy whose rows are a multiple of a bucket, so that one
+        compiled program serves posteriors of different sizes; the padding is never drawn).
     """
 
     process: object
     names: tuple = dataclasses.field(default=(), metadata=dict(static=True))
     draws: jax.Array = ()
+    n_rows: Any = None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The draws, ``float64[m, k]`` (without the padding of ``padded``)."""
+        d = np.asarray(self.draws, np.float64)
+        return d if self.n_rows is None else d[: int(self.n_rows)]
+
+    def padded(self, bucket: int = 4096) -> "PosteriorDraws":
+        """The same posterior with its rows padded to a multiple of ``bucket`` (copies of the
+        last row, never drawn) and their number traced: every path takes the row it takes here
+        (``w mod m`` is the same integer), so results are unchanged, and posteriors of ``m``
+        and ``m'`` draws in the same bucket share one compiled program."""
+        d = np.asarray(self.rows, np.float32)
+        m = d.shape[0]
+        pad = -m % bucket
+        return dataclasses.replace(self, draws=np.concatenate([d, np.repeat(d[-1:], pad, axis=0)]),
+                                   n_rows=np.uint32(m))
 
     def validate(self, dt: float) -> None:
         d = np.asarray(self.draws, float)
@@ -711,7 +732,8 @@ class PosteriorDraws:
     def init(self, key, n: int, dt: float) -> "UncertainState":
         k_theta, k_base = jax.random.split(key)
         w, _ = samplers.hash_words(k_theta, n)
-        rows = (w % jnp.uint32(np.shape(self.draws)[0])).astype(jnp.int32)
+        m = jnp.uint32(np.shape(self.draws)[0]) if self.n_rows is None else jnp.asarray(self.n_rows, jnp.uint32)
+        rows = (w % m).astype(jnp.int32)
         theta = jnp.take(_f(self.draws), rows, axis=0).T  # [k, n]
         return UncertainState(theta, self._with(theta).init(k_base, n, dt))
 
@@ -719,13 +741,13 @@ class PosteriorDraws:
         return _step_with_parameters(self.process, self.names, key, state, n, dt)
 
     def annual_moments(self):
-        return self._with(np.asarray(self.draws, float).mean(axis=0)).annual_moments()
+        return self._with(self.rows.mean(axis=0)).annual_moments()
 
     def moments_of_draws(self) -> tuple[np.ndarray, np.ndarray]:
         """``(mean, variance)`` of the annual return of each draw's model, ``float64[m]`` each
         (every draw at once: ``annual_moments`` takes arrays)."""
-        mean, var = self._with(np.asarray(self.draws, np.float64).T).annual_moments()
-        m = np.shape(self.draws)[0]
+        mean, var = self._with(self.rows.T).annual_moments()
+        m = self.rows.shape[0]
         return np.broadcast_to(np.asarray(mean, np.float64), (m,)), np.broadcast_to(np.asarray(var, np.float64), (m,))
 
 

@@ -122,3 +122,23 @@ def test_the_per_draw_kelly_fraction_is_mean_over_variance():
     jumps = PosteriorDraws(Merton(), names=("lam",), draws=np.array([[2.0]], np.float32))
     mean, var = Merton(lam=2.0).annual_moments()
     assert kelly.second_order_kelly_of_draws(jumps)[0] == pytest.approx(mean / var, rel=1e-6)
+
+
+def test_padded_posterior_draws_give_the_same_paths_and_moments():
+    """``PosteriorDraws.padded`` (what the Kelly objective runs, so that posteriors of 1,600 and
+    4,000 draws share one compiled program) takes every path's row as the unpadded draws do."""
+    from sim.engine import simulate
+    from sim.processes import StudentT
+
+    rng = np.random.default_rng(0)
+    rows = np.column_stack([0.08 + 0.03 * rng.standard_normal(1600), 0.2 + 0.01 * rng.standard_normal(1600),
+                            4.0 + rng.random(1600)]).astype(np.float32)
+    post = PosteriorDraws(StudentT(), names=("mu", "sigma", "nu"), draws=rows)
+    pad = post.padded()
+    assert pad.draws.shape == (4096, 3) and int(pad.n_rows) == 1600 and np.array_equal(pad.rows, rows)
+    a, b = (simulate(p, seed=5, n_paths=3000, n_steps=50).stats for p in (post, pad))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert np.array_equal(post.moments_of_draws()[0], pad.moments_of_draws()[0])
+    assert post.annual_moments() == pad.annual_moments()
+    other = PosteriorDraws(StudentT(), names=("mu", "sigma", "nu"), draws=np.repeat(rows, 2, axis=0)[:4000]).padded()
+    assert other.draws.shape == pad.draws.shape  # one program for both sizes
