@@ -464,12 +464,14 @@ def _information(u, r, w, dt, fixed_values, *, model, fixed_names):
 
 
 def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float = 252.0, max_iter: int = 500,
-        gtol: float = 1e-6) -> FitResult:
+        gtol: float = 1e-6, starts=None) -> FitResult:
     """Maximum-likelihood fit of ``model`` (one of ``MODELS``) to simple ``returns``, one per
     step of ``1 / steps_per_year`` years; ``fixed`` holds parameters at given values (the rest
     are estimated given them). Converged when the gradient of the mean negative
     log-likelihood in the unconstrained coordinates is below ``gtol``. The mixtures (Merton,
-    regime switching) start from several points and keep the best converged fit."""
+    regime switching) start from several points and keep the best converged fit; ``starts``
+    adds points of the model's unconstrained coordinates (``FitResult.unconstrained_estimate``;
+    a held parameter's coordinate is ignored), e.g. the free fit's estimate for a held fit."""
     if model not in SPECS:
         raise ParameterError(f"fit.model = {model!r}; allowed: {list(MODELS)}")
     r = _check_returns(returns)
@@ -482,8 +484,13 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
     dt = 1.0 / float(steps_per_year)
     with jax.enable_x64(True):
         (rj, wj), values = padded(r), jnp.asarray([fixed[k] for k in names], jnp.float64)
-        starts = spec["starts"](float(r.mean() * steps_per_year), float(r.std() * math.sqrt(steps_per_year)))
-        u0 = jnp.asarray(starts, jnp.float64)
+        u0 = spec["starts"](float(r.mean() * steps_per_year), float(r.std() * math.sqrt(steps_per_year)))
+        if starts is not None:
+            extra = np.asarray(starts, np.float64).reshape(-1, len(spec["names"]))
+            if not np.isfinite(extra).all():
+                raise ParameterError(f"fit: starts must be finite points of {len(spec['names'])} coordinates")
+            u0 = [*u0, *extra.tolist()]
+        u0 = jnp.asarray(u0, jnp.float64)
         u, its, gs = jax.vmap(lambda v: _minimize(v, rj, wj, dt, values, gtol, max_iter, model=model,
                                                   fixed_names=names))(u0)
         lls = jax.vmap(lambda v: -SPECS[model]["loglik"](_with_fixed(model, names)(v, values), rj, dt, wj))(u)
@@ -637,8 +644,11 @@ def likelihood_ratio_statistic(returns, result: FitResult, held: dict) -> float:
     values)`` for simple ``returns`` and their free fit ``result``: chi-square with
     ``len(held)`` degrees of freedom under the hypothesis that the held values are the truth
     (Wilks). Clipped at 0 (a held fit that climbs above the free one's optimum gives 0); inf
-    where the held values leave the model's domain."""
-    held_fit = fit(returns, result.model, fixed=held, steps_per_year=result.steps_per_year)
+    where the held values leave the model's domain. The held fit also starts from the free
+    fit's estimate: from the model's own starts alone, a held mixture could stop at a lower
+    local maximum (the regime model's in the other labelling), which inflates the statistic."""
+    held_fit = fit(returns, result.model, fixed=held, steps_per_year=result.steps_per_year,
+                   starts=[result.unconstrained_estimate])
     if not np.isfinite(held_fit.loglik):  # held outside the model's domain: no likelihood there
         return math.inf
     return max(0.0, 2.0 * (result.loglik - held_fit.loglik))

@@ -142,3 +142,34 @@ def test_padded_posterior_draws_give_the_same_paths_and_moments():
     assert post.annual_moments() == pad.annual_moments()
     other = PosteriorDraws(StudentT(), names=("mu", "sigma", "nu"), draws=np.repeat(rows, 2, axis=0)[:4000]).padded()
     assert other.draws.shape == pad.draws.shape  # one program for both sizes
+
+
+@pytest.mark.slow
+def test_posterior_kelly_runs_the_mixture_models_end_to_end(tmp_path):
+    """Merton and the regime model through the whole experiment (fits, Laplace posteriors,
+    every sizing policy, the out-of-sample evaluation), on the S&P 500 and on a simulated
+    Merton series: each gets its rows, a finite fraction, and its fit's status in the summary."""
+    args = ["models=[merton,regime_switching]", "posterior.nuts=false", "optimizer.n_paths=512",
+            "evaluation.n_paths=512", "evaluation.years=2", "posterior.laplace_draws=500",
+            "synthetic.process._target_=sim.processes.Merton", "~synthetic.process.alpha", "~synthetic.process.beta",
+            "~synthetic.process.nu", "synthetic.sample_years=4", "sp500.start=2006-01-01",
+            "sp500.fit_end=2009-12-31"]  # both ~1,008 days: one compiled likelihood per model
+    out = run_module("experiments.posterior_kelly", [f"hydra.run.dir={tmp_path}", *args])
+    assert out.returncode == 0, out.stderr[-3000:]
+    pol = pd.read_csv(tmp_path / "policies.csv")
+    fits = pd.read_csv(tmp_path / "fits.csv")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for part in ("sp500", "synthetic"):
+        for model in ("merton", "regime_switching"):
+            sub = pol[(pol.part == part) & (pol.model == model)]
+            table = fits[(fits.part == part) & (fits.model == model)].set_index("parameter")
+            assert set(table.index) >= set(fit.SPECS[model]["names"]), (part, model)
+            has_se = np.isfinite(table.loc[list(fit.SPECS[model]["names"]), "se"]).all()
+            # a Laplace posterior exactly where the fit has one; where not, its status says why
+            assert set(sub.policy) == {"plug_in", "fractional", "drawdown"} | ({"laplace"} if has_se else set())
+            assert has_se or "on a bound" in table.status.iloc[0] or "not converge" in table.status.iloc[0]
+            assert np.isfinite(sub.fraction).all() and (sub.fraction.abs() < 100).all(), sub.fraction.tolist()
+        assert set(summary[part]["fit_status"]) == {"merton", "regime_switching"}
+        assert summary[part]["preferred_model"] in ("merton", "regime_switching")
+    truth = fits[(fits.part == "synthetic") & (fits.model == "merton")].set_index("parameter")
+    assert abs(truth.loc["sigma", "estimate"] - 0.18) < 4 * truth.loc["sigma", "se"]  # the simulated truth's sigma
