@@ -367,7 +367,7 @@ def few_events_notes(model: str, params: dict, years: float) -> list:
     calm regime's stationary share). Measured (``sim.fit.recovery``, 50 series of 10 years):
     at Merton's defaults (about 5 jumps) the 95% Wald intervals of jump_mean and jump_std
     covered 72% and 56%, the profile-likelihood ones 88% and 82%; at the regime model's
-    defaults (about one crash) those of sigma_crash 60% and 80%, of mu_crash 72% and 88%;
+    defaults (about one crash) those of sigma_crash 60% and 82%, of mu_crash 74% and 92%;
     with about 200 jumps or 8 crash episodes, the Wald intervals 88-98%."""
     out = []
     if model == "merton":
