@@ -107,6 +107,32 @@ def _posteriors(name: str, returns, cfg: DictConfig) -> dict:
     return out
 
 
+def _runnable(part: str, fitted: dict, steps_per_year: float) -> tuple[dict, dict]:
+    """The fits whose model the simulator can run (sized and evaluated), and, for the others,
+    why not (e.g. a Merton fit with more than one jump a day): they stay in the fit table and
+    the model comparison, flagged, and get no sizing rows. A posterior with draws outside the
+    range (a Laplace normal reaching past lam = one jump a day) is dropped alike, as
+    ``model/method``. At least one model must run."""
+    from sim.validation import ParameterError
+
+    runnable, not_sized, dt = {}, {}, 1.0 / steps_per_year
+    for m, e in fitted.items():
+        for name, process in [("", e["fit"].process), *((f"/{k}", p) for k, p in e["processes"].items())]:
+            try:
+                process.validate(dt)
+            except ParameterError as err:
+                not_sized[m + name] = str(err)
+                log.warning("%s / %s%s: not sized, outside the simulator's range: %s", part, m, name, err)
+        if m in not_sized:
+            continue
+        processes = {k: p for k, p in e["processes"].items() if f"{m}/{k}" not in not_sized}
+        runnable[m] = dict(e, processes=processes, draws=[d for d, k in zip(e["draws"], e["processes"])
+                                                          if k in processes])
+    if not runnable:
+        raise ParameterError(f"{part}: no fitted model can be simulated ({not_sized})")
+    return runnable, not_sized
+
+
 def _draw_rows(part: str, model: str, method: str, draws, risk_free: float) -> pd.DataFrame:
     """Long rows for the posterior plot: nu (where the model has one) and each draw's Kelly
     fraction to second order, (mean - r) / variance of the draw's model (its annual moments)."""
@@ -180,11 +206,12 @@ def run(cfg: DictConfig, out_dir) -> dict:
     out = OutputWriter(out_dir)
     fits, comparisons, policies, curves, draws, nuts_tables, summary_parts, marks = [], [], [], [], [], [], {}, {}
     for part, (returns, evaluation) in parts.items():
-        entries = _posteriors(part, returns, cfg)
-        comparison = fit.compare({m: e["fit"] for m, e in entries.items()})
-        preferred = comparison.model.iloc[0]
+        fitted = _posteriors(part, returns, cfg)
+        comparison = fit.compare({m: e["fit"] for m, e in fitted.items()})
+        entries, not_sized = _runnable(part, fitted, float(cfg.steps_per_year))
+        preferred = next(m for m in comparison.model if m in entries)
         table, wealth = _size_and_evaluate(part, entries, evaluation, cfg)
-        fits += [e["fit"].table().assign(part=part) for e in entries.values()]
+        fits += [e["fit"].table().assign(part=part) for e in fitted.values()]
         nuts_tables += [e["nuts"].table().assign(part=part) for e in entries.values() if e["nuts"] is not None]
         draws += [d for e in entries.values() for d in e["draws"]]
         comparisons.append(comparison.assign(part=part))
@@ -194,13 +221,14 @@ def run(cfg: DictConfig, out_dir) -> dict:
         marks[part] = plug.to_dict()
         years = float(cfg.evaluation.years)
         summary_parts[part] = {
-            "n_obs": int(len(returns)), "preferred_model": preferred,
+            "n_obs": int(len(returns)), "preferred_model": comparison.model.iloc[0], "sized_model": preferred,
+            "not_sized": not_sized,  # fits the simulator cannot run (their fit_status says why)
             "akaike_weights": dict(zip(comparison.model, comparison.akaike_weight.round(6))),
             "against_plug_in": {m: _against_plug_in(table, wealth, m, years) for m in entries},
             "plug_in_fraction_range_across_models": [float(plug.min()), float(plug.max())],
             "growth_range_across_models_plug_in": [float(table[table.policy == "plug_in"].time_avg_growth.min()),
                                                    float(table[table.policy == "plug_in"].time_avg_growth.max())],
-            "fit_status": {m: e["fit"].status for m, e in entries.items()},  # weakly identified, on a bound, ...
+            "fit_status": {m: e["fit"].status for m, e in fitted.items()},  # weakly identified, on a bound, ...
             "not_converged": [f"{r.model}/{r.policy}" for r in table.itertuples() if not r.converged],
             "pinned_by_worst_draw": [f"{r.model}/{r.policy}" for r in table.itertuples() if r.note],
             "nuts_status": {m: e["nuts"].status for m, e in entries.items() if e["nuts"] is not None},
