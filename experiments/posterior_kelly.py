@@ -83,13 +83,13 @@ def check(cfg: DictConfig):
 
 
 def _posteriors(name: str, returns, cfg: DictConfig) -> dict:
-    """Per model: the fit, its posteriors as processes, the NUTS result, and draws for the plots."""
+    """Per model: the fit, its posteriors as processes, and the NUTS result."""
     out, spy = {}, float(cfg.steps_per_year)
     for m in cfg.models:
         f = fit.fit(returns, m, steps_per_year=spy)
         if not f.converged:
             log.warning("%s / %s: %s", name, m, f.status)
-        entry = {"fit": f, "processes": {}, "nuts": None, "draws": []}
+        entry = {"fit": f, "processes": {}, "nuts": None}
         if f.has_laplace:
             entry["processes"]["laplace"] = f.laplace(int(cfg.posterior.laplace_draws), seed=int(cfg.seed))
         if cfg.posterior.nuts and m in cfg.posterior.nuts_models and f.converged:
@@ -101,8 +101,6 @@ def _posteriors(name: str, returns, cfg: DictConfig) -> dict:
                                   mle=f)
             log.info("%s / %s NUTS: %s (%.0f s)", name, m, post.status, post.seconds)
             entry["nuts"], entry["processes"]["nuts"] = post, post.process_draws()
-        for method, proc in entry["processes"].items():
-            entry["draws"].append(_draw_rows(name, m, method, proc, float(cfg.risk_free)))
         out[m] = entry
     return out
 
@@ -125,9 +123,7 @@ def _runnable(part: str, fitted: dict, steps_per_year: float) -> tuple[dict, dic
                 log.warning("%s / %s%s: not sized, outside the simulator's range: %s", part, m, name, err)
         if m in not_sized:
             continue
-        processes = {k: p for k, p in e["processes"].items() if f"{m}/{k}" not in not_sized}
-        runnable[m] = dict(e, processes=processes, draws=[d for d, k in zip(e["draws"], e["processes"])
-                                                          if k in processes])
+        runnable[m] = dict(e, processes={k: p for k, p in e["processes"].items() if f"{m}/{k}" not in not_sized})
     if not runnable:
         raise ParameterError(f"{part}: no fitted model can be simulated ({not_sized})")
     return runnable, not_sized
@@ -213,7 +209,8 @@ def run(cfg: DictConfig, out_dir) -> dict:
         table, wealth = _size_and_evaluate(part, entries, evaluation, cfg)
         fits += [e["fit"].table().assign(part=part) for e in fitted.values()]
         nuts_tables += [e["nuts"].table().assign(part=part) for e in entries.values() if e["nuts"] is not None]
-        draws += [d for e in entries.values() for d in e["draws"]]
+        draws += [_draw_rows(part, m, method, proc, float(cfg.risk_free))
+                  for m, e in entries.items() for method, proc in e["processes"].items()]
         comparisons.append(comparison.assign(part=part))
         policies.append(table)
         curves.append(_growth_curve(part, entries, preferred, evaluation, table.fraction, cfg))

@@ -109,9 +109,11 @@ class FitResult:
     def laplace(self, n_draws: int = 1000, seed: int = 0):
         """The Laplace approximation of the posterior (flat prior): ``n_draws`` joint draws from
         a normal around the estimate with the inverse observed information as covariance, in
-        the fit's unconstrained coordinates (so every draw is a valid model: sigma > 0, nu > 2,
-        alpha + beta < 1), as a ``sim.processes.PosteriorDraws`` of the fitted process. Fixed
-        parameters stay fixed."""
+        the fit's unconstrained coordinates (so every draw keeps the model's constraints: sigma
+        > 0, nu > 2, alpha + beta < 1), as a ``sim.processes.PosteriorDraws`` of the fitted
+        process. Fixed parameters stay fixed. A wide posterior can still hold draws the
+        simulator does not run (a Merton lam above one jump a step, a value past float32's
+        range: measured on 2008-2009 fits): its ``validate`` names the parameter."""
         from sim.processes import PosteriorDraws
 
         if not self.converged or self._u_cov is None:

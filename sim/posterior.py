@@ -120,7 +120,8 @@ class PosteriorResult:
 
     def process_draws(self, n: int | None = None, seed: int = 0):
         """The draws (all, or ``n`` of them without replacement) as a
-        ``sim.processes.PosteriorDraws`` of the fitted process: path ``i`` runs draw ``i mod n``."""
+        ``sim.processes.PosteriorDraws`` of the fitted process (each path takes one of them, chosen
+        by its own random stream)."""
         from sim.processes import PosteriorDraws
 
         names = tuple(self.draws)
