@@ -11,7 +11,7 @@ help:
 	@awk '/^## /{doc=doc (doc == "" ? "" : " ") substr($$0, 4); next} /^[a-z-]+:/{split($$0, t, ":"); if (doc != "") printf "  make %-10s %s\n", t[1], doc; doc=""}' $(MAKEFILE_LIST)
 	@echo "  (ARGS='key=value ...' passes overrides to make run; python -m experiments lists the experiments)"
 
-# The install goes through uv (PyPI's uv, put into the venv by pip): about 10 s against pip's 75-110 s
+# The install goes through uv (PyPI's uv, put into the venv by pip): about 10 s against pip's 77 s (pip's cache warm)
 # for the same packages (measured on the 2-core machine); plain pip where uv cannot be had.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
