@@ -117,21 +117,35 @@ class SweepProgress(Callback):
 
             progress_bar(done, total, elapsed, "points")
         table = sweep.write_table(sweep_dir)
-        if total is not None and not table["status"].isin(["pending", "running"]).any():
-            self._report(sweep_dir)
+        complete = total is not None and not table["status"].isin(["pending", "running"]).any()
+        # the report once the last point has run; a point found done (skipped) adds nothing to
+        # it, so a resumed sweep's report comes at its end (on_multirun_end), not once per point,
+        # unless a point failed (the sweep then raises before on_multirun_end)
+        skipped = sweep.point_status(config.hydra.runtime.output_dir, state["start"]) == "skipped"
+        if complete and (not skipped or (table["status"] == "failed").any()):
+            self._report(sweep_dir, table)
 
-    def _report(self, sweep_dir: pathlib.Path) -> None:
+    def _report(self, sweep_dir: pathlib.Path, table) -> None:
         from lab.report import write_report
 
+        self._reported = table.to_csv(index=False)  # what the last report of this process showed
         try:
             _line(sweep_dir, f"report: {write_report(sweep_dir)}")
         except Exception as err:  # a report is never worth a failed sweep
             _line(sweep_dir, f"report not written: {type(err).__name__}: {err}")
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from lab import sweep
+
         sweep_dir = pathlib.Path(config.hydra.sweep.dir)
         done = sum(1 for p in sweep_dir.glob(f"*/{DONE}"))
         self._finished = True
+        table = sweep.write_table(sweep_dir)
+        # the final report, unless this process's last one already shows this table (the basic
+        # launcher's last point); a parallel launcher's points report in their own processes
+        if getattr(self, "_reported", None) != table.to_csv(index=False) \
+                and not table["status"].isin(["pending", "running"]).any():
+            self._report(sweep_dir, table)
         _line(sweep_dir, f"sweep finished: {done} points done; table sweep.parquet / sweep.csv, report report.html")
 
 

@@ -285,15 +285,33 @@ def wrong_types(cfg, reference, prefix: str = "") -> list[str]:
     return out
 
 
+_REFERENCES: dict = {"loader": None, "configs": {}}
+
+
+def _reference(config_name: str, overrides: tuple):
+    """The experiment's config under these group choices, composed once per Hydra app: a sweep
+    checks each point before the first runs and again in its job (0.3-0.4 s a composition).
+    Keyed by the app's config loader, so a new app (another run in this process, other config
+    directories) composes again. Read only."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    if _REFERENCES["loader"] is not loader:
+        _REFERENCES.update(loader=loader, configs={})
+    key = (config_name, overrides)
+    if key not in _REFERENCES["configs"]:
+        _REFERENCES["configs"][key] = compose(config_name=config_name, overrides=list(overrides))
+    return _REFERENCES["configs"][key]
+
+
 def check_known_keys(cfg, config_name: str, overrides, search=()) -> None:
     """Reject a key that the experiment's config does not define, however it was added
     (``+surface.bogus=1``, ``++coin.bogus=1``, a sweep over a new key): the schema is the
     experiment's YAML under the same group choices. ``+cpu_devices`` and ``+distributed.*`` are
     the two root keys every experiment accepts."""
-    from hydra import compose
-
     # search: the user's config directories (hydra.searchpath overrides)
-    reference = compose(config_name=config_name, overrides=list(search) + _group_overrides(list(overrides)))
+    reference = _reference(config_name, tuple(search) + tuple(_group_overrides(list(overrides))))
     typed = wrong_types(cfg, reference)
     if typed:
         raise ParameterError("; ".join(typed))

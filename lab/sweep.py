@@ -167,6 +167,12 @@ def _scalars(summary: dict) -> dict:
     return out
 
 
+def point_status(point_dir, started: float) -> str:
+    """A point directory's status in the sweep table (``done``, ``skipped``, ``failed``,
+    ``running``, ``incomplete``) for a sweep started at ``started`` (epoch seconds)."""
+    return _status(pathlib.Path(point_dir), float(started))[0]
+
+
 def _status(d: pathlib.Path, started: float) -> tuple[str, str]:
     from lab.harness import DONE
 

@@ -441,6 +441,18 @@ def _minimize(u0, r, w, dt, fixed_values, gtol, max_iter, *, model, fixed_names)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "fixed_names"))
+def _from_starts(u0, r, w, dt, fixed_values, gtol, max_iter, *, model, fixed_names):
+    """``_minimize`` from every row of ``u0`` and the negative log-likelihood at each end, as
+    one compiled program (traced once per model, held names, padded length and number of
+    starts; outside jit the batched loop and the likelihood were traced again at every fit)."""
+    u, its, gs = jax.vmap(lambda v: _minimize(v, r, w, dt, fixed_values, gtol, max_iter, model=model,
+                                              fixed_names=fixed_names))(u0)
+    params = _with_fixed(model, fixed_names)
+    nlls = jax.vmap(lambda v: -SPECS[model]["loglik"](params(v, fixed_values), r, dt, w))(u)
+    return u, its, gs, nlls
+
+
+@functools.partial(jax.jit, static_argnames=("model", "fixed_names"))
 def _information(u, r, w, dt, fixed_values, *, model, fixed_names):
     """At the estimate ``u``: the parameters, the log-likelihood, and minus its Hessian in the
     free parameters (the observed information) and in the unconstrained coordinates."""
@@ -493,11 +505,9 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
                 raise ParameterError(f"fit: starts must be finite points of {len(spec['names'])} coordinates")
             u0 = [*u0, *extra.tolist()]
         u0 = jnp.asarray(u0, jnp.float64)
-        u, its, gs = jax.vmap(lambda v: _minimize(v, rj, wj, dt, values, gtol, max_iter, model=model,
-                                                  fixed_names=names))(u0)
-        lls = jax.vmap(lambda v: -SPECS[model]["loglik"](_with_fixed(model, names)(v, values), rj, dt, wj))(u)
+        u, its, gs, nlls = _from_starts(u0, rj, wj, dt, values, gtol, max_iter, model=model, fixed_names=names)
         its, gs = np.asarray(its), np.asarray(gs, np.float64)
-        best = _best_start(np.asarray(lls), gs, gtol)
+        best = _best_start(np.asarray(nlls), gs, gtol)
         u_best = u[best]
         if model in _RELABEL and not fixed:
             p = spec["to_params"](u_best)

@@ -49,6 +49,7 @@ def test_a_named_sweep_writes_one_table_and_a_report_and_resumes(tmp_path):
     assert (sweep / "report.html").stat().st_size > 10_000
     log = (sweep / "progress.log").read_text()
     assert "4/4 points done" in log and "sweep finished" in log
+    assert log.count("report: ") == 1, log  # once, when the last point has run
     records = {p: (sweep / p / ".done.json").stat().st_mtime_ns for p in names}
 
     again = _run(*args)  # the same command: every point is found done
@@ -56,6 +57,7 @@ def test_a_named_sweep_writes_one_table_and_a_report_and_resumes(tmp_path):
     assert (again.stdout + again.stderr).count("already done for this config") == 4, again.stdout[-3000:]
     assert {p: (sweep / p / ".done.json").stat().st_mtime_ns for p in names} == records
     assert set(pd.read_parquet(sweep / "sweep.parquet")["status"]) == {"skipped"}
+    assert (sweep / "progress.log").read_text().count("report: ") == 2  # the resumed sweep's, once, at its end
 
     page = (sweep / "report.html").read_text()
     n_img = len(re.findall(r'<img [^>]*src="data:image/png;base64,', page))
