@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lab import harness
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_module
 
 TINY = ["coin.n_players=200", "coin.n_rounds=5", "market.n_paths=256", "market.years=0.1", "engine.block_size=128",
         "engine.n_snapshots=2"]
@@ -39,7 +39,7 @@ def test_unknown_keys_in_nested_nodes_and_at_the_root():
     ("experiments.time_vs_ensemble", "++market.bogus=1", "market.bogus"),
 ])
 def test_an_added_unknown_key_fails_in_one_line_before_any_work(tmp_path, module, override, path):
-    out = _run(module, override, f"hydra.run.dir={tmp_path}")
+    out = run_module(module, [override, f"hydra.run.dir={tmp_path}"])
     assert out.returncode == 2, out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and repr(path) in lines[0] and "allowed under" in lines[0], out.stderr
@@ -50,7 +50,7 @@ def test_an_added_unknown_key_fails_in_one_line_before_any_work(tmp_path, module
 
 
 def test_a_bad_value_fails_in_one_line(tmp_path):
-    out = _run("experiments.time_vs_ensemble", "market.floor=1.5", f"hydra.run.dir={tmp_path}")
+    out = run_module("experiments.time_vs_ensemble", ["market.floor=1.5", f"hydra.run.dir={tmp_path}"])
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "floor = 1.5 is out of range; allowed: finite values in [0, 1)" in lines[0], out.stderr
@@ -85,10 +85,11 @@ def test_a_second_run_into_a_directory_in_use_refuses_to_start(tmp_path):
     from lab.harness import claim_run_dir
 
     claim = claim_run_dir(tmp_path)
-    second = _run("experiments.time_vs_ensemble", *TINY, f"hydra.run.dir={tmp_path}")
+    # in this process: the claim's holder is alive whichever process it is, as for another run
+    second = run_module("experiments.time_vs_ensemble", [*TINY, f"hydra.run.dir={tmp_path}"])
     assert second.returncode == 2 and "is in use by process" in second.stderr, second.stderr[-2000:]
     assert not (tmp_path / "summary.json").exists()
     claim.unlink()
-    third = _run("experiments.time_vs_ensemble", *TINY, f"hydra.run.dir={tmp_path}")
+    third = run_module("experiments.time_vs_ensemble", [*TINY, f"hydra.run.dir={tmp_path}"])
     assert third.returncode == 0, third.stderr[-2000:]
     assert not (tmp_path / ".running.json").exists()  # released at the end
