@@ -124,7 +124,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     spy = float(cfg.steps_per_year)
     detector, protocol = check(cfg)
-    out = OutputWriter(out_dir)
+    out = OutputWriter(out_dir, plots=cfg.plots)
 
     frame = run_real(cfg, detector, protocol)
     windows = OmegaConf.to_container(cfg.real.crashes, resolve=True)
@@ -137,7 +137,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
                                "state", "action"]))  # vix is an input and a signal: once
     out.table("real_signals.csv", frame[cols].reset_index(names="date"))
     for name, (a, b) in OmegaConf.to_container(cfg.real.zooms, resolve=True).items():
-        out.figure(f"real_{name}.png", plots.crash_zoom(frame, a, b, f"S&P 500 {name}: signals and protocol states"))
+        out.figure(f"real_{name}.png", lambda: plots.crash_zoom(frame, a, b, f"S&P 500 {name}: signals and protocol states"))
     log.info("real S&P 500 stages:\n%s", stages[["window", "event", "date", "days_from_trough"]].to_string())
 
     policies, signals = run_mc(cfg, detector, protocol, spy)
@@ -147,7 +147,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     says = hedge.protocol_verdicts(policies)
     for line in says:
         log.info(line)
-    out.figure("mc_policies.png", plots.policy_pnl(policies))
+    out.figure("mc_policies.png", lambda: plots.policy_pnl(policies))
     summary = {
         "experiment": "crash_protocol",
         "seed": cfg.seed,

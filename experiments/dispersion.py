@@ -139,13 +139,13 @@ def run_trades(cfg, scenarios: dict) -> pd.DataFrame:
 def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     scenarios = check(cfg)
-    out = OutputWriter(out_dir)
+    out = OutputWriter(out_dir, plots=cfg.plots)
 
     prices = load_sp500_constituents()
     rc = dsp.rolling_correlation(prices, window=int(cfg.real.window))
     out.table("realized_corr.csv", rc.reset_index(names="date"))
     zooms = OmegaConf.to_container(cfg.real.zooms, resolve=True)
-    out.figure("realized_corr.png", plots.realized_correlation(rc, zooms))
+    out.figure("realized_corr.png", lambda: plots.realized_correlation(rc, zooms))
     peaks = dsp.correlation_peaks(rc, zooms)
     real = {"first": str(rc.index[0].date()), "last": str(rc.index[-1].date()), "window": int(cfg.real.window),
             "median": float(rc["implied_style"].median()), "peaks": peaks,
@@ -167,13 +167,13 @@ def run(cfg: DictConfig, out_dir) -> dict:
         out.table(f"attribution_{name}.csv", table.reset_index())
         title = (f"dispersion book on one simulated path ({name}, lane {int(table['lane'].iloc[0])}): "
                  f"short index vs long constituent straddles, {cfg.trade.sizing}-neutral")
-        out.figure(f"attribution_{name}.png", plots.attribution(table, title))
+        out.figure(f"attribution_{name}.png", lambda: plots.attribution(table, title))
         attribution[name] = dsp.attribution_totals(table)
 
     means, points = run_spread(cfg)
     out.table("spread_means.csv", means)
     out.table("pnl_vs_spread.csv", points)
-    out.figure("pnl_vs_spread.png", plots.pnl_vs_spread(points, means, 8000, int(cfg.seed)))
+    out.figure("pnl_vs_spread.png", lambda: plots.pnl_vs_spread(points, means, 8000, int(cfg.seed)))
 
     trades = run_trades(cfg, scenarios)
     out.table("trades.csv", trades)

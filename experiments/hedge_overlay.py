@@ -82,7 +82,7 @@ def _models_part(cfg, out, spy):
         mdd[model] = {name: -np.expm1(-res.stats.max_drawdown_log.astype(np.float64)) for name, res in results.items()}
     table = pd.DataFrame(rows)
     out.table("models.csv", table)
-    out.figure("max_drawdown.png", plots.drawdown_histograms(mdd, sim_cfg.years))
+    out.figure("max_drawdown.png", lambda: plots.drawdown_histograms(mdd, sim_cfg.years))
     return table
 
 
@@ -118,10 +118,10 @@ def _real_part(cfg, out, spy):
     table["es99_annual_change"] = table.es99_annual - base.es99_annual
     out.table("real.csv", table)
     out.table("real_paths.csv", pd.DataFrame({"date": dates, **navs}))
-    out.figure("real_equity.png", plots.nav_and_drawdown(navs, dates, dates[0], dates[-1],
+    out.figure("real_equity.png", lambda: plots.nav_and_drawdown(navs, dates, dates[0], dates[-1],
                                                          "S&P 500 price index: with and without the put program"))
     for tag, (lo, hi) in r_cfg.zooms.items():
-        out.figure(f"real_zoom_{tag}.png", plots.nav_and_drawdown(navs, dates, lo, hi, f"S&P 500 {lo} .. {hi}"))
+        out.figure(f"real_zoom_{tag}.png", lambda: plots.nav_and_drawdown(navs, dates, lo, hi, f"S&P 500 {lo} .. {hi}"))
     covered = int(np.isfinite(implied).sum()) if implied is not None else 0
     return table, {"days": n_steps, "first": str(dates[0].date()), "last": str(dates[-1].date()),
                    "days_priced_from_vix": covered, "long_run_vol": long_run}
@@ -225,7 +225,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     check(cfg)
     spy = float(cfg.steps_per_year)
-    out = OutputWriter(out_dir)
+    out = OutputWriter(out_dir, plots=cfg.plots)
     event = _event_part(cfg, spy)
     log.info("event: a %.0f%% day pays the hedge %.2f%% of NAV, %.2fx the %g years of premium", 100 * event["drop"],
              100 * event["hedge_gain_fraction_of_nav"], event["payoff_over_premium"], event["premium_years"])

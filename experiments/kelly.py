@@ -94,7 +94,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     spy = float(cfg.steps_per_year)
     true, n_datasets, fit_part, test_part = _check_and_load(cfg, spy)
-    out = OutputWriter(out_dir)
+    out = OutputWriter(out_dir, plots=cfg.plots)
 
     # (a) synthetic: one observed sample, fitted, policies, evaluated on the truth.
     n_obs = round(cfg.synthetic.sample_years * spy)
@@ -126,10 +126,10 @@ def run(cfg: DictConfig, out_dir) -> dict:
     out.table("growth_curve.csv", curve)
     out.table("shrinkage.csv", shrink)
 
-    out.figure("growth_curve.png", plots.kelly_growth_curves(curve, {k: v["fractions"] for k, v in parts.items()}))
-    out.figure("terminal_wealth.png", plots.terminal_wealth({k: v["wealth"] for k, v in parts.items()},
+    out.figure("growth_curve.png", lambda: plots.kelly_growth_curves(curve, {k: v["fractions"] for k, v in parts.items()}))
+    out.figure("terminal_wealth.png", lambda: plots.terminal_wealth({k: v["wealth"] for k, v in parts.items()},
                                                             cfg.evaluation.years))
-    out.figure("shrinkage.png", plots.shrinkage(shrink, tau, spy, base.mu, base.sigma))
+    out.figure("shrinkage.png", lambda: plots.shrinkage(shrink, tau, spy, base.mu, base.sigma))
 
     summary = {
         "experiment": "kelly",

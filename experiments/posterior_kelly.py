@@ -199,7 +199,7 @@ def _growth_curve(part: str, entries: dict, preferred: str, evaluation, fraction
 def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     parts = check(cfg)
-    out = OutputWriter(out_dir)
+    out = OutputWriter(out_dir, plots=cfg.plots)
     fits, comparisons, policies, curves, draws, nuts_tables, summary_parts, marks = [], [], [], [], [], [], {}, {}
     for part, (returns, evaluation) in parts.items():
         fitted = _posteriors(part, returns, cfg)
@@ -237,10 +237,10 @@ def run(cfg: DictConfig, out_dir) -> dict:
     out.table("growth_curve.csv", curve)
     if nuts_tables:
         out.table("posterior.csv", pd.concat(nuts_tables, ignore_index=True))
-    out.figure("growth_curve.png", plots.kelly_growth_curves(curve, {p: {f"{m} plug-in": f for m, f in v.items()}
+    out.figure("growth_curve.png", lambda: plots.kelly_growth_curves(curve, {p: {f"{m} plug-in": f for m, f in v.items()}
                                                                     for p, v in marks.items()}))
     if draws:
-        out.figure("posterior.png", plots.posterior_panels(pd.concat(draws, ignore_index=True), marks))
+        out.figure("posterior.png", lambda: plots.posterior_panels(pd.concat(draws, ignore_index=True), marks))
     summary = {"experiment": "posterior_kelly", "seed": cfg.seed, "models": list(cfg.models), **summary_parts}
     out.finish(summary, t_start)
     log.info("preferred: %s", {p: v["preferred_model"] for p, v in summary_parts.items()})

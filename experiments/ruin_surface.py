@@ -81,7 +81,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
         progress=lambda i: log.info("chunk %d/%d: %d of %d paths, %.1fs, ETA %.1fs", i["chunk"], i["n_chunks"],
                                     i["paths_done"], i["n_paths"], i["elapsed_s"], i["eta_s"]),
     )
-    out = OutputWriter(out_dir)
+    out = OutputWriter(out_dir, plots=cfg.plots)
     table = res.table()
     table.insert(1, "kelly_multiple", np.tile(multiples, len(values)))
     out.table("surface.csv", table)
@@ -99,7 +99,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
              [0.05, 0.1, 0.25, 0.5, 0.75, 0.95], "magma_r"),
             ("median_growth.png", res.median_growth, "median time-average growth / yr",
              [-0.2, -0.1, -0.05, 0.0, 0.05, 0.1], "RdYlGn")):
-        out.figure(name, plots.surface_heatmap(res, grid, multiples, title, levels, cmap, c_opt,
+        out.figure(name, lambda: plots.surface_heatmap(res, grid, multiples, title, levels, cmap, c_opt,
                                                center=0.0 if cmap == "RdYlGn" else None))
 
     summary = {

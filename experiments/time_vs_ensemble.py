@@ -58,7 +58,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     coin, n_players, n_rounds, steps_per_year, n_steps, n_paths, process, policy, n_snap, engine = check(cfg)
     m = cfg.market
-    out = OutputWriter(out_dir)
+    out = OutputWriter(out_dir, plots=cfg.plots)
 
     # Part 1: the coin game (one round is one time unit), against its exact laws.
     log.info("coin game: %d players x %d rounds", n_players, n_rounds)
@@ -89,12 +89,12 @@ def run(cfg: DictConfig, out_dir) -> dict:
                      ignore_index=True)
     out.table("growth_histogram.csv", hist)
 
-    out.figure("coin_fan.png", plots.wealth_fan(
+    out.figure("coin_fan.png", lambda: plots.wealth_fan(
         coin_fan, coin_res.recorded, 1.0, f"Coin game: {n_players} players, +{cfg.coin.up:.0%}/{cfg.coin.down:.0%}",
         "round", exact_mean=coin_fan["expected_wealth_exact"]))
-    out.figure("market_fan.png", plots.wealth_fan(mkt_fan, mkt.recorded, steps_per_year,
+    out.figure("market_fan.png", lambda: plots.wealth_fan(mkt_fan, mkt.recorded, steps_per_year,
                                                   f"{type(process).__name__}: {n_paths} paths", "years"))
-    out.figure("growth_histogram.png", plots.growth_histograms(hist, (
+    out.figure("growth_histogram.png", lambda: plots.growth_histograms(hist, (
         (coin_summary["simulated"]["time_avg_growth_per_round"], exact["ensemble_growth_per_round"], "per round"),
         (market_summary["time_avg_growth"], market_summary["ensemble_growth"], "per year"))))
 

@@ -82,10 +82,15 @@ def atomic_write(final: pathlib.Path, write) -> pathlib.Path:
 class OutputWriter:
     """Atomic writes into one run directory."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, *, plots: bool = True):
+        if not isinstance(plots, bool):
+            from sim.validation import ParameterError
+
+            raise ParameterError(f"plots = {plots!r}; allowed: true or false")
         self.dir = pathlib.Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.written: list[str] = []
+        self.plots = plots
 
     def _atomic(self, name: str, write) -> pathlib.Path:
         final = atomic_write(self.dir / name, write)
@@ -108,9 +113,18 @@ class OutputWriter:
         log.info("wrote %s into %s in %.1fs", ", ".join(self.written), self.dir, summary["run"]["wall_seconds"])
         return summary
 
-    def figure(self, name: str, fig) -> pathlib.Path:
+    def figure(self, name: str, fig) -> pathlib.Path | None:
+        """Save ``fig`` (a figure, or a function that draws it) as PNG ``name``; with
+        ``plots=False`` nothing is drawn or written (None): tables and the summary only."""
+        if not self.plots:
+            if not callable(fig):
+                import matplotlib.pyplot as plt
+
+                plt.close(fig)
+            return None
         import matplotlib.pyplot as plt
 
+        fig = fig() if callable(fig) else fig
         path = self._atomic(name, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
         plt.close(fig)
         return path

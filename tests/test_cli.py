@@ -14,7 +14,7 @@ from lab import harness
 from tests.conftest import ROOT, run_module
 
 TINY = ["coin.n_players=200", "coin.n_rounds=5", "market.n_paths=256", "market.years=0.1", "engine.block_size=128",
-        "engine.n_snapshots=2"]
+        "engine.n_snapshots=2", "plots=false"]
 
 
 def _run(module, *overrides, wait=True):
@@ -54,6 +54,9 @@ def test_a_bad_value_fails_in_one_line(tmp_path):
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "floor = 1.5 is out of range; allowed: finite values in [0, 1)" in lines[0], out.stderr
+    out = run_module("experiments.time_vs_ensemble", ["plots=sometimes", f"hydra.run.dir={tmp_path}"])
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(lines) == 1 and "plots = 'sometimes'; allowed: true or false" in lines[0], out.stderr
 
 
 def test_claim_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):

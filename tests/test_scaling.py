@@ -70,7 +70,8 @@ def test_two_process_jax_distributed_run_equals_one_process(tmp_path):
 
 # --------------------------------------------------------------------------- sweeps and reproduction
 
-TINY = ["coin.n_rounds=20", "market.n_paths=2000", "market.years=1", "engine.block_size=1024"]
+TINY = ["coin.n_rounds=20", "market.n_paths=2000", "market.years=1", "engine.block_size=1024",
+        "plots=false"]  # the tables are what these tests compare; figures are tested with each experiment
 POINTS = "coin.n_players=2000,2100,2200"
 OUT = ["coin_fan.csv", "market_fan.csv", "growth_histogram.csv"]
 
