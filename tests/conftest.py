@@ -40,6 +40,8 @@ def _session_compilation_cache() -> None:
         except OSError:  # no writable cache directory: a session's own
             where = tempfile.mkdtemp(prefix="ftl-test-jax-cache-")
             _CREATED.append(where)
+    if "FTL_TEST_JAX_CACHE_DIR" not in os.environ:  # the session's first process
+        repair_compilation_cache(where)
     os.environ["FTL_TEST_JAX_CACHE_DIR"] = where
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", where)
     try:  # JAX evicts under a file lock (filelock, in the test extra); without it, unbounded
@@ -52,6 +54,35 @@ def _session_compilation_cache() -> None:
     # test_options, test_kelly, test_hedge, test_regime warm: 75 s at 0 against 99 s at 0.2 s)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("FTL_JAX_CACHE", where)  # the experiments' own setting (lab.harness)
+
+
+def repair_compilation_cache(where=None) -> int:
+    """Remove the entries of a size-bounded JAX compilation cache that lack their access-time
+    file (and access-time files without an entry); returns how many. JAX writes an entry, then
+    its ``-atime`` file; a process killed between the two (the kill-and-resume test's SIGKILL)
+    leaves an entry that every later write trips on (``FileNotFoundError`` while it looks for
+    the entries to evict), so the cache silently stops taking new entries, in this session and
+    every later one. Done under JAX's own lock of the directory."""
+    where = pathlib.Path(where or os.environ.get("FTL_TEST_JAX_CACHE_DIR", ""))
+    if not where.is_dir():
+        return 0
+    try:
+        import filelock
+
+        lock = filelock.FileLock(str(where / ".lockfile"), timeout=30)
+    except ImportError:
+        import contextlib
+
+        lock = contextlib.nullcontext()
+    removed = 0
+    with lock:
+        names = {p.name for p in where.iterdir()}
+        for name in names:
+            for mine, other in (("-cache", "-atime"), ("-atime", "-cache")):
+                if name.endswith(mine) and name.removesuffix(mine) + other not in names:
+                    (where / name).unlink(missing_ok=True)
+                    removed += 1
+    return removed
 
 
 def pytest_unconfigure(config):

@@ -84,7 +84,8 @@ def _user_setup(tmp_path):
 def test_a_new_return_model_runs_through_the_ruin_surface(tmp_path):
     search, env = _user_setup(tmp_path)
     tiny = ["process=laplace", "surface.axis=sigma", "surface.values=[0.15,0.3]", "surface.n_paths=2048",
-            "surface.years=1", "engine.block_size=1024", "surface.multiples.num=4", "surface.multiples.stop=1.0"]
+            "surface.years=1", "engine.block_size=1024", "surface.multiples.num=4", "surface.multiples.stop=1.0",
+            "plots=false"]
     summary = run_single("experiments.ruin_surface", [*search, *tiny], tmp_path / "run",
                          ["surface.csv", "growth_optimal.csv", "summary.json"], env)
     assert summary["process"] == "Laplace"
@@ -102,7 +103,8 @@ def test_a_new_monetization_policy_runs_through_the_hedge_overlay(tmp_path):
     search, env = _user_setup(tmp_path)
     tiny = ["~process@models.merton", "~process@models.garch_t", "~monetize@monetize.profit_take",
             "~monetize@monetize.price_level", "~monetize@monetize.regime_oracle", "+monetize@monetize.sell_at_3x=sell_at_3x",
-            "simulation.n_paths=256", "simulation.years=2", "simulation.block_size=256", "optimize.enabled=false"]
+            "simulation.n_paths=256", "simulation.years=2", "simulation.block_size=256", "optimize.enabled=false",
+            "plots=false"]
     run_single("experiments.hedge_overlay", [*search, *tiny], tmp_path / "run", ["models.csv", "real.csv", "summary.json"],
                env)
     models = pd.read_csv(tmp_path / "run" / "models.csv")

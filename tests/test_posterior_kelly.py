@@ -11,7 +11,9 @@ from sim import engine, fit, kelly
 from sim.processes import Gaussian, PosteriorDraws
 from tests.conftest import ROOT, run_module
 
-TINY = ["models=[gaussian,student_t]", "posterior.nuts_models=[gaussian]",  # NUTS of the t: tests/test_fit.py "posterior.num_warmup=100",
+# NUTS on the Gaussian only (the Student-t's: tests/test_fit.py)
+TINY = ["models=[gaussian,student_t]", "posterior.nuts_models=[gaussian]", "posterior.num_warmup=100",
+        "posterior.num_chains=2",
         "posterior.num_samples=100", "optimizer.n_paths=512", "evaluation.n_paths=512", "evaluation.years=2",
         "posterior.laplace_draws=500", "synthetic.process._target_=sim.processes.StudentT",
         "~synthetic.process.alpha", "~synthetic.process.beta", "synthetic.sample_years=10",
@@ -153,7 +155,7 @@ def test_posterior_kelly_runs_the_mixture_models_end_to_end(tmp_path):
             "evaluation.n_paths=512", "evaluation.years=2", "posterior.laplace_draws=500",
             "synthetic.process._target_=sim.processes.Merton", "~synthetic.process.alpha", "~synthetic.process.beta",
             "~synthetic.process.nu", "synthetic.sample_years=2", "sp500.start=2008-01-01",
-            "sp500.fit_end=2009-12-31"]  # both ~504 days: one compiled likelihood per model
+            "sp500.fit_end=2009-12-31", "plots=false"]  # both ~504 days: one compiled likelihood per model
     out = run_module("experiments.posterior_kelly", [f"hydra.run.dir={tmp_path}", *args])
     assert out.returncode == 0, out.stderr[-3000:]
     pol = pd.read_csv(tmp_path / "policies.csv")
