@@ -119,7 +119,7 @@ def _real_part(cfg, out, spy):
     out.table("real.csv", table)
     out.table("real_paths.csv", pd.DataFrame({"date": dates, **navs}))
     out.figure("real_equity.png", lambda: plots.nav_and_drawdown(navs, dates, dates[0], dates[-1],
-                                                         "S&P 500 price index: with and without the put program"))
+                                                                 "S&P 500 price index: with and without the put program"))
     for tag, (lo, hi) in r_cfg.zooms.items():
         out.figure(f"real_zoom_{tag}.png", lambda: plots.nav_and_drawdown(navs, dates, lo, hi, f"S&P 500 {lo} .. {hi}"))
     covered = int(np.isfinite(implied).sum()) if implied is not None else 0

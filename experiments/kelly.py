@@ -128,7 +128,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
 
     out.figure("growth_curve.png", lambda: plots.kelly_growth_curves(curve, {k: v["fractions"] for k, v in parts.items()}))
     out.figure("terminal_wealth.png", lambda: plots.terminal_wealth({k: v["wealth"] for k, v in parts.items()},
-                                                            cfg.evaluation.years))
+                                                                    cfg.evaluation.years))
     out.figure("shrinkage.png", lambda: plots.shrinkage(shrink, tau, spy, base.mu, base.sigma))
 
     summary = {

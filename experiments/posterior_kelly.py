@@ -238,7 +238,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
     if nuts_tables:
         out.table("posterior.csv", pd.concat(nuts_tables, ignore_index=True))
     out.figure("growth_curve.png", lambda: plots.kelly_growth_curves(curve, {p: {f"{m} plug-in": f for m, f in v.items()}
-                                                                    for p, v in marks.items()}))
+                                                                            for p, v in marks.items()}))
     if draws:
         out.figure("posterior.png", lambda: plots.posterior_panels(pd.concat(draws, ignore_index=True), marks))
     summary = {"experiment": "posterior_kelly", "seed": cfg.seed, "models": list(cfg.models), **summary_parts}

@@ -100,7 +100,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
             ("median_growth.png", res.median_growth, "median time-average growth / yr",
              [-0.2, -0.1, -0.05, 0.0, 0.05, 0.1], "RdYlGn")):
         out.figure(name, lambda: plots.surface_heatmap(res, grid, multiples, title, levels, cmap, c_opt,
-                                               center=0.0 if cmap == "RdYlGn" else None))
+                                                       center=0.0 if cmap == "RdYlGn" else None))
 
     summary = {
         "experiment": "ruin_surface",

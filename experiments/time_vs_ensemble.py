@@ -93,7 +93,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
         coin_fan, coin_res.recorded, 1.0, f"Coin game: {n_players} players, +{cfg.coin.up:.0%}/{cfg.coin.down:.0%}",
         "round", exact_mean=coin_fan["expected_wealth_exact"]))
     out.figure("market_fan.png", lambda: plots.wealth_fan(mkt_fan, mkt.recorded, steps_per_year,
-                                                  f"{type(process).__name__}: {n_paths} paths", "years"))
+                                                          f"{type(process).__name__}: {n_paths} paths", "years"))
     out.figure("growth_histogram.png", lambda: plots.growth_histograms(hist, (
         (coin_summary["simulated"]["time_avg_growth_per_round"], exact["ensemble_growth_per_round"], "per round"),
         (market_summary["time_avg_growth"], market_summary["ensemble_growth"], "per year"))))

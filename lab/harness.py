@@ -261,7 +261,8 @@ def _is_number(x) -> bool:
 
 def wrong_types(cfg, reference, prefix: str = "") -> list[str]:
     """Messages for the values of ``cfg`` that are text where ``reference`` (the experiment's
-    YAML) holds a number (``surface.floor=abc``), including inside option nodes."""
+    YAML) holds a number (``surface.floor=abc``), or not true/false where it holds a boolean
+    (``plots=sometimes``), including inside option nodes."""
     out = []
     if not (OmegaConf.is_dict(cfg) and OmegaConf.is_dict(reference)):
         return out
@@ -282,6 +283,8 @@ def wrong_types(cfg, reference, prefix: str = "") -> list[str]:
                 float(value)
             except ValueError:
                 out.append(f"{path} = {value!r} is not a number (its default is {default!r})")
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            out.append(f"{path} = {value!r}; allowed: true or false")
     return out
 
 

@@ -54,9 +54,12 @@ def test_a_bad_value_fails_in_one_line(tmp_path):
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "floor = 1.5 is out of range; allowed: finite values in [0, 1)" in lines[0], out.stderr
-    out = run_module("experiments.time_vs_ensemble", ["plots=sometimes", f"hydra.run.dir={tmp_path}"])
+    # a boolean key, checked with the config before any work (the ruin surface writes its
+    # outputs only after simulating)
+    out = run_module("experiments.ruin_surface", ["plots=sometimes", f"hydra.run.dir={tmp_path / 'b'}"])
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode == 2 and len(lines) == 1 and "plots = 'sometimes'; allowed: true or false" in lines[0], out.stderr
+    assert not (tmp_path / "b" / "surface.csv").exists()
 
 
 def test_claim_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):

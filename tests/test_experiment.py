@@ -21,10 +21,10 @@ def test_every_process_config_composes_and_runs(tmp_path):
     for name in sorted(os.listdir(os.path.join(CONF, "process"))):
         name = name.removesuffix(".yaml")
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("time_vs_ensemble", overrides=[*TINY, f"process={name}", "plots=false"])
+            cfg = compose("time_vs_ensemble", overrides=[*TINY, f"process={name}"])
         summary = run(cfg, tmp_path / name)
-        for f in FILES:  # plots=false: the tables and summary, no figure (figures: the tests below)
-            assert (tmp_path / name / f).exists() == (not f.endswith(".png")), (name, f)
+        for f in FILES:
+            assert (tmp_path / name / f).stat().st_size > 0, (name, f)
         assert summary["market"]["n_paths"] == 2000
 
 
