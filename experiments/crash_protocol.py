@@ -85,17 +85,19 @@ def run_mc(cfg, detector, protocol, spy: float):
     rng = np.random.default_rng(cfg.seed)
     pol_rows, sig_rows = [], []
     p = build_portfolio(cfg)
+    runs = {}  # (model, policy) -> (process, overlay): all of them through one engine call
     for model, node in cfg.models.items():
         base = build_process(node, steps_per_year=spy)
         process = build_market(cfg, base)
         vm = build_vol_model(cfg, math.sqrt(base.annual_moments()[1]))
         overlay = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, floor=p.floor,
                                      program=build_program(cfg), vol_model=vm)
-        results = {}
         for name, mon in _policies(cfg, process).items():
-            t0 = time.perf_counter()
-            results[name] = engine.simulate(process, policy=dataclasses.replace(overlay, monetize=mon), **kw)
-            log.info("%s / %s: %d paths x %d steps in %.1fs", model, name, n_paths, n_steps, time.perf_counter() - t0)
+            runs[model, name] = (process, dataclasses.replace(overlay, monetize=mon))
+    done = engine.simulate_each(runs, **kw, done=lambda key, res: log.info(
+        "%s / %s: %d paths x %d steps in %.1fs", *key, n_paths, n_steps, res.wall_seconds))
+    for model in cfg.models:
+        results = {name: res for (m, name), res in done.items() if m == model}
         pol_rows += hedge.policy_comparison(model, results, years, rng, n_boot)
         if "protocol" in results and "episodes" in results["protocol"].extras:
             sig_rows += [{"model": model, **row} for row in regime.signal_lead_lag(results["protocol"].extras, spy)]

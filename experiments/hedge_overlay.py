@@ -66,15 +66,15 @@ def _models_part(cfg, out, spy):
     n_steps = check_int("simulation.years x steps_per_year", round(sim_cfg.years * spy), round(spy))
     kw = dict(seed=cfg.seed, n_paths=n_paths, n_steps=n_steps, steps_per_year=spy,
               block_size=min(sim_cfg.block_size, n_paths), snapshot_every=round(spy), progress=lambda info: None)
-    rows, mdd = [], {}
-    for model, node in cfg.models.items():
+    rows, mdd, runs = [], {}, {}
+    for model, node in cfg.models.items():  # (model, strategy) -> (process, policy): one engine call for all
         process = build_process(node, steps_per_year=spy)
         vm = build_vol_model(cfg, math.sqrt(process.annual_moments()[1]))
-        results = {}
-        for name, policy in _overlays(cfg, process, vm).items():
-            t0 = time.perf_counter()
-            results[name] = engine.simulate(process, policy=policy, **kw)
-            log.info("%s / %s: %d paths x %d steps in %.1fs", model, name, n_paths, n_steps, time.perf_counter() - t0)
+        runs.update({(model, name): (process, policy) for name, policy in _overlays(cfg, process, vm).items()})
+    done = engine.simulate_each(runs, **kw, done=lambda key, res: log.info(
+        "%s / %s: %d paths x %d steps in %.1fs", *key, n_paths, n_steps, res.wall_seconds))
+    for model in cfg.models:
+        results = {name: res for (m, name), res in done.items() if m == model}
         base = results["unhedged"]
         for name, res in results.items():
             rows.append({"model": model, "strategy": name,

@@ -135,3 +135,27 @@ def test_simulate_fractions_equals_one_run_per_fraction():
                 assert a.shape == (1500,) and np.array_equal(a, b, equal_nan=True), (type(process).__name__, f, name)
         ruined = many[2].stats.ruin_step != -1  # 2.5x levered with a 10% floor: some paths ruined (NEVER = -1)
         assert ruined.any() and not ruined.all()
+
+
+def test_simulate_each_gives_each_run_its_own_simulate_result_in_threads_or_not():
+    """Runs at once in threads (the default on a one-process CPU run) or one after another:
+    each result equals its own ``simulate`` call bit for bit; ``done`` comes in the order of the
+    runs; a bad run is named before any run starts; a failing run's error is raised."""
+    from sim.engine import simulate_each
+    from sim.validation import ParameterError
+
+    runs = {"t": (StudentT(0.05, 0.3, 3.0), ConstantMix(1.5, 0.02)), "g": (GarchT(), ConstantMix(0.5)),
+            "r": (RegimeSwitching(), ConstantMix(1.0, floor=0.5))}
+    kw = dict(seed=4, n_paths=700, n_steps=40, block_size=256, snapshot_every=10, record_paths=2)
+    alone = {k: simulate(p, policy=pol, **kw) for k, (p, pol) in runs.items()}
+    for threads in (None, 1, 3):
+        order = []
+        got = simulate_each(runs, threads=threads, done=lambda k, r: order.append(k), **kw)
+        assert order == list(runs) and list(got) == list(runs)
+        for k in runs:
+            assert_same(got[k], alone[k])
+    bad = dict(runs, x=(StudentT(0.05, 0.3, 3.0), ConstantMix(float("nan"))))
+    with pytest.raises(ParameterError, match=r"^x: .*fraction"):
+        simulate_each(bad, done=lambda k, r: pytest.fail("a run started before the check"), **kw)
+    with pytest.raises(ParameterError, match="threads"):
+        simulate_each(runs, threads=0, **kw)
