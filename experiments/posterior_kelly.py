@@ -25,16 +25,18 @@ With NUTS on, the default run takes a few minutes on a 2-core CPU (NUTS is most 
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 
 import hydra
+import jax
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from lab.harness import OutputWriter, build_process, hydra_main
-from sim import engine, fit, kelly, plots, stats
+from sim import backend, engine, fit, kelly, plots, stats
 from sim.data import load_sp500_index, simple_returns
 from sim.processes import BlockBootstrap
 from sim.validation import ParameterError, check_int, check_range
@@ -196,40 +198,58 @@ def _growth_curve(part: str, entries: dict, preferred: str, evaluation, fraction
     return out
 
 
+def _part(part, returns, evaluation, cfg) -> dict:
+    """One sample's fits, posteriors, sizing and evaluation: its rows of every table and its
+    part of the summary."""
+    fitted = _posteriors(part, returns, cfg)
+    comparison = fit.compare({m: e["fit"] for m, e in fitted.items()})
+    entries, not_sized = _runnable(part, fitted, float(cfg.steps_per_year))
+    preferred = next(m for m in comparison.model if m in entries)
+    table, wealth = _size_and_evaluate(part, entries, evaluation, cfg)
+    plug = table[table.policy == "plug_in"].set_index("model").fraction
+    years = float(cfg.evaluation.years)
+    summary = {
+        "n_obs": int(len(returns)), "preferred_model": comparison.model.iloc[0], "sized_model": preferred,
+        "not_sized": not_sized,  # fits the simulator cannot run (their fit_status says why)
+        "akaike_weights": dict(zip(comparison.model, comparison.akaike_weight.round(6))),
+        "against_plug_in": {m: _against_plug_in(table, wealth, m, years) for m in entries},
+        "plug_in_fraction_range_across_models": [float(plug.min()), float(plug.max())],
+        "growth_range_across_models_plug_in": [float(table[table.policy == "plug_in"].time_avg_growth.min()),
+                                               float(table[table.policy == "plug_in"].time_avg_growth.max())],
+        "fit_status": {m: e["fit"].status for m, e in fitted.items()},  # weakly identified, on a bound, ...
+        "not_converged": [f"{r.model}/{r.policy}" for r in table.itertuples() if not r.converged],
+        "pinned_by_worst_draw": [f"{r.model}/{r.policy}" for r in table.itertuples() if r.note],
+        "nuts_status": {m: e["nuts"].status for m, e in entries.items() if e["nuts"] is not None},
+    }
+    return dict(
+        fits=[e["fit"].table().assign(part=part) for e in fitted.values()],
+        nuts=[e["nuts"].table().assign(part=part) for e in entries.values() if e["nuts"] is not None],
+        draws=[_draw_rows(part, m, method, proc, float(cfg.risk_free))
+               for m, e in entries.items() for method, proc in e["processes"].items()],
+        comparison=comparison.assign(part=part), policies=table,
+        curve=_growth_curve(part, entries, preferred, evaluation, table.fraction, cfg),
+        marks=plug.to_dict(), summary=summary)
+
+
 def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     parts = check(cfg)
     out = OutputWriter(out_dir, plots=cfg.plots)
-    fits, comparisons, policies, curves, draws, nuts_tables, summary_parts, marks = [], [], [], [], [], [], {}, {}
-    for part, (returns, evaluation) in parts.items():
-        fitted = _posteriors(part, returns, cfg)
-        comparison = fit.compare({m: e["fit"] for m, e in fitted.items()})
-        entries, not_sized = _runnable(part, fitted, float(cfg.steps_per_year))
-        preferred = next(m for m in comparison.model if m in entries)
-        table, wealth = _size_and_evaluate(part, entries, evaluation, cfg)
-        fits += [e["fit"].table().assign(part=part) for e in fitted.values()]
-        nuts_tables += [e["nuts"].table().assign(part=part) for e in entries.values() if e["nuts"] is not None]
-        draws += [_draw_rows(part, m, method, proc, float(cfg.risk_free))
-                  for m, e in entries.items() for method, proc in e["processes"].items()]
-        comparisons.append(comparison.assign(part=part))
-        policies.append(table)
-        curves.append(_growth_curve(part, entries, preferred, evaluation, table.fraction, cfg))
-        plug = table[table.policy == "plug_in"].set_index("model").fraction
-        marks[part] = plug.to_dict()
-        years = float(cfg.evaluation.years)
-        summary_parts[part] = {
-            "n_obs": int(len(returns)), "preferred_model": comparison.model.iloc[0], "sized_model": preferred,
-            "not_sized": not_sized,  # fits the simulator cannot run (their fit_status says why)
-            "akaike_weights": dict(zip(comparison.model, comparison.akaike_weight.round(6))),
-            "against_plug_in": {m: _against_plug_in(table, wealth, m, years) for m in entries},
-            "plug_in_fraction_range_across_models": [float(plug.min()), float(plug.max())],
-            "growth_range_across_models_plug_in": [float(table[table.policy == "plug_in"].time_avg_growth.min()),
-                                                   float(table[table.policy == "plug_in"].time_avg_growth.max())],
-            "fit_status": {m: e["fit"].status for m, e in fitted.items()},  # weakly identified, on a bound, ...
-            "not_converged": [f"{r.model}/{r.policy}" for r in table.itertuples() if not r.converged],
-            "pinned_by_worst_draw": [f"{r.model}/{r.policy}" for r in table.itertuples() if r.note],
-            "nuts_status": {m: e["nuts"].status for m, e in entries.items() if e["nuts"] is not None},
-        }
+    # the two samples in threads on a one-process CPU run (one compiles while the other runs:
+    # backend.concurrent_runs); each part's numbers are its own, whichever ran beside it
+    threads = backend.concurrent_runs(jax.devices()[0].platform, jax.process_count())
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        futures = {part: pool.submit(_part, part, returns, evaluation, cfg)
+                   for part, (returns, evaluation) in parts.items()}
+        done = {part: f.result() for part, f in futures.items()}
+    fits = [t for d in done.values() for t in d["fits"]]
+    nuts_tables = [t for d in done.values() for t in d["nuts"]]
+    draws = [t for d in done.values() for t in d["draws"]]
+    comparisons = [d["comparison"] for d in done.values()]
+    policies = [d["policies"] for d in done.values()]
+    curves = [d["curve"] for d in done.values()]
+    marks = {part: d["marks"] for part, d in done.items()}
+    summary_parts = {part: d["summary"] for part, d in done.items()}
     out.table("fits.csv", pd.concat(fits, ignore_index=True))
     out.table("model_comparison.csv", pd.concat(comparisons, ignore_index=True))
     out.table("policies.csv", pd.concat(policies, ignore_index=True))

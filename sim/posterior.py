@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,7 @@ PRIORS = {
     "lam": ["lognormal", 0.0, 2.0], "jump_mean": ["normal", 0.0, 0.2], "jump_std": ["lognormal", math.log(0.05), 1.5],
     "rate_to_crash": ["lognormal", 0.0, 1.5], "rate_to_calm": ["lognormal", math.log(2.0), 1.5],
 }
+_NUMPYRO = threading.Lock()
 _KINDS = ("normal", "lognormal", "shifted_gamma", "flat")
 
 
@@ -179,7 +181,8 @@ def nuts(returns, model: str, *, priors: dict | None = None, num_warmup: int = 3
         init = u_hat + 0.01 * jax.random.normal(jax.random.fold_in(key, 1), (num_chains, u_hat.size), jnp.float64)
         mcmc = MCMC(NUTS(potential_fn=potential, dense_mass=True), num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, chain_method="vectorized", progress_bar=False)
-        mcmc.run(jax.random.key_data(jax.random.fold_in(key, 2)), init_params=init, extra_fields=("diverging",))
+        with _NUMPYRO:  # one MCMC run at a time: NumPyro keeps module-level state (its handler stack)
+            mcmc.run(jax.random.key_data(jax.random.fold_in(key, 2)), init_params=init, extra_fields=("diverging",))
         u = np.asarray(mcmc.get_samples(group_by_chain=True), np.float64)  # [chains, samples, dim]
         params = jax.vmap(jax.vmap(spec["to_params"]))(jnp.asarray(u))
         draws = {k: np.asarray(params[k], np.float64) for k in names}
