@@ -226,8 +226,8 @@ def _part(part, returns, evaluation, cfg) -> dict:
         nuts=[e["nuts"].table().assign(part=part) for e in entries.values() if e["nuts"] is not None],
         draws=[_draw_rows(part, m, method, proc, float(cfg.risk_free))
                for m, e in entries.items() for method, proc in e["processes"].items()],
-        comparison=comparison.assign(part=part), policies=table,
-        curve=_growth_curve(part, entries, preferred, evaluation, table.fraction, cfg),
+        comparison=[comparison.assign(part=part)], policies=[table],
+        curve=[_growth_curve(part, entries, preferred, evaluation, table.fraction, cfg)],
         marks=plug.to_dict(), summary=summary)
 
 
@@ -235,28 +235,17 @@ def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     parts = check(cfg)
     out = OutputWriter(out_dir, plots=cfg.plots)
-    # the two samples in threads on a one-process CPU run (one compiles while the other runs:
-    # backend.concurrent_runs); each part's numbers are its own, whichever ran beside it
-    threads = backend.concurrent_runs(jax.devices()[0].platform, jax.process_count())
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        futures = {part: pool.submit(_part, part, returns, evaluation, cfg)
-                   for part, (returns, evaluation) in parts.items()}
+    # the samples in threads on a one-process CPU run (backend.concurrent_runs): each one's numbers are its own
+    with concurrent.futures.ThreadPoolExecutor(backend.concurrent_runs(jax.devices()[0].platform, jax.process_count())) as pool:
+        futures = {part: pool.submit(_part, part, returns, evaluation, cfg) for part, (returns, evaluation) in parts.items()}
         done = {part: f.result() for part, f in futures.items()}
-    fits = [t for d in done.values() for t in d["fits"]]
-    nuts_tables = [t for d in done.values() for t in d["nuts"]]
-    draws = [t for d in done.values() for t in d["draws"]]
-    comparisons = [d["comparison"] for d in done.values()]
-    policies = [d["policies"] for d in done.values()]
-    curves = [d["curve"] for d in done.values()]
-    marks = {part: d["marks"] for part, d in done.items()}
-    summary_parts = {part: d["summary"] for part, d in done.items()}
-    out.table("fits.csv", pd.concat(fits, ignore_index=True))
-    out.table("model_comparison.csv", pd.concat(comparisons, ignore_index=True))
-    out.table("policies.csv", pd.concat(policies, ignore_index=True))
-    curve = pd.concat(curves, ignore_index=True)
-    out.table("growth_curve.csv", curve)
-    if nuts_tables:
-        out.table("posterior.csv", pd.concat(nuts_tables, ignore_index=True))
+    rows = {k: [t for d in done.values() for t in d[k]] for k in ("fits", "comparison", "policies", "curve", "nuts")}
+    for name, k in (("fits", "fits"), ("model_comparison", "comparison"), ("policies", "policies"),
+                    ("growth_curve", "curve"), ("posterior", "nuts")):  # posterior.csv: where NUTS ran
+        if rows[k]:
+            out.table(f"{name}.csv", pd.concat(rows[k], ignore_index=True))
+    curve, draws = pd.concat(rows["curve"], ignore_index=True), [t for d in done.values() for t in d["draws"]]
+    marks, summary_parts = {p: d["marks"] for p, d in done.items()}, {p: d["summary"] for p, d in done.items()}
     out.figure("growth_curve.png", lambda: plots.kelly_growth_curves(curve, {p: {f"{m} plug-in": f for m, f in v.items()}
                                                                             for p, v in marks.items()}))
     if draws:
