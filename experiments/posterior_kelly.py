@@ -25,18 +25,17 @@ With NUTS on, the default run takes a few minutes on a 2-core CPU (NUTS is most 
 
 from __future__ import annotations
 
-import concurrent.futures
+import functools
 import logging
 import time
 
 import hydra
-import jax
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from lab.harness import OutputWriter, build_process, hydra_main
-from sim import backend, engine, fit, kelly, plots, stats
+from sim import engine, fit, kelly, parallel, plots, stats
 from sim.data import load_sp500_index, simple_returns
 from sim.processes import BlockBootstrap
 from sim.validation import ParameterError, check_int, check_range
@@ -235,10 +234,9 @@ def run(cfg: DictConfig, out_dir) -> dict:
     t_start = time.perf_counter()
     parts = check(cfg)
     out = OutputWriter(out_dir, plots=cfg.plots)
-    # the samples in threads on a one-process CPU run (backend.concurrent_runs): each one's numbers are its own
-    with concurrent.futures.ThreadPoolExecutor(backend.concurrent_runs(jax.devices()[0].platform, jax.process_count())) as pool:
-        futures = {part: pool.submit(_part, part, returns, evaluation, cfg) for part, (returns, evaluation) in parts.items()}
-        done = {part: f.result() for part, f in futures.items()}
+    # the samples side by side on a one-process CPU run (parallel.concurrently): each one's numbers are its own
+    done = parallel.concurrently({part: functools.partial(_part, part, returns, evaluation, cfg)
+                                  for part, (returns, evaluation) in parts.items()})
     rows = {k: [t for d in done.values() for t in d[k]] for k in ("fits", "comparison", "policies", "curve", "nuts")}
     for name, k in (("fits", "fits"), ("model_comparison", "comparison"), ("policies", "policies"),
                     ("growth_curve", "curve"), ("posterior", "nuts")):  # posterior.csv: where NUTS ran

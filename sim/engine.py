@@ -38,11 +38,10 @@ For a model of several assets (``r`` of shape ``[n, d]``) ``f`` is a vector and 
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
+import inspect
 import logging
-import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -407,8 +406,7 @@ def _report(progress, i, plan, owned, n_paths, block_size, t0, pid, n_proc, n_st
     done = int(np.minimum(n_paths - np.flatnonzero(owned) * block_size, block_size).sum())
     info = dict(chunk=i + 1, n_chunks=len(plan.mine), paths_done=done, n_paths=n_paths, elapsed_s=elapsed,
                 eta_s=elapsed / (i + 1) * (len(plan.mine) - i - 1), process=pid)
-    if threading.current_thread() is threading.main_thread():  # runs in threads (simulate_each): their log lines
-        progress_bar(i + 1, len(plan.mine), elapsed, "chunks")
+    progress_bar(i + 1, len(plan.mine), elapsed, "chunks")
     if progress is not None:
         progress(info)
     elif plan.n_chunks > 1:
@@ -538,35 +536,25 @@ def simulate_each(runs: dict, *, threads: int | None = None, done: Callable | No
     """``{name: simulate(process, policy=policy, **kwargs)}`` for ``runs = {name: (process,
     policy)}``: each result is exactly what its own ``simulate`` call gives (the runs share
     nothing: the same seed gives the same draws to each, bit for bit, whatever ran beside it).
-    Every run is validated before any starts. ``threads`` runs at once (default
-    ``backend.concurrent_runs``: two on a one-process CPU run, so that XLA compiling one run's
-    program overlaps another's blocks; one after another otherwise); the terminal progress bar
-    is then left to the main thread. ``done(name, result)`` is called in the order of ``runs``.
-    The first error is raised once the runs started beside it have ended; later runs are not
-    started."""
+    Every run is validated before any starts; they then run through ``parallel.concurrently``
+    (``threads`` at once; by default two on a one-process CPU run, so that XLA compiling one
+    run's program overlaps another's blocks). ``done(name, result)`` in the order of ``runs``."""
+    from sim import parallel
+
+    signature = inspect.signature(simulate)
     for name, (process, policy) in runs.items():
+        call = signature.bind(process, policy=policy, **kwargs)  # simulate's own defaults; unknown keys fail here
+        call.apply_defaults()
+        a = call.arguments
         try:
-            _validate(process, policy, kwargs["n_paths"], kwargs["n_steps"], kwargs.get("steps_per_year", 252.0),
-                      kwargs.get("block_size", DEFAULT_BLOCK_SIZE), kwargs.get("chunk_paths"),
-                      kwargs.get("snapshot_every", 0), kwargs.get("record_paths", 0))
+            _validate(process, policy, a["n_paths"], a["n_steps"], a["steps_per_year"], a["block_size"],
+                      a["chunk_paths"], a["snapshot_every"], a["record_paths"])
         except ParameterError as e:
             raise ParameterError(f"{name}: {e}") from None
-    if threads is None:
-        threads = backend.concurrent_runs(_devices(kwargs.get("devices"))[0].platform, jax.process_count())
-    threads = check_int("threads", threads, 1)
-    out = {}
-    pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
-    try:
-        futures = {name: pool.submit(simulate, process, policy=policy, **kwargs) if pool else None
-                   for name, (process, policy) in runs.items()}
-        for name, (process, policy) in runs.items():
-            out[name] = futures[name].result() if pool else simulate(process, policy=policy, **kwargs)
-            if done is not None:
-                done(name, out[name])
-    finally:
-        if pool:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return out
+    calls = {name: functools.partial(simulate, process, policy=policy, **kwargs)
+             for name, (process, policy) in runs.items()}
+    return parallel.concurrently(calls, threads=threads, platform=_devices(kwargs.get("devices"))[0].platform,
+                                 done=done)
 
 
 def _fractions_block(key, block, n_valid, process, policies, saver, **kwargs):

@@ -133,11 +133,14 @@ class OutputWriter:
 def progress_bar(done: int, total: int, elapsed: float, unit: str, width: int = 30) -> None:
     """A one-line progress bar on the terminal (``done``/``total`` ``unit``, elapsed, ETA),
     redrawn in place; nothing when stderr is not a terminal (logs and pipes keep the log
-    lines only). The line ends when ``done == total``."""
+    lines only), and nothing from a thread other than the main one (runs side by side,
+    ``sim.parallel.concurrently``, would redraw one line in turn). The line ends when
+    ``done == total``."""
     import sys
+    import threading
 
     stream = sys.stderr
-    if total <= 1 or not getattr(stream, "isatty", lambda: False)():
+    if total <= 1 or not getattr(stream, "isatty", lambda: False)() or threading.current_thread() is not threading.main_thread():
         return
     frac = min(max(done / total, 0.0), 1.0)
     eta = elapsed / done * (total - done) if done else float("nan")

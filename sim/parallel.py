@@ -6,19 +6,24 @@ process_count == process_index`` on its own devices (sharded over them by the en
 and the per-path results are gathered to every process (``gather_paths``). Block ``b``'s draws
 depend only on ``(seed, block_size, b)``, so the results equal a single-process run's, bit for
 bit, whatever the number of processes or devices.
+
+``concurrently`` runs independent calls (simulations, a sample's whole study) two at a time in
+threads on a one-process CPU run, so that XLA compiling one overlaps another's computing.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
+from typing import Callable
 
 import jax
 import numpy as np
 
 from sim.validation import ParameterError, check_int
 
-__all__ = ["init_distributed", "gather_paths", "allgather_exact", "use_cpu_cores", "default_cpu_devices"]
+__all__ = ["init_distributed", "gather_paths", "allgather_exact", "use_cpu_cores", "default_cpu_devices", "concurrently"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,33 @@ def use_cpu_cores(n: int | None = None, *, quiet: bool = False) -> int:
             log.info("JAX was already initialized with %d CPU device(s); keeping them (asked for %d)", have, n)
         return have
     return n
+
+
+def concurrently(calls: dict, *, threads: int | None = None, platform: str | None = None,
+                 done: Callable | None = None) -> dict:
+    """``{name: call()}`` for ``calls = {name: call}`` (independent, argument-free callables),
+    ``threads`` at once (default ``backend.concurrent_runs``: two on a one-process CPU run,
+    one elsewhere; ``platform`` defaults to that of ``jax.devices()``), one after another in
+    this thread when one. Each result is its call's own; ``done(name, result)`` is called in
+    the order of ``calls``. The first error is raised once the calls started beside it have
+    ended; later calls are not started."""
+    from sim import backend
+
+    if threads is None:
+        threads = backend.concurrent_runs(platform or jax.devices()[0].platform, jax.process_count())
+    threads = check_int("threads", threads, 1)
+    pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
+    out = {}
+    try:
+        futures = {name: pool.submit(call) for name, call in calls.items()} if pool else {}
+        for name, call in calls.items():
+            out[name] = futures[name].result() if pool else call()
+            if done is not None:
+                done(name, out[name])
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return out
 
 
 def default_cpu_devices() -> int | None:

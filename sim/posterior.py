@@ -181,7 +181,9 @@ def nuts(returns, model: str, *, priors: dict | None = None, num_warmup: int = 3
         init = u_hat + 0.01 * jax.random.normal(jax.random.fold_in(key, 1), (num_chains, u_hat.size), jnp.float64)
         mcmc = MCMC(NUTS(potential_fn=potential, dense_mass=True), num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, chain_method="vectorized", progress_bar=False)
-        with _NUMPYRO:  # one MCMC run at a time: NumPyro keeps module-level state (its handler stack)
+        # one MCMC run at a time: NumPyro's effect-handler stack (numpyro.primitives._PYRO_STACK) is one list for
+        # all threads; a potential_fn run should not push onto it, but NumPyro does not promise thread safety
+        with _NUMPYRO:
             mcmc.run(jax.random.key_data(jax.random.fold_in(key, 2)), init_params=init, extra_fields=("diverging",))
         u = np.asarray(mcmc.get_samples(group_by_chain=True), np.float64)  # [chains, samples, dim]
         params = jax.vmap(jax.vmap(spec["to_params"]))(jnp.asarray(u))

@@ -159,3 +159,35 @@ def test_simulate_each_gives_each_run_its_own_simulate_result_in_threads_or_not(
         simulate_each(bad, done=lambda k, r: pytest.fail("a run started before the check"), **kw)
     with pytest.raises(ParameterError, match="threads"):
         simulate_each(runs, threads=0, **kw)
+
+
+def test_concurrently_raises_the_first_error_and_starts_nothing_after_it():
+    """Run 1 fails at once; runs 2 and up hold a thread until a timer releases them, long after
+    the error is seen: the error is raised and the runs still queued then (4-7) never start."""
+    import threading
+
+    from sim.parallel import concurrently
+
+    for threads in (1, 2):
+        started, lock, release = [], threading.Lock(), threading.Event()
+
+        def call(i):
+            def run():
+                with lock:
+                    started.append(i)
+                if i == 1:
+                    raise RuntimeError("run 1 failed")
+                if i >= 2:
+                    release.wait(10)
+                return i * i
+            return run
+
+        timer = threading.Timer(2.0, release.set)
+        timer.start()
+        with pytest.raises(RuntimeError, match="run 1 failed"):
+            concurrently({i: call(i) for i in range(8)}, threads=threads)
+        timer.cancel()
+        release.set()
+        # one thread: nothing after run 1; two: runs 2 and 3 may have been picked up before the error was seen
+        assert (set(started) == {0, 1}) if threads == 1 else ({0, 1} <= set(started) <= {0, 1, 2, 3}), started
+    assert concurrently({i: (lambda i=i: i * i) for i in (0, 2, 3)}, threads=2) == {0: 0, 2: 4, 3: 9}
