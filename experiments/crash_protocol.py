@@ -85,19 +85,19 @@ def run_mc(cfg, detector, protocol, spy: float):
     rng = np.random.default_rng(cfg.seed)
     pol_rows, sig_rows = [], []
     p = build_portfolio(cfg)
-    runs = {}  # (model, policy) -> (process, overlay): all of them through one engine call
+    runs = {}  # model -> (process, {policy: overlay}): the policies on the same draws, one pass per model
     for model, node in cfg.models.items():
         base = build_process(node, steps_per_year=spy)
         process = build_market(cfg, base)
         vm = build_vol_model(cfg, math.sqrt(base.annual_moments()[1]))
         overlay = hedge.HedgeOverlay(fraction=p.fraction, risk_free=p.risk_free, floor=p.floor,
                                      program=build_program(cfg), vol_model=vm)
-        for name, mon in _policies(cfg, process).items():
-            runs[model, name] = (process, dataclasses.replace(overlay, monetize=mon))
-    done = engine.simulate_each(runs, **kw, done=lambda key, res: log.info(
-        "%s / %s: %d paths x %d steps in %.1fs", *key, n_paths, n_steps, res.wall_seconds))
-    for model in cfg.models:
-        results = {name: res for (m, name), res in done.items() if m == model}
+        runs[model] = (process, {name: dataclasses.replace(overlay, monetize=mon)
+                                 for name, mon in _policies(cfg, process).items()})
+    done = engine.simulate_each(runs, **kw, done=lambda model, res: log.info(
+        "%s: %d policies x %d paths x %d steps in %.1fs", model, len(res), n_paths, n_steps,
+        next(iter(res.values())).wall_seconds))
+    for model, results in done.items():
         pol_rows += hedge.policy_comparison(model, results, years, rng, n_boot)
         if "protocol" in results and "episodes" in results["protocol"].extras:
             sig_rows += [{"model": model, **row} for row in regime.signal_lead_lag(results["protocol"].extras, spy)]

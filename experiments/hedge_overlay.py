@@ -67,14 +67,14 @@ def _models_part(cfg, out, spy):
     kw = dict(seed=cfg.seed, n_paths=n_paths, n_steps=n_steps, steps_per_year=spy,
               block_size=min(sim_cfg.block_size, n_paths), snapshot_every=round(spy), progress=lambda info: None)
     rows, mdd, runs = [], {}, {}
-    for model, node in cfg.models.items():  # (model, strategy) -> (process, policy): one engine call for all
+    for model, node in cfg.models.items():  # model -> (process, {strategy: policy}): one pass per model
         process = build_process(node, steps_per_year=spy)
         vm = build_vol_model(cfg, math.sqrt(process.annual_moments()[1]))
-        runs.update({(model, name): (process, policy) for name, policy in _overlays(cfg, process, vm).items()})
-    done = engine.simulate_each(runs, **kw, done=lambda key, res: log.info(
-        "%s / %s: %d paths x %d steps in %.1fs", *key, n_paths, n_steps, res.wall_seconds))
-    for model in cfg.models:
-        results = {name: res for (m, name), res in done.items() if m == model}
+        runs[model] = (process, _overlays(cfg, process, vm))
+    done = engine.simulate_each(runs, **kw, done=lambda model, res: log.info(
+        "%s: %d strategies x %d paths x %d steps in %.1fs", model, len(res), n_paths, n_steps,
+        next(iter(res.values())).wall_seconds))
+    for model, results in done.items():
         base = results["unhedged"]
         for name, res in results.items():
             rows.append({"model": model, "strategy": name,
@@ -103,8 +103,8 @@ def _real_part(cfg, out, spy):
     vm = build_vol_model(cfg, long_run, source="model")  # realized + vrp, or VIX where it covers the day
     n_steps = len(returns)
     navs, rows = {}, []
-    for name, policy in _overlays(cfg, process, vm).items():
-        nav, res = hedge.replay_nav(process, policy, n_steps=n_steps, steps_per_year=spy)
+    for name, (nav, res) in hedge.replay_nav(process, _overlays(cfg, process, vm), n_steps=n_steps,
+                                             steps_per_year=spy).items():
         navs[name] = nav
         row = {"strategy": name, **stats.nav_metrics(nav, dates, steps_per_year=spy, floor=cfg.portfolio.floor)}
         if res.extras:

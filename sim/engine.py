@@ -66,6 +66,7 @@ __all__ = [
     "SimResult",
     "simulate",
     "simulate_each",
+    "simulate_policies",
     "simulate_block",
     "run_blocks",
     "bind",
@@ -506,15 +507,25 @@ def simulate(
       ``SimResult`` with per-path statistics on the host.
     """
     _validate(process, policy, n_paths, n_steps, steps_per_year, block_size, chunk_paths, snapshot_every, record_paths)
-    n_snap = n_steps // snapshot_every if snapshot_every else 0
-    if n_snap or record_paths:
-        saver = PathRecorder(policy.floor, snapshot_every or 1, n_snap, record_paths, n_steps)
-    else:
-        saver = PathStatsSaver(policy.floor)
+    saver, n_snap = _saver(policy.floor, n_steps, snapshot_every, record_paths)
     fn = bind(_engine_block, block_size=block_size, n_steps=n_steps, dt=1.0 / float(steps_per_year))
     out, wall = run_blocks(fn, (process, policy, saver), seed=seed, n_paths=n_paths, block_size=block_size,
                            chunk_paths=chunk_paths, devices=devices, progress=progress,
                            first_only=("recorded",) if record_paths else (), n_steps=n_steps)
+    return _result(out, out["extras"], wall, n_paths=n_paths, n_steps=n_steps, steps_per_year=steps_per_year,
+                   snapshot_every=snapshot_every, n_snap=n_snap, record_paths=record_paths)
+
+
+def _saver(floor, n_steps, snapshot_every, record_paths):
+    """The saver a run's options ask for, and its number of snapshots."""
+    n_snap = n_steps // snapshot_every if snapshot_every else 0
+    if n_snap or record_paths:
+        return PathRecorder(floor, snapshot_every or 1, n_snap, record_paths, n_steps), n_snap
+    return PathStatsSaver(floor), n_snap
+
+
+def _result(out, extras, wall, *, n_paths, n_steps, steps_per_year, snapshot_every, n_snap, record_paths):
+    """A ``SimResult`` from one run's host outputs (``stats``, and ``snapshots`` / ``recorded``)."""
     recorded = np.zeros((n_steps + 1, record_paths), np.float32)
     if record_paths:
         recorded[1:, : min(record_paths, n_paths)] = out["recorded"][0][:, : min(record_paths, n_paths)]
@@ -528,14 +539,84 @@ def simulate(
         snapshots=np.ascontiguousarray(snapshots),
         recorded=recorded,
         wall_seconds=wall,
-        extras={k: a.reshape(-1)[:n_paths] for k, a in out["extras"].items()},
+        extras={k: a.reshape(-1)[:n_paths] for k, a in extras.items()},
     )
+
+
+class _Paired(NamedTuple):
+    """Several policies stepped on the same draws, in one scan (``simulate_policies``): each
+    member gets the step's returns, the process state and the policy key its own run gets."""
+
+    members: tuple
+
+    def init(self, n, dt, process=None, process_state=None):
+        return tuple(p.init(n, dt, process, process_state) for p in self.members)
+
+    def step(self, key, state, r, process, process_state, t, dt):
+        pairs = [p.step(key, s, r, process, process_state, t, dt) for p, s in zip(self.members, state)]
+        return tuple(s for s, _ in pairs), tuple(x for _, x in pairs)
+
+    def outputs(self, state) -> dict:
+        return {str(i): p.outputs(s) for i, (p, s) in enumerate(zip(self.members, state))}
+
+
+class _PairedSaver(NamedTuple):
+    """One saver per member of ``_Paired``; outputs ``"i/name"`` for member ``i``'s ``name``."""
+
+    members: tuple
+
+    def init(self, n):
+        return tuple(s.init(n) for s in self.members)
+
+    def update(self, acc, x, t):
+        return tuple(s.update(a, xi, t) for s, a, xi in zip(self.members, acc, x))
+
+    def finish(self, acc, valid) -> dict:
+        return {f"{i}/{k}": v for i, (s, a) in enumerate(zip(self.members, acc)) for k, v in s.finish(a, valid).items()}
+
+
+def simulate_policies(process, policies: dict, *, seed: int = 0, n_paths: int, n_steps: int,
+                      steps_per_year: float = 252.0, block_size: int = DEFAULT_BLOCK_SIZE, chunk_paths: int | None = None,
+                      snapshot_every: int = 0, record_paths: int = 0, devices: list | None = None,
+                      progress: Callable[[dict], None] | None = None) -> dict:
+    """``{name: simulate(process, policy=policy, ...)}`` for ``policies = {name: policy}``, in one
+    pass over the same draws: the process is simulated once per block and every policy is
+    stepped on its returns inside the one scan (a paired comparison of policies, as the hedge
+    and crash-protocol studies make). Each member sees what its own ``simulate`` call would:
+    the same returns, process state and policy keys; the numbers equal that call's up to the
+    last float32 bits where XLA fuses the larger program's arithmetic differently. One program
+    is compiled for all the policies, not one per policy. ``wall_seconds`` is the pass's."""
+    if not policies:
+        return {}
+    for name, policy in policies.items():
+        try:
+            _validate(process, policy, n_paths, n_steps, steps_per_year, block_size, chunk_paths, snapshot_every,
+                      record_paths)
+        except ParameterError as e:
+            raise ParameterError(f"{name}: {e}") from None
+    names = list(policies)
+    made = [_saver(policies[k].floor, n_steps, snapshot_every, record_paths) for k in names]
+    n_snap = made[0][1]
+    fn = bind(_engine_block, block_size=block_size, n_steps=n_steps, dt=1.0 / float(steps_per_year))
+    operands = (process, _Paired(tuple(policies[k] for k in names)), _PairedSaver(tuple(s for s, _ in made)))
+    out, wall = run_blocks(fn, operands, seed=seed, n_paths=n_paths, block_size=block_size, chunk_paths=chunk_paths,
+                           devices=devices, progress=progress, n_steps=n_steps,
+                           first_only=tuple(f"{i}/recorded" for i in range(len(names))) if record_paths else ())
+    res = {}
+    for i, name in enumerate(names):
+        own = {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith(f"{i}/")}
+        res[name] = _result(own, out["extras"][str(i)], wall, n_paths=n_paths, n_steps=n_steps,
+                            steps_per_year=steps_per_year, snapshot_every=snapshot_every, n_snap=n_snap,
+                            record_paths=record_paths)
+    return res
 
 
 def simulate_each(runs: dict, *, threads: int | None = None, done: Callable | None = None, **kwargs) -> dict:
     """``{name: simulate(process, policy=policy, **kwargs)}`` for ``runs = {name: (process,
     policy)}``: each result is exactly what its own ``simulate`` call gives (the runs share
     nothing: the same seed gives the same draws to each, bit for bit, whatever ran beside it).
+    A run's policy may be a dict ``{policy_name: policy}``: that run is ``simulate_policies``
+    (the policies on the same draws, in one pass) and its result a dict of ``SimResult``.
     Every run is validated before any starts; they then run through ``parallel.concurrently``
     (``threads`` at once; by default two on a one-process CPU run, so that XLA compiling one
     run's program overlaps another's blocks). ``done(name, result)`` in the order of ``runs``."""
@@ -543,15 +624,17 @@ def simulate_each(runs: dict, *, threads: int | None = None, done: Callable | No
 
     signature = inspect.signature(simulate)
     for name, (process, policy) in runs.items():
-        call = signature.bind(process, policy=policy, **kwargs)  # simulate's own defaults; unknown keys fail here
-        call.apply_defaults()
-        a = call.arguments
-        try:
-            _validate(process, policy, a["n_paths"], a["n_steps"], a["steps_per_year"], a["block_size"],
-                      a["chunk_paths"], a["snapshot_every"], a["record_paths"])
-        except ParameterError as e:
-            raise ParameterError(f"{name}: {e}") from None
-    calls = {name: functools.partial(simulate, process, policy=policy, **kwargs)
+        for pname, pol in (policy.items() if isinstance(policy, dict) else [(None, policy)]):
+            call = signature.bind(process, policy=pol, **kwargs)  # simulate's own defaults; unknown keys fail here
+            call.apply_defaults()
+            a = call.arguments
+            try:
+                _validate(process, pol, a["n_paths"], a["n_steps"], a["steps_per_year"], a["block_size"],
+                          a["chunk_paths"], a["snapshot_every"], a["record_paths"])
+            except ParameterError as e:
+                raise ParameterError(f"{name}{'' if pname is None else ' / ' + str(pname)}: {e}") from None
+    calls = {name: (functools.partial(simulate_policies, process, policy, **kwargs) if isinstance(policy, dict)
+                    else functools.partial(simulate, process, policy=policy, **kwargs))
              for name, (process, policy) in runs.items()}
     return parallel.concurrently(calls, threads=threads, platform=_devices(kwargs.get("devices"))[0].platform,
                                  done=done)

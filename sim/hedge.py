@@ -970,11 +970,16 @@ def compare_optima(best: HedgeOptimum, plain: HedgeOptimum, diff: dict) -> dict:
 
 def replay_nav(process, policy, *, n_steps: int, steps_per_year: float):
     """One path of ``policy`` on a one-path ``process`` (a ``Replay``): its NAV ``[n_steps +
-    1]`` from 1, and the ``SimResult`` (extras: the hedge's premium, proceeds, sales)."""
+    1]`` from 1, and the ``SimResult`` (extras: the hedge's premium, proceeds, sales). For a
+    dict of policies, ``{name: (nav, result)}``: all of them in one pass (``simulate_policies``)."""
     from sim import engine
 
-    res = engine.simulate(process, policy=policy, n_paths=1, n_steps=n_steps, steps_per_year=steps_per_year,
-                          block_size=1, record_paths=1, progress=lambda info: None)
+    kw = dict(n_paths=1, n_steps=n_steps, steps_per_year=steps_per_year, block_size=1, record_paths=1,
+              progress=lambda info: None)
+    if isinstance(policy, dict):
+        done = engine.simulate_policies(process, policy, **kw)
+        return {name: (np.exp(res.recorded[:, 0].astype(np.float64)), res) for name, res in done.items()}
+    res = engine.simulate(process, policy=policy, **kw)
     return np.exp(res.recorded[:, 0].astype(np.float64)), res
 
 
@@ -996,8 +1001,9 @@ def crash_day(unhedged, hedged: HedgeOverlay, *, drop: float, premium_years: flo
     implied[-1] = vol_after
     process = Replay(r, implied)
     out = {}
-    for name, policy in (("unhedged", unhedged), ("hedged", hedged)):
-        nav, res = replay_nav(process, policy, n_steps=n_flat + 1, steps_per_year=steps_per_year)
+    both = replay_nav(process, {"unhedged": unhedged, "hedged": hedged}, n_steps=n_flat + 1,
+                      steps_per_year=steps_per_year)
+    for name, (nav, res) in both.items():
         out[name] = {"nav_before": nav[-2], "nav_after": nav[-1], "day_return": nav[-1] / nav[-2] - 1.0,
                      "premium_paid": float(res.extras["premium"][0]) if res.extras else 0.0}
     h, u = out["hedged"], out["unhedged"]

@@ -148,14 +148,21 @@ def test_simulate_each_gives_each_run_its_own_simulate_result_in_threads_or_not(
             "r": (RegimeSwitching(), ConstantMix(1.0, floor=0.5))}
     kw = dict(seed=4, n_paths=700, n_steps=40, block_size=256, snapshot_every=10, record_paths=2)
     alone = {k: simulate(p, policy=pol, **kw) for k, (p, pol) in runs.items()}
+    pair = {"a": ConstantMix(2.0), "b": ConstantMix(0.5, floor=0.2)}  # a run of several policies on the same draws
+    alone["pair"] = {k: simulate(GarchT(), policy=pol, **kw) for k, pol in pair.items()}
+    runs["pair"] = (GarchT(), pair)
     for threads in (None, 1, 3):
         order = []
         got = simulate_each(runs, threads=threads, done=lambda k, r: order.append(k), **kw)
         assert order == list(runs) and list(got) == list(runs)
         for k in runs:
-            assert_same(got[k], alone[k])
+            for name in pair if k == "pair" else [None]:
+                assert_same(got[k][name] if name else got[k], alone[k][name] if name else alone[k])
     bad = dict(runs, x=(StudentT(0.05, 0.3, 3.0), ConstantMix(float("nan"))))
     with pytest.raises(ParameterError, match=r"^x: .*fraction"):
+        simulate_each(bad, done=lambda k, r: pytest.fail("a run started before the check"), **kw)
+    bad = dict(runs, pair=(GarchT(), dict(pair, c=ConstantMix(float("nan")))))
+    with pytest.raises(ParameterError, match=r"^pair / c: .*fraction"):
         simulate_each(bad, done=lambda k, r: pytest.fail("a run started before the check"), **kw)
     with pytest.raises(ParameterError, match="threads"):
         simulate_each(runs, threads=0, **kw)

@@ -76,6 +76,34 @@ def test_hedged_paths_do_not_depend_on_chunk_size(monetize):
     assert runs[0].extras["sales"].sum() > 0 or isinstance(ov.monetize, hedge.Hold)
 
 
+def test_policies_in_one_pass_equal_their_own_runs():
+    """``simulate_policies`` steps several policies on the same draws in one scan (the hedge and
+    crash-protocol studies' paired runs, one compiled program per model): every member's
+    statistics, snapshots, recorded paths and extras equal its own ``simulate`` call's, bit for bit."""
+    policies = {"unhedged": engine.ConstantMix(1.2, 0.02, 0.3),
+                "hold": hedge.HedgeOverlay(fraction=1.2, risk_free=0.02, floor=0.3),
+                "profit_take": hedge.HedgeOverlay(fraction=1.2, monetize=hedge.ProfitTake(1.5, 0.5),
+                                                  program=hedge.HedgeProgram.from_years(budget=0.03, strike=0.9)),
+                "oracle": hedge.HedgeOverlay(monetize=hedge.RegimeOracle())}
+    proc = processes.RegimeSwitching()
+    kw = dict(seed=2, n_paths=600, n_steps=120, block_size=256, snapshot_every=40, record_paths=2,
+              progress=lambda info: None)
+    paired = engine.simulate_policies(proc, policies, **kw)
+    assert list(paired) == list(policies)
+    for name, policy in policies.items():
+        own = engine.simulate(proc, policy=policy, **kw)
+        for field, a, b in zip(own.stats._fields, own.stats, paired[name].stats):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}.{field}")
+        np.testing.assert_array_equal(own.snapshots, paired[name].snapshots)
+        np.testing.assert_array_equal(own.recorded, paired[name].recorded)
+        assert sorted(own.extras) == sorted(paired[name].extras)
+        for k in own.extras:
+            np.testing.assert_array_equal(own.extras[k], paired[name].extras[k], err_msg=f"{name}.{k}")
+    assert paired["profit_take"].extras["sales"].sum() > 0  # a policy that trades, not only holds
+    with pytest.raises(ParameterError, match=r"^bad: .*fraction"):
+        engine.simulate_policies(proc, dict(policies, bad=engine.ConstantMix(float("nan"))), **kw)
+
+
 def test_zero_budget_is_the_plain_engine():
     proc = processes.Merton()
     kw = dict(seed=4, n_paths=512, n_steps=300, block_size=256)
