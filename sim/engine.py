@@ -24,8 +24,10 @@ the number of paths, never with paths x steps (a saver's accumulator is per path
 ``run_blocks`` is the only host driver: it dispatches chunks of blocks over the devices (one
 chunk in flight ahead), copies each back, reports progress, and in a multi-process run
 (``sim.parallel``) gathers every process's blocks to all of them. ``simulate`` is the two
-together with the default saver; ``block_outputs`` runs the blocks inside one traced function
-(for objectives that are differentiated: ``sim.kelly``, ``sim.hedge``).
+together with the default saver; ``simulate_policies`` steps several policies on the same
+draws inside the one scan (a paired comparison: one compiled program, the process simulated
+once); ``block_outputs`` runs the blocks inside one traced function (for objectives that are
+differentiated: ``sim.kelly``, ``sim.hedge``).
 
 The wealth update, with ``f`` the fraction in the risky asset (``f > 1`` is leverage) and
 ``r_f`` the per-step risk-free rate on the rest::
