@@ -78,8 +78,8 @@ def vectorize_blocks(platform: str) -> bool:
 def concurrent_runs(platform: str, n_processes: int) -> int:
     """Independent calls run at once by ``parallel.concurrently`` (``engine.simulate_each``): two
     on a one-process CPU run, where XLA compiles a program on one core while the blocks of
-    another run on all of them (crash_protocol's default, cold: 130 s -> 97 s; warm 42 s -> 36 s;
-    2-core CPU, 2026-12-02; three at once: 100 s); one elsewhere (a GPU's memory would hold two runs' chunks
+    another run on all of them (measured when crash_protocol ran one simulation per model and policy,
+    cold: 130 s -> 97 s, warm 42 s -> 36 s, three at once 100 s; 2-core CPU, 2026-12-02); one elsewhere (a GPU's memory would hold two runs' chunks
     at once; several processes must issue their gathers in the same order)."""
     return 2 if platform == "cpu" and n_processes == 1 else 1
 

@@ -545,6 +545,16 @@ def _result(out, extras, wall, *, n_paths, n_steps, steps_per_year, snapshot_eve
     )
 
 
+def _validate_named(process, policies: dict, *args, prefix: str = "") -> None:
+    """``_validate`` each of ``policies = {name: policy}`` (``*args``: ``_validate``'s after the
+    policy), the error prefixed by ``prefix`` and the policy's name."""
+    for name, policy in policies.items():
+        try:
+            _validate(process, policy, *args)
+        except ParameterError as e:
+            raise ParameterError(f"{prefix}{name}: {e}") from None
+
+
 class _Paired(NamedTuple):
     """Several policies stepped on the same draws, in one scan (``simulate_policies``): each
     member gets the step's returns, the process state and the policy key its own run gets."""
@@ -590,12 +600,8 @@ def simulate_policies(process, policies: dict, *, seed: int = 0, n_paths: int, n
     is compiled for all the policies, not one per policy. ``wall_seconds`` is the pass's."""
     if not policies:
         return {}
-    for name, policy in policies.items():
-        try:
-            _validate(process, policy, n_paths, n_steps, steps_per_year, block_size, chunk_paths, snapshot_every,
-                      record_paths)
-        except ParameterError as e:
-            raise ParameterError(f"{name}: {e}") from None
+    _validate_named(process, policies, n_paths, n_steps, steps_per_year, block_size, chunk_paths, snapshot_every,
+                    record_paths)
     names = list(policies)
     made = [_saver(policies[k].floor, n_steps, snapshot_every, record_paths) for k in names]
     n_snap = made[0][1]
@@ -626,15 +632,12 @@ def simulate_each(runs: dict, *, threads: int | None = None, done: Callable | No
 
     signature = inspect.signature(simulate)
     for name, (process, policy) in runs.items():
-        for pname, pol in (policy.items() if isinstance(policy, dict) else [(None, policy)]):
-            call = signature.bind(process, policy=pol, **kwargs)  # simulate's own defaults; unknown keys fail here
-            call.apply_defaults()
-            a = call.arguments
-            try:
-                _validate(process, pol, a["n_paths"], a["n_steps"], a["steps_per_year"], a["block_size"],
-                          a["chunk_paths"], a["snapshot_every"], a["record_paths"])
-            except ParameterError as e:
-                raise ParameterError(f"{name}{'' if pname is None else ' / ' + str(pname)}: {e}") from None
+        call = signature.bind(process, **kwargs)  # simulate's own defaults; unknown keys fail here
+        call.apply_defaults()
+        a = call.arguments
+        named, prefix = (policy, f"{name} / ") if isinstance(policy, dict) else ({name: policy}, "")
+        _validate_named(process, named, a["n_paths"], a["n_steps"], a["steps_per_year"], a["block_size"],
+                        a["chunk_paths"], a["snapshot_every"], a["record_paths"], prefix=prefix)
     calls = {name: (functools.partial(simulate_policies, process, policy, **kwargs) if isinstance(policy, dict)
                     else functools.partial(simulate, process, policy=policy, **kwargs))
              for name, (process, policy) in runs.items()}
@@ -671,11 +674,9 @@ def simulate_fractions(process, fractions, *, seed: int = 0, n_paths: int, n_ste
     out, wall = run_blocks(fn, (process, policies, PathStatsSaver(floor)), seed=seed, n_paths=n_paths,
                            block_size=block_size, chunk_paths=chunk_paths, devices=devices, progress=progress,
                            n_steps=n_steps)
-    none = np.empty((0, n_paths), np.float32)
-    return [SimResult(stats=stats_lib.PathStats(*(a[:, i].reshape(-1)[:n_paths] for a in out["stats"])),
-                      n_steps=n_steps, steps_per_year=float(steps_per_year), snapshot_steps=np.arange(0),
-                      snapshots=none, recorded=np.zeros((n_steps + 1, 0), np.float32), wall_seconds=wall,
-                      extras={}) for i in range(k)]
+    return [_result({"stats": stats_lib.PathStats(*(a[:, i] for a in out["stats"]))}, {}, wall, n_paths=n_paths,
+                    n_steps=n_steps, steps_per_year=steps_per_year, snapshot_every=0, n_snap=0, record_paths=0)
+            for i in range(k)]
 
 
 # --------------------------------------------------------------------------- traced runs
