@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sim.validation import ParameterError
-from tests.conftest import ROOT, job_dir, repair_compilation_cache, run_module
+from tests.conftest import ROOT, job_dir, prune_compilation_cache, run_module
 
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
 
@@ -104,7 +104,6 @@ def test_killed_multirun_resumes_without_recomputing_finished_points(tmp_path):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # a real signal, mid-sweep: no clean-up runs
     proc.communicate()
-    repair_compilation_cache()  # an entry the kill may have left half-recorded would stop the cache
     finished = {p.parent.name: p.stat().st_mtime_ns for p in _done(broken)}
     assert len(finished) == 2, finished
     summaries = {n: (broken / n / "summary.json").stat().st_mtime_ns for n in finished}
@@ -207,12 +206,18 @@ def test_use_cpu_cores_sets_devices_before_jax_starts_and_is_harmless_after():
         use_cpu_cores(0)
 
 
-def test_a_half_recorded_compilation_cache_entry_is_removed(tmp_path):
-    """JAX's size-bounded cache trips on an entry without its access-time file (a killed
-    writer): every later write fails. The test session removes such leftovers."""
-    (tmp_path / "jit_f-1-cache").write_bytes(b"x")  # killed before its atime file
-    (tmp_path / "jit_g-2-cache").write_bytes(b"y")
-    (tmp_path / "jit_g-2-atime").write_bytes(b"t")
-    (tmp_path / "jit_h-3-atime").write_bytes(b"t")  # an atime without its entry
-    assert repair_compilation_cache(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["jit_g-2-atime", "jit_g-2-cache"]
+def test_the_tests_compilation_cache_is_pruned_oldest_first_and_repaired(tmp_path, monkeypatch):
+    """The suite's cache is kept within its bound at session start, the oldest entries going
+    first; an access-time file without its entry (a killed writer) is removed, and where the
+    user bounds JAX's cache, an entry without one gets one (JAX's eviction fails on it)."""
+    for i, name in enumerate(["jit_a-1", "jit_b-2", "jit_c-3"]):
+        (tmp_path / f"{name}-cache").write_bytes(b"x" * 100)
+        os.utime(tmp_path / f"{name}-cache", ns=(10**18 + i * 10**9,) * 2)  # a is the oldest
+    (tmp_path / "jit_h-9-atime").write_bytes(b"t")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_MAX_SIZE", raising=False)
+    assert prune_compilation_cache(tmp_path, max_bytes=250) == 2  # the orphan, and a (over the bound)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jit_b-2-cache", "jit_c-3-cache"]
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))
+    assert prune_compilation_cache(tmp_path, max_bytes=250) == 2
+    assert int.from_bytes((tmp_path / "jit_b-2-atime").read_bytes(), "little") == 10**18 + 10**9
+    assert prune_compilation_cache(tmp_path, max_bytes=250) == 0
