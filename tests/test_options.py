@@ -89,12 +89,16 @@ def test_implied_vol_round_trip(vol):
 def test_degenerate_cases_have_no_nan():
     with jax.enable_x64(True):
         k = jnp.array([50.0, 99.0, 100.0, 101.0, 200.0])
+        # compiled, as inside a simulation: one program for every case (eagerly, each case's
+        # Jacobian compiled its own primitives, ~10 s of a cold suite)
+        greeks = jax.jit(options.greeks)
+        jac_of = jax.jit(jax.jacfwd(lambda s, v, tau, call: options.black_scholes(
+            spot=s, strike=k, expiry=tau, vol=v, rate=R, dividend=Q, call=call), argnums=(0, 1)))
         for tau, vol in ((0.0, 0.2), (1.0, 0.0), (0.0, 0.0), (1e-12, 0.2), (30.0, 5.0)):
             for call in (True, False):
-                g = options.greeks(spot=S, strike=k, expiry=tau, vol=vol, rate=R, dividend=Q, call=call)
+                g = greeks(spot=S, strike=k, expiry=tau, vol=vol, rate=R, dividend=Q, call=call)
                 assert all(np.isfinite(np.asarray(v)).all() for v in g.values()), (tau, vol, call, g)
-                jac = jax.jacfwd(lambda s, v: options.black_scholes(spot=s, strike=k, expiry=tau, vol=v, rate=R,
-                                                                     dividend=Q, call=call), argnums=(0, 1))(S, vol)
+                jac = jac_of(S, vol, tau, call)
                 assert all(np.isfinite(np.asarray(j)).all() for j in jac)
         # Zero expiry: intrinsic value; zero vol: discounted intrinsic of the forward.
         np.testing.assert_allclose(options.black_scholes(spot=S, strike=k, expiry=0.0, vol=0.2, call=False),
