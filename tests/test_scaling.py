@@ -98,7 +98,11 @@ def test_killed_multirun_resumes_without_recomputing_finished_points(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     ref = run_module("experiments.time_vs_ensemble", ["-m", POINTS, *TINY, f"hydra.sweep.dir={whole}"])  # uninterrupted
     assert ref.returncode == 0, ref.stderr[-3000:]
-    proc = _multirun(broken, POINTS, start_new_session=True)
+    # the killed sweep compiles into a cache of its own: a SIGKILL in the middle of a cache write would
+    # leave a truncated entry in the suite's shared cache (JAX would warn and recompile at every read)
+    own = str(tmp_path / "jax-cache")
+    proc = _multirun(broken, POINTS, start_new_session=True,
+                     env=dict(os.environ, FTL_JAX_CACHE=own, JAX_COMPILATION_CACHE_DIR=own))
     deadline = time.time() + 240
     while len(_done(broken)) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
