@@ -724,7 +724,14 @@ def log_likelihood(returns, model: str, params: dict, *, steps_per_year: float =
     with jax.enable_x64(True):
         p = {k: jnp.float64(params[k]) for k in SPECS[model]["names"]}
         rp, wp = padded(r)
-        return float(SPECS[model]["loglik"](p, rp, 1.0 / float(steps_per_year), wp))
+        return float(_loglik(p, rp, jnp.float64(1.0 / float(steps_per_year)), wp, model=model))
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _loglik(p, r, dt, w, *, model):
+    """The model's log-likelihood as one compiled program (eagerly, each operation around the
+    likelihood's scan was compiled on its own at every new padded length)."""
+    return SPECS[model]["loglik"](p, r, dt, w)
 
 
 def compare(fits: dict):

@@ -373,9 +373,10 @@ def test_analytic_growth_derivatives_equal_forward_mode_autodiff():
         return kelly._paths(x, seed, proc, obj.spec)[0]
 
     # the objective's own compiled value (bit for bit); forward-mode autodiff through the
-    # engine's scan for the per-path gradient and the mean Hessian
-    auto = [np.asarray(a, float) for a in (kelly._paths_jit(f, seed, proc, obj.spec)[0], jax.jacfwd(growth)(f),
-                                            jax.jacfwd(jax.jacfwd(lambda x: growth(x).mean()))(f))]
+    # engine's scan for the per-path gradient and the mean Hessian (compiled: eagerly, each of
+    # the derivatives' operations around the scan compiled on its own, ~100 small programs)
+    auto = [np.asarray(a, float) for a in (kelly._paths_jit(f, seed, proc, obj.spec)[0], jax.jit(jax.jacfwd(growth))(f),
+                                            jax.jit(jax.jacfwd(jax.jacfwd(lambda x: growth(x).mean())))(f))]
     mine = [np.asarray(a, float) for a in kelly._analytic_derivs_jit(f, *obj._args(), obj.spec)]
     np.testing.assert_array_equal(auto[0], mine[0])
     np.testing.assert_allclose(mine[1], auto[1], atol=1e-5 * np.abs(auto[1]).max())
