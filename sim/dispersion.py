@@ -412,6 +412,13 @@ def simulate_prices(basket, *, seed: int, n_paths: int, n_steps: int, steps_per_
     return {"prices": np.concatenate([p0, prices], axis=1), "regime": regime}
 
 
+@jax.jit
+def _path_terms(basket, trade, p, tau0, dt):
+    """``_step_terms`` of every step of one price path ``p`` ``[T + 1, N]``, entered at ``p[0]``:
+    one compiled program per path length (eagerly, each operation compiled on its own)."""
+    return _step_terms(_entry(basket, trade, p[0]), p[:-1], p[1:], tau0, dt, trade.sign)
+
+
 def attribution_table(basket, trade, prices, *, steps_per_year: float = 252.0, names=None):
     """Per-step attribution of ``trade`` on one path of constituent ``prices`` ``[T + 1, N]``,
     in float64: a DataFrame with one row per step and, per unit of the entry index level,
@@ -439,11 +446,9 @@ def attribution_table(basket, trade, prices, *, steps_per_year: float = 252.0, n
     trade.check_process(basket)
     names = [f"s{i}" for i in range(basket.n_stocks)] if names is None else list(names)
     with jax.enable_x64(True):
-        p = jnp.asarray(prices)
-        e = _entry(basket, trade, p[0])
         tau0 = float(trade.tenor) - np.arange(n_steps) * dt
-        t = {k: np.asarray(v, np.float64) for k, v in _step_terms(e, p[:-1], p[1:], jnp.asarray(tau0), dt,
-                                                                  trade.sign).items()}
+        t = {k: np.asarray(v, np.float64) for k, v in _path_terms(basket, trade, jnp.asarray(prices), jnp.asarray(tau0),
+                                                                  jnp.float64(dt)).items()}
     out = pd.DataFrame({"step": np.arange(1, n_steps + 1), "index": t["index"], "pnl": t["pnl"],
                         "index_pnl": t["index_pnl"], "legs_pnl": t["legs_pnl"],
                         "index_own": t["index_own"].sum(axis=1), "correlation": t["correlation"],
