@@ -27,7 +27,7 @@ import jax
 from omegaconf import DictConfig, OmegaConf
 
 from sim.config import check_fields, instantiate
-from sim.outputs import OutputWriter, atomic_write, run_info, to_jsonable
+from sim.outputs import OutputWriter, atomic_write, check_stop, request_stop, run_info, to_jsonable
 from sim.validation import ParameterError
 
 __all__ = ["instantiate", "build", "build_process", "build_portfolio", "build_program", "build_vol_model", "build_monetizers", "check_fields", "OutputWriter", "run_info", "to_jsonable", "hydra_main", "run_resumable",
@@ -157,6 +157,7 @@ def run_resumable(run_fn, cfg, out_dir, *, experiment: str):
     (directory / ".failed.json").unlink(missing_ok=True)
     FITS.clear()
     summary = run_fn(cfg, out_dir)
+    check_stop()  # no completion record for a run asked to stop (sim.outputs.check_stop)
     if jax.process_index() == 0:
         _write_fits(directory)
         text = json.dumps({"experiment": experiment, "config_sha256": digest, "files": _outputs(directory)}, indent=2)
@@ -403,7 +404,7 @@ def hydra_main(run_fn, cfg) -> None:
     hc = HydraConfig.get()
     out_dir = pathlib.Path(hc.runtime.output_dir)
     multirun = str(hc.mode) == "RunMode.MULTIRUN"
-    _stop_on_sigterm()
+    _stop_on_signals()
     try:
         check_known_keys(cfg, hc.job.config_name, hc.overrides.task,
                          [o for o in hc.overrides.hydra if o.startswith("hydra.searchpath")])
@@ -414,6 +415,7 @@ def hydra_main(run_fn, cfg) -> None:
             claim = claim_run_dir(out_dir)
             try:
                 run_resumable(run_fn, cfg, out_dir, experiment=hc.job.name)
+                check_stop()
             finally:
                 claim.unlink(missing_ok=True)
             return
@@ -447,17 +449,22 @@ def hydra_main(run_fn, cfg) -> None:
         raise
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a scheduler's kill, ``timeout``) stops a run like Ctrl-C: through the
-    ``finally`` blocks, so no temporary file or claim is left behind."""
+def _stop_on_signals() -> None:
+    """SIGTERM (a scheduler's kill, ``timeout``) stops a run like Ctrl-C (SIGINT): through the
+    ``finally`` blocks, so no temporary file or claim is left behind. Both also record the stop
+    (``sim.outputs.request_stop``), so that one whose ``KeyboardInterrupt`` JAX's tracing
+    swallowed still stops the run at the next chunk or write (``sim.outputs.check_stop``)."""
     import signal
     import threading
 
     def stop(signum, frame):
+        request_stop()
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
+            signal.signal(signal.SIGINT, stop)
 
 
 def _note_interrupted_sweep(sweep_dir: pathlib.Path) -> None:

@@ -56,7 +56,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sim import backend
 from sim import protocols
 from sim import stats as stats_lib
-from sim.outputs import progress_bar
+from sim.outputs import check_stop, progress_bar
 from sim.pytree import pytree_dataclass, static_field
 from sim.units import per_step_mean
 from sim.validation import ParameterError, check_int, check_range
@@ -349,6 +349,7 @@ def run_blocks(block_fn: _Bound, operands, *, seed: int, n_paths: int, block_siz
     n_paths, elapsed_s, eta_s, process); by default progress is logged when there are several
     chunks (with the path-steps/s when ``n_steps`` is given).
     """
+    check_stop()
     n_proc, pid = jax.process_count(), jax.process_index()
     devices = _devices(devices)
     plan = _plan(n_paths, block_size, chunk_paths, len(devices), n_proc, pid)
@@ -405,6 +406,7 @@ def run_blocks(block_fn: _Bound, operands, *, seed: int, n_paths: int, block_siz
 
 
 def _report(progress, i, plan, owned, n_paths, block_size, t0, pid, n_proc, n_steps):
+    check_stop()  # a Ctrl-C whose KeyboardInterrupt was swallowed (sim.outputs.check_stop)
     elapsed = time.perf_counter() - t0
     done = int(np.minimum(n_paths - np.flatnonzero(owned) * block_size, block_size).sum())
     info = dict(chunk=i + 1, n_chunks=len(plan.mine), paths_done=done, n_paths=n_paths, elapsed_s=elapsed,

@@ -5,6 +5,8 @@ atomically: each file is written to a temporary name beside its final one and re
 crash never leaves half a file under the final name. ``run_info`` records the Python and
 package versions, the JAX backend and device and process counts; ``to_jsonable`` turns
 results into plain JSON (non-finite floats as the strings 'inf', '-inf', 'nan').
+``request_stop`` / ``check_stop``: a stop asked for by a signal (Ctrl-C, SIGTERM) that holds
+even where its ``KeyboardInterrupt`` was swallowed (see ``check_stop``).
 """
 
 from __future__ import annotations
@@ -16,14 +18,38 @@ import os
 import pathlib
 import platform
 import tempfile
+import threading
 import time
 from importlib import metadata
 
 import numpy as np
 
-__all__ = ["OutputWriter", "atomic_write", "run_info", "to_jsonable"]
+__all__ = ["OutputWriter", "atomic_write", "check_stop", "request_stop", "run_info", "to_jsonable"]
 
 log = logging.getLogger(__name__)
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Record that the run was asked to stop (a signal handler calls it before it raises
+    ``KeyboardInterrupt``); from then on every ``check_stop`` raises ``KeyboardInterrupt``.
+    For the life of the process: a process asked to stop exits."""
+    _STOP.set()
+
+
+def check_stop() -> None:
+    """Raise ``KeyboardInterrupt`` if a stop was requested (``request_stop``).
+
+    A signal handler's ``KeyboardInterrupt`` is raised wherever the main thread happens to be,
+    and JAX's tracing code has bare ``except:`` clauses (``lax.broadcast_shapes``,
+    ``core.is_constant_dim``, ``jnp.where``'s shape check) that swallow it when it lands there:
+    the run went on and exited 0 after a Ctrl-C (seen once in a cold test session;
+    ``tests/test_sweeps.py`` shows the swallowing). So the host driver calls this after each
+    chunk and before it starts, every output write calls it, and the harness calls it before
+    a run's completion record: a stop that was swallowed takes effect at the next of these."""
+    if _STOP.is_set():
+        raise KeyboardInterrupt
 
 
 def to_jsonable(obj):
@@ -93,6 +119,7 @@ class OutputWriter:
         self.plots = plots
 
     def _atomic(self, name: str, write) -> pathlib.Path:
+        check_stop()
         final = atomic_write(self.dir / name, write)
         self.written.append(name)
         return final

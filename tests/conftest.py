@@ -151,7 +151,7 @@ def run_module(module: str, args: list[str], *, timeout: float = 600, env: dict 
     worker has traced already are reused) unless ``env`` adds to the environment, which only a
     child process can take. The command line, Hydra's parse of it, its logging and its exit
     code are the command's own; what a run changes in the process (the root logger, Hydra's
-    global state, the SIGTERM handler the harness installs) is put back afterwards. The tests
+    global state, the SIGTERM and SIGINT handlers the harness installs) is put back afterwards. The tests
     of the process boundary itself (kills, launchers, concurrent runs, several processes)
     start real ones. ``timeout`` bounds a child process only (pytest's own limits hold in process)."""
     if env:
@@ -171,7 +171,8 @@ def run_module(module: str, args: list[str], *, timeout: float = 600, env: dict 
             pass
 
     root = logging.getLogger()
-    saved = (sys.argv, os.getcwd(), signal.getsignal(signal.SIGTERM), root.handlers[:], root.level)
+    saved = (sys.argv, os.getcwd(), signal.getsignal(signal.SIGTERM), root.handlers[:], root.level,
+             signal.getsignal(signal.SIGINT))
     out, err, code = Stream(), Stream(), 0
     # handlers made earlier on this process's stdout/stderr write to the command's, as in a child
     moved = [(h, h.stream) for h in (r() for r in logging._handlerList[:]) if h is not None
@@ -201,6 +202,7 @@ def run_module(module: str, args: list[str], *, timeout: float = 600, env: dict 
         sys.argv = saved[0]
         os.chdir(saved[1])
         signal.signal(signal.SIGTERM, saved[2])
+        signal.signal(signal.SIGINT, saved[5])
         GlobalHydra.instance().clear()
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 

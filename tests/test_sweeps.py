@@ -158,6 +158,37 @@ def test_sigterm_stops_a_run_in_one_line_and_leaves_no_partial_file(tmp_path, si
     assert not (tmp_path / ".done.json").exists()
 
 
+def test_a_stop_that_jax_swallowed_still_stops_the_run(tmp_path, monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt lands inside one of JAX's bare ``except:`` clauses is
+    lost there (here: ``lax.broadcast_shapes``, called by every binary operation it traces); the
+    stop the handler recorded still stops the host driver and every output write."""
+    import jax
+    from jax._src.lax import lax as jax_lax
+
+    import sim
+    from sim import outputs
+
+    real, fired = jax_lax._broadcast_shapes_cached, []
+
+    def interrupted(*shapes):  # as the harness's handler does when the signal lands here
+        if not fired:
+            fired.append(True)
+            outputs.request_stop()
+            raise KeyboardInterrupt
+        return real(*shapes)
+
+    monkeypatch.setattr(jax_lax, "_broadcast_shapes_cached", interrupted)
+    try:
+        assert jax.lax.broadcast_shapes((3,), (3,)) == (3,) and fired  # swallowed: no exception
+        with pytest.raises(KeyboardInterrupt):
+            sim.simulate(sim.Gaussian(mu=0.05, sigma=0.2), seed=0, n_paths=64, n_steps=4)
+        with pytest.raises(KeyboardInterrupt):
+            outputs.OutputWriter(tmp_path).json("summary.json", {"x": 1})
+        assert not list(tmp_path.iterdir())
+    finally:
+        outputs._STOP.clear()  # the stop is for the life of a process; this one goes on testing
+
+
 def test_python_m_experiments_lists_them():
     out = _run("experiments")
     assert out.returncode == 0
