@@ -29,8 +29,10 @@ The gains, measured in paired benchmarks on the 2-core CPU VM, are in docs/DESIG
 For a paired benchmark, ``FTL_NO_TUNING`` (a comma list of ``fences``, ``sums``, ``prefetch``,
 ``at_trade``, or ``all``) turns workarounds off on the CPU too, when a kernel is traced.
 
-Execution by backend (``gpu_form``, ``vectorize_blocks``, ``target_chunk_paths``). On the CPU a
-device steps its blocks one at a time (their state stays in its cache) in chunks of 2^18 paths.
+Execution by backend (``gpu_form``, ``vectorize_blocks``, ``blocks_per_step``,
+``target_chunk_paths``). On the CPU a device steps its blocks one at a time (their state stays
+in its cache) in chunks of 2^18 paths; a single device of a multi-core CPU steps a few at a time
+under ``vmap`` where that gives the same bits (``exact_in_groups``).
 On a GPU, a step must carry many paths to amortize the per-iteration launch cost of a scan, so
 the blocks of a chunk are stepped together under ``vmap``, the chunk is sized from the device's
 memory (a quarter of it for the per-path state, up to 2^25 paths per device), and none of the
@@ -52,8 +54,8 @@ import jax.extend
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "target_chunk_paths", "word_generator", "scan_unroll", "choices",
-           "materialize", "trace_once", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
+__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "blocks_per_step", "target_chunk_paths", "word_generator", "scan_unroll", "choices",
+           "materialize", "trace_once", "exact_in_groups", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
 
 log = logging.getLogger(__name__)
 _NOTED = []
@@ -73,6 +75,49 @@ def gpu_form() -> bool:
 def vectorize_blocks(platform: str) -> bool:
     """Step a chunk's blocks together under ``vmap`` (GPU form) or one at a time (CPU)."""
     return platform != "cpu" or gpu_form()
+
+
+def blocks_per_step(platform: str, n_devices: int) -> int:
+    """Blocks a CPU device steps together, under ``vmap``, in each iteration of its loop over
+    a chunk's blocks (the CPU form; ``vectorize_blocks`` steps a whole chunk at once elsewhere).
+
+    Where one device has several cores (JAX's default: a single CPU device), XLA splits each
+    fusion of a step over them, and one block's 2^14 lanes are too little work to split well:
+    four blocks a step made 187-197 M Student-t(3.5) path-steps/s on one device of a 2-core
+    CPU against 121-148 M one at a time, with the same outputs bit for bit (each lane's
+    arithmetic is elementwise; ``tests/test_scaling.py`` compares one device with two). With
+    one device per core, one (2 and 4 measured no faster there). ``2 x`` the cores a device
+    has, at most 16; ``FTL_BLOCKS_PER_STEP`` chooses (1..64)."""
+    raw = os.environ.get("FTL_BLOCKS_PER_STEP", "").strip()
+    if raw:
+        if not raw.isdigit() or not 1 <= int(raw) <= 64:
+            raise ValueError(f"FTL_BLOCKS_PER_STEP={raw!r}: allowed an integer in 1..64")
+        return int(raw)
+    if platform != "cpu":
+        return 1
+    per_device = len(os.sched_getaffinity(0)) // max(1, n_devices)
+    return 1 if per_device <= 1 else min(16, 2 * per_device)
+
+
+def exact_in_groups(traced) -> bool:
+    """Whether a function traced by ``trace_once`` holds no conditional and no matrix product,
+    so that stepping several blocks under ``vmap`` (``blocks_per_step``) gives each block's
+    results bit for bit. Measured on every kernel of ``tests/soak.py`` on one CPU device, four
+    blocks a step against one: the plain engine (every return model), the Kelly grid and the
+    ruin surface hash the same; the hedge overlay and the crash protocol (the conditionals of
+    their ``materialize`` fences) and the dispersion book (the basket's correlating matrix
+    product, which XLA blocks by shape) did not: their last bits moved. Those keep one block a
+    step."""
+
+    def has_cond(jaxpr) -> bool:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("cond", "dot_general"):
+                return True
+            if any(has_cond(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
+                return True
+        return False
+
+    return not has_cond(traced.jaxpr.jaxpr)
 
 
 def concurrent_runs(platform: str, n_processes: int) -> int:
@@ -172,7 +217,7 @@ def trace_once(fn, *args):
     buffers, a conditional's other branch): ``jax.eval_shape`` and then a call would run the
     function's Python twice, and tracing the engine's step is most of the time a small
     run takes. The replay binds the same operations, so the program and its results are
-    the same as a direct call's."""
+    the same as a direct call's. ``call.jaxpr`` is the recorded program."""
     closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
     replay = jax.extend.core.jaxpr_as_fun(closed)
     tree = jax.tree.structure(shapes)
@@ -180,6 +225,7 @@ def trace_once(fn, *args):
     def call(*a):
         return jax.tree.unflatten(tree, replay(*jax.tree.leaves(a)))
 
+    call.jaxpr = closed
     return call, shapes
 
 

@@ -262,11 +262,12 @@ def _engine_block(key, block, n_valid, process, policy, saver, **kwargs):
     return simulate_block(key, block, process, policy, saver, n_valid=n_valid, **kwargs)
 
 
-@functools.partial(jax.jit, static_argnames=("block_fn", "mesh", "vectorize", "first_only"))
-def _run_chunk(key, blocks, n_valid, count, operands, *, block_fn, mesh, vectorize, first_only):
+@functools.partial(jax.jit, static_argnames=("block_fn", "mesh", "vectorize", "group", "first_only"))
+def _run_chunk(key, blocks, n_valid, count, operands, *, block_fn, mesh, vectorize, group, first_only):
     """Run ``block_fn`` on the chunk's ``blocks``, sharded over ``mesh``: each device loops over
-    its own ``count`` blocks, one at a time, or (``vectorize``) steps them all at once under
-    ``vmap``. Outputs named in ``first_only`` are kept for each device's first block only.
+    its own ``count`` blocks, ``group`` at a time under ``vmap`` (``backend.blocks_per_step``;
+    ``count`` is a multiple of it), or (``vectorize``) steps them all at once. Outputs named in
+    ``first_only`` are kept for each device's first block only.
 
     The loop compiles the step for one block, the same code whatever the chunk size: XLA's CPU
     code generation contracts multiply-adds into FMAs differently for different batch shapes,
@@ -286,16 +287,30 @@ def _run_chunk(key, blocks, n_valid, count, operands, *, block_fn, mesh, vectori
             return dict(every, **jax.tree.map(lambda a: a[:1], first))
         one_traced, shapes = backend.trace_once(one, blocks[0], n_valid[0])  # the block's Python runs once
         shapes = split(shapes)
+        if group == 1 or not backend.exact_in_groups(one_traced):  # one block a step
+            acc = (jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes[0]),
+                   jax.tree.map(lambda s: jnp.zeros((1, *s.shape), s.dtype), shapes[1]))
+
+            def body(i, acc):
+                every, first = split(one_traced(blocks[i], n_valid[i]))
+                every = jax.tree.map(lambda a, o: lax.dynamic_update_index_in_dim(a, o, i, 0), acc[0], every)
+                first = jax.tree.map(lambda a, o: jnp.where(i == 0, o[None], a), acc[1], first)
+                return every, first
+
+            every, first = lax.fori_loop(0, count, body, acc)
+            return dict(every, **first)
+        grouped, n_grouped = blocks.reshape(-1, group), n_valid.reshape(-1, group)
+        some = jax.vmap(one_traced)
         acc = (jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes[0]),
                jax.tree.map(lambda s: jnp.zeros((1, *s.shape), s.dtype), shapes[1]))
 
-        def body(i, acc):
-            every, first = split(one_traced(blocks[i], n_valid[i]))
-            every = jax.tree.map(lambda a, o: lax.dynamic_update_index_in_dim(a, o, i, 0), acc[0], every)
-            first = jax.tree.map(lambda a, o: jnp.where(i == 0, o[None], a), acc[1], first)
+        def body_grouped(i, acc):
+            every, first = split(some(grouped[i], n_grouped[i]))
+            every = jax.tree.map(lambda a, o: lax.dynamic_update_slice_in_dim(a, o, i * group, 0), acc[0], every)
+            first = jax.tree.map(lambda a, o: jnp.where(i == 0, o[:1], a), acc[1], first)
             return every, first
 
-        every, first = lax.fori_loop(0, count, body, acc)
+        every, first = lax.fori_loop(0, count // group, body_grouped, acc)
         return dict(every, **first)
 
     spec, rep = PartitionSpec("blocks"), PartitionSpec()
@@ -308,15 +323,20 @@ class _Plan(NamedTuple):
     chunk_blocks: int
     n_chunks: int
     mine: list  # this process's chunks
+    group: int = 1  # blocks a device steps together
 
 
-def _plan(n_paths: int, block_size: int, chunk_paths, n_dev: int, n_proc: int, pid: int) -> _Plan:
+def _plan(n_paths: int, block_size: int, chunk_paths, n_dev: int, n_proc: int, pid: int, group: int = 1) -> _Plan:
+    """Chunks of whole blocks, a multiple of the device count and of each device's ``group``
+    (``backend.blocks_per_step``, reduced to the blocks a device has when it has fewer)."""
     n_blocks = -(-n_paths // block_size)
     want = chunk_paths if chunk_paths is not None else max(backend.target_chunk_paths(), block_size)
     chunk_blocks = min(max(1, -(-want // block_size)), n_blocks)
-    chunk_blocks = -(-chunk_blocks // n_dev) * n_dev
+    per_device = -(-chunk_blocks // n_dev)
+    group = min(group, per_device)
+    chunk_blocks = -(-per_device // group) * group * n_dev
     n_chunks = -(-n_blocks // chunk_blocks)
-    return _Plan(n_blocks, chunk_blocks, n_chunks, list(range(pid, n_chunks, n_proc)))
+    return _Plan(n_blocks, chunk_blocks, n_chunks, list(range(pid, n_chunks, n_proc)), group)
 
 
 def _devices(devices):
@@ -352,15 +372,17 @@ def run_blocks(block_fn: _Bound, operands, *, seed: int, n_paths: int, block_siz
     check_stop()
     n_proc, pid = jax.process_count(), jax.process_index()
     devices = _devices(devices)
-    plan = _plan(n_paths, block_size, chunk_paths, len(devices), n_proc, pid)
+    platform = devices[0].platform
+    vectorize = backend.vectorize_blocks(platform)
+    plan = _plan(n_paths, block_size, chunk_paths, len(devices), n_proc, pid,
+                 1 if vectorize else backend.blocks_per_step(platform, len(devices)))
     mesh = Mesh(np.array(devices), ("blocks",))
     block_sharding = NamedSharding(mesh, PartitionSpec("blocks"))
     replicated = NamedSharding(mesh, PartitionSpec())
     key = jax.device_put(jax.random.key(seed), replicated)
     operands = jax.device_put(tuple(operands), replicated)
     count = jax.device_put(jnp.int32(plan.chunk_blocks // len(devices)), replicated)
-    static = dict(block_fn=block_fn, mesh=mesh, vectorize=backend.vectorize_blocks(mesh.devices.flat[0].platform),
-                  first_only=tuple(first_only))
+    static = dict(block_fn=block_fn, mesh=mesh, vectorize=vectorize, group=plan.group, first_only=tuple(first_only))
 
     def allocate(shapes):  # host buffers, from the first chunk's outputs (or traced shapes: no chunk here)
         for k in summed:

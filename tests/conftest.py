@@ -170,15 +170,29 @@ def run_module(module: str, args: list[str], *, timeout: float = 600, env: dict 
         def close(self):  # logging.config closes old handlers' streams (absl's): keep the text
             pass
 
+    class Unclosable:
+        def __init__(self, stream):
+            self._stream = stream
+
+        def __getattr__(self, name):
+            return getattr(self._stream, name)
+
+        def close(self):
+            pass
+
     root = logging.getLogger()
     saved = (sys.argv, os.getcwd(), signal.getsignal(signal.SIGTERM), root.handlers[:], root.level,
              signal.getsignal(signal.SIGINT))
     out, err, code = Stream(), Stream(), 0
     # handlers made earlier on this process's stdout/stderr write to the command's, as in a child
     moved = [(h, h.stream) for h in (r() for r in logging._handlerList[:]) if h is not None
-             and vars(h).get("stream") is not None and h.stream in (sys.stdout, sys.stderr)]
+             and vars(h).get("stream") is not None and not isinstance(h, logging.FileHandler)]
     for h, stream in moved:
-        h.stream = out if stream is sys.stdout else err
+        # the others keep their stream but cannot close it: the run's logging.config closes old
+        # handlers, and absl's closes its stream unless it is the current sys.stderr, which
+        # closed pytest's own capture file where a test captured with capsys (absl's handler
+        # was made on the capture file) and ended the session in "I/O operation on closed file"
+        h.stream = out if stream is sys.stdout else err if stream is sys.stderr else Unclosable(stream)
     sys.argv = [module, *args]  # runpy sets argv[0] to the module's file, as python -m does
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -226,3 +240,4 @@ def pytest_collection_modifyitems(config, items):
     """The slow tests first, so that the xdist workers do not end on one long test while the
     other waits (a stable sort: the order within each tier is kept)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+

@@ -1,9 +1,11 @@
 """Determinism soak (bounded): one result-carrying kernel of each family (and each return model
 through the engine) hashes identically when run again in the same process in another order,
-after whatever this test worker ran before, and in a fresh process. The long version, every
+after whatever this test worker ran before, and in a fresh process with one JAX device instead
+of one per core. The long version, every
 kernel of ``soak.kernels()``: ``python tests/soak.py --rounds 20 --processes 3``."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -22,8 +24,11 @@ def test_kernels_hash_identically_across_rounds_orders_and_processes():
               "hedge/regime_oracle/RegimeSwitching", "crash_protocol/Market", "dispersion/Basket"]
     names = family + ["engine/Gaussian", "engine/Merton", "engine/RegimeSwitching", "engine/StudentT"]
     here = soak.run_rounds(rounds=2, order_seed=1, names=names)
+    # the fresh process has one JAX device (this worker one per core), so it also steps several
+    # blocks at a time where that is exact (sim.backend.blocks_per_step, exact_in_groups)
     out = subprocess.run([sys.executable, soak.__file__, "--json", "--rounds", "1", "--order-seed", "2",
-                          "--only", *family], capture_output=True, text=True, timeout=600)
+                          "--only", *family], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "FTL_CPU_DEVICES": "off"})
     assert out.returncode == 0, out.stderr[-3000:]
     there = json.loads(out.stdout.strip().splitlines()[-1])
     kernels = set(soak.kernels())  # a family or return model added to the soak must be covered here too
@@ -32,5 +37,5 @@ def test_kernels_hash_identically_across_rounds_orders_and_processes():
     assert set(there) == set(family)
     for name, hashes in here.items():
         assert len(hashes) == 1, (name, hashes)
-        if name in there:
+        if name in there and name != "dispersion/Basket":  # see test_dispersion: device-count dependent
             assert set(there[name]) == hashes, (name, hashes, there[name])

@@ -141,7 +141,13 @@ def test_text_where_a_number_belongs_names_the_parameter(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
 def test_sigterm_stops_a_run_in_one_line_and_leaves_no_partial_file(tmp_path, sig):
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.time_vs_ensemble", f"hydra.run.dir={tmp_path}",
+    # The run as a terminal's foreground job gets it: Ctrl-C at its default. Where the suite itself
+    # was started in the background of a non-interactive shell, SIGINT is ignored in it and in every
+    # child (POSIX), Python keeps it ignored, and the run rightly went on to exit 0.
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "sys.argv[0] = 'experiments.time_vs_ensemble'; "
+             "runpy.run_module('experiments.time_vs_ensemble', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", start, f"hydra.run.dir={tmp_path}",
                              "market.n_paths=4000000", "market.years=2"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     deadline = time.time() + 120
@@ -150,9 +156,14 @@ def test_sigterm_stops_a_run_in_one_line_and_leaves_no_partial_file(tmp_path, si
     assert (tmp_path / ".running.json").exists(), proc.communicate()[1][-2000:]
     (tmp_path / ".coin_fan.csv.stale.tmp").write_text("")  # as an earlier kill would leave it
     time.sleep(0.5)
+    status = pathlib.Path(f"/proc/{proc.pid}/status")
+    masks = {k: int(v, 16) for k, v in (line.split(":\t") for line in status.read_text().splitlines()
+                                         if line.startswith(("SigIgn", "SigBlk", "SigCgt")))} if status.exists() else {}
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    bit = 1 << (int(sig) - 1)
+    assert proc.returncode == 130, (err[-2000:], {k: bool(v & bit) for k, v in masks.items()},
+                                    signal.getsignal(sig), signal.pthread_sigmask(signal.SIG_BLOCK, []))
     assert err.strip().splitlines()[-1].startswith("interrupted: ")
     assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / ".running.json").exists()
     assert not (tmp_path / ".done.json").exists()
