@@ -44,8 +44,8 @@ def check_stop() -> None:
     A signal handler's ``KeyboardInterrupt`` is raised wherever the main thread happens to be,
     and JAX's tracing code has bare ``except:`` clauses (``lax.broadcast_shapes``,
     ``core.is_constant_dim``, ``jnp.where``'s shape check) that swallow it when it lands there:
-    the run went on and exited 0 after a Ctrl-C (seen once in a cold test session;
-    ``tests/test_sweeps.py`` shows the swallowing). So the host driver calls this after each
+    the run would go on and exit 0 after a Ctrl-C (``tests/test_sweeps.py`` shows the
+    swallowing). So the host driver calls this after each
     chunk and before it starts, every output write calls it, and the harness calls it before
     a run's completion record: a stop that was swallowed takes effect at the next of these."""
     if _STOP.is_set():
