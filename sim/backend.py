@@ -32,7 +32,7 @@ For a paired benchmark, ``FTL_NO_TUNING`` (a comma list of ``fences``, ``sums``,
 Execution by backend (``gpu_form``, ``vectorize_blocks``, ``blocks_per_step``,
 ``target_chunk_paths``). On the CPU a device steps its blocks one at a time (their state stays
 in its cache) in chunks of 2^18 paths; a single device of a multi-core CPU steps a few at a time
-under ``vmap`` where that gives the same bits (``exact_in_groups``).
+under ``vmap`` where that gives the same bits and fits the cache (``blocks_in_groups``).
 On a GPU, a step must carry many paths to amortize the per-iteration launch cost of a scan, so
 the blocks of a chunk are stepped together under ``vmap``, the chunk is sized from the device's
 memory (a quarter of it for the per-path state, up to 2^25 paths per device), and none of the
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 
 import jax
@@ -55,7 +56,7 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "blocks_per_step", "target_chunk_paths", "word_generator", "scan_unroll", "choices",
-           "materialize", "trace_once", "exact_in_groups", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
+           "materialize", "trace_once", "blocks_in_groups", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
 
 log = logging.getLogger(__name__)
 _NOTED = []
@@ -99,25 +100,44 @@ def blocks_per_step(platform: str, n_devices: int) -> int:
     return 1 if per_device <= 1 else min(16, 2 * per_device)
 
 
-def exact_in_groups(traced) -> bool:
-    """Whether a function traced by ``trace_once`` holds no conditional and no matrix product,
-    so that stepping several blocks under ``vmap`` (``blocks_per_step``) gives each block's
-    results bit for bit. Measured on every kernel of ``tests/soak.py`` on one CPU device, four
-    blocks a step against one: the plain engine (every return model), the Kelly grid and the
-    ruin surface hash the same; the hedge overlay and the crash protocol (the conditionals of
-    their ``materialize`` fences) and the dispersion book (the basket's correlating matrix
-    product, which XLA blocks by shape) did not: their last bits moved. Those keep one block a
-    step."""
+_GROUP_ELEMENTS = 1 << 16  # elements of a block's largest array, times the blocks stepped together
 
-    def has_cond(jaxpr) -> bool:
+
+def blocks_in_groups(traced, group: int) -> int:
+    """How many blocks a device steps together, at most ``group``, for a block function traced
+    by ``trace_once``: one where its program holds a conditional or a matrix product (so that
+    every block's results are the same bit for bit), else as many as keep its largest array
+    within 2^16 elements (so that their state stays in the cache).
+
+    Measured on every kernel of ``tests/soak.py`` on one CPU device, four blocks a step
+    against one: the plain engine (every return model), the Kelly grid and the ruin surface
+    hash the same; the hedge overlay and the crash protocol (the conditionals of their
+    ``materialize`` fences; with the fences off they hash the same) and the dispersion book
+    (which holds a matrix product) did not: their last bits moved. And bench/ruin_surface.py's
+    grid, whose block carries 16 fractions per path, ran 13-15% slower four blocks at a time
+    (536-636 against 630-731 M point-path-steps/s) while the plain engine's 2^14-lane blocks
+    ran 1.4x faster."""
+    if group <= 1:
+        return 1
+    largest = 1
+
+    def walk(jaxpr) -> bool:  # False where a conditional or a matrix product is found
+        nonlocal largest
         for eqn in jaxpr.eqns:
             if eqn.primitive.name in ("cond", "dot_general"):
-                return True
-            if any(has_cond(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
-                return True
-        return False
+                return False
+            for v in eqn.outvars:
+                largest = max(largest, int(math.prod(getattr(v.aval, "shape", ()))))
+            if not all(walk(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)):
+                return False
+        return True
 
-    return not has_cond(traced.jaxpr.jaxpr)
+    if not walk(traced.jaxpr.jaxpr):
+        return 1
+    g = max(1, min(group, _GROUP_ELEMENTS // largest))
+    while group % g:  # a divisor of the planned group: the chunk holds a multiple of it
+        g -= 1
+    return g
 
 
 def concurrent_runs(platform: str, n_processes: int) -> int:

@@ -287,7 +287,8 @@ def _run_chunk(key, blocks, n_valid, count, operands, *, block_fn, mesh, vectori
             return dict(every, **jax.tree.map(lambda a: a[:1], first))
         one_traced, shapes = backend.trace_once(one, blocks[0], n_valid[0])  # the block's Python runs once
         shapes = split(shapes)
-        if group == 1 or not backend.exact_in_groups(one_traced):  # one block a step
+        g = backend.blocks_in_groups(one_traced, group)  # 1 where that is not exact or not faster
+        if g == 1:  # one block a step
             acc = (jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes[0]),
                    jax.tree.map(lambda s: jnp.zeros((1, *s.shape), s.dtype), shapes[1]))
 
@@ -299,18 +300,18 @@ def _run_chunk(key, blocks, n_valid, count, operands, *, block_fn, mesh, vectori
 
             every, first = lax.fori_loop(0, count, body, acc)
             return dict(every, **first)
-        grouped, n_grouped = blocks.reshape(-1, group), n_valid.reshape(-1, group)
+        grouped, n_grouped = blocks.reshape(-1, g), n_valid.reshape(-1, g)
         some = jax.vmap(one_traced)
         acc = (jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes[0]),
                jax.tree.map(lambda s: jnp.zeros((1, *s.shape), s.dtype), shapes[1]))
 
         def body_grouped(i, acc):
             every, first = split(some(grouped[i], n_grouped[i]))
-            every = jax.tree.map(lambda a, o: lax.dynamic_update_slice_in_dim(a, o, i * group, 0), acc[0], every)
+            every = jax.tree.map(lambda a, o: lax.dynamic_update_slice_in_dim(a, o, i * g, 0), acc[0], every)
             first = jax.tree.map(lambda a, o: jnp.where(i == 0, o[:1], a), acc[1], first)
             return every, first
 
-        every, first = lax.fori_loop(0, count // group, body_grouped, acc)
+        every, first = lax.fori_loop(0, count // g, body_grouped, acc)
         return dict(every, **first)
 
     spec, rep = PartitionSpec("blocks"), PartitionSpec()

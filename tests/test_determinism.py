@@ -25,7 +25,7 @@ def test_kernels_hash_identically_across_rounds_orders_and_processes():
     names = family + ["engine/Gaussian", "engine/Merton", "engine/RegimeSwitching", "engine/StudentT"]
     here = soak.run_rounds(rounds=2, order_seed=1, names=names)
     # the fresh process has one JAX device (this worker one per core), so it also steps several
-    # blocks at a time where that is exact (sim.backend.blocks_per_step, exact_in_groups)
+    # blocks at a time where that is exact (sim.backend.blocks_per_step, blocks_in_groups)
     out = subprocess.run([sys.executable, soak.__file__, "--json", "--rounds", "1", "--order-seed", "2",
                           "--only", *family], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "FTL_CPU_DEVICES": "off"})

@@ -198,3 +198,27 @@ def test_concurrently_raises_the_first_error_and_starts_nothing_after_it():
         # one thread: nothing after run 1; two: runs 2 and 3 may have been picked up before the error was seen
         assert (set(started) == {0, 1}) if threads == 1 else ({0, 1} <= set(started) <= {0, 1, 2, 3}), started
     assert concurrently({i: (lambda i=i: i * i) for i in (0, 2, 3)}, threads=2) == {0: 0, 2: 4, 3: 9}
+
+
+def test_blocks_in_groups_only_where_exact_and_small():
+    """One block a step where the block's program holds a conditional or a matrix product (their
+    last bits moved under vmap), or where its largest array is already large; a divisor of the
+    planned group otherwise."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    from sim import backend
+
+    def traced(fn, *shape):
+        return backend.trace_once(fn, jnp.zeros(shape, jnp.float32))[0]
+
+    plain = traced(lambda x: jnp.exp(x) * 2.0 + 1.0, 1 << 14)
+    assert backend.blocks_in_groups(plain, 4) == 4 and backend.blocks_in_groups(plain, 1) == 1
+    assert backend.blocks_in_groups(traced(lambda x: jnp.exp(x), 1 << 15), 4) == 2
+    assert backend.blocks_in_groups(traced(lambda x: jnp.exp(x), 21846), 4) == 2  # 3 would fit, 2 divides 4
+    assert backend.blocks_in_groups(traced(lambda x: x * 2.0, 1 << 14, 16), 4) == 1
+    assert backend.blocks_in_groups(traced(lambda x: lax.cond(x[0] > 0, jnp.sin, jnp.cos, x), 256), 4) == 1
+    scan_cond = traced(lambda x: lax.scan(lambda c, _: (lax.cond(c[0] > 0, jnp.sin, jnp.cos, c), None), x, None,
+                                          length=3)[0], 256)
+    assert backend.blocks_in_groups(scan_cond, 4) == 1  # found inside the scan's body too
+    assert backend.blocks_in_groups(traced(lambda x: x @ jnp.ones((4, 4)), 256, 4), 4) == 1
