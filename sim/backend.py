@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "blocks_per_step", "target_chunk_paths", "word_generator", "scan_unroll", "choices",
-           "materialize", "trace_once", "blocks_in_groups", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
+           "materialize", "trace_once", "blocks_in_groups", "per_lane", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
 
 log = logging.getLogger(__name__)
 _NOTED = []
@@ -247,6 +247,17 @@ def trace_once(fn, *args):
 
     call.jaxpr = closed
     return call, shapes
+
+
+def per_lane(shape, *values):
+    """``values`` (scalars) broadcast to ``shape``, behind an optimization barrier, so that what
+    is computed from them is computed per lane in every program. Without it XLA simplified a
+    scalar's arithmetic before its broadcast in some programs and not in others, so the
+    multiply-adds contracted into FMAs differed: the dispersion book's index straddle (a scalar
+    vol and strike against per-path index levels) moved in its last bits between one JAX CPU
+    device and one per core (``tests/test_determinism.py`` compares the two). On every backend:
+    a result must not depend on the device count anywhere."""
+    return lax.optimization_barrier(tuple(jnp.broadcast_to(jnp.asarray(v), shape) for v in values))
 
 
 def materialize(t, fn, *operands):

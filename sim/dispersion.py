@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import options, stats
+from sim import backend, options, stats
 from sim.market import Basket, cap_weights
 from sim.pytree import choice_field, choice_index, pytree_dataclass
 from sim.validation import ParameterError, check_correlation, check_range, check_same_length, check_vector
@@ -258,8 +258,9 @@ def _step_terms(e, s0, s1, tau0, dt, sign):
     w, vols, vol_i = e["shares"], e["vols"], e["index_vol"]
     i0, i1 = jnp.sum(w * s0, axis=-1), jnp.sum(w * s1, axis=-1)
     tau1 = jnp.maximum(tau0 - dt, 0.0)
-    gi = options.straddle(spot=i0, strike=e["index_strike"], expiry=tau0, vol=vol_i)
-    vi1 = options.straddle(spot=i1, strike=e["index_strike"], expiry=tau1, vol=vol_i)["price"]
+    vol_n, strike_n = backend.per_lane(i0.shape, vol_i, e["index_strike"])  # the same bits on any device count
+    gi = options.straddle(spot=i0, strike=strike_n, expiry=tau0, vol=vol_n)
+    vi1 = options.straddle(spot=i1, strike=strike_n, expiry=tau1, vol=vol_n)["price"]
     index_full = vi1 - gi["price"] - gi["delta"] * (i1 - i0)
     gs = options.straddle(spot=s0, strike=e["strikes"], expiry=tau0[..., None], vol=vols)
     vs1 = options.straddle(spot=s1, strike=e["strikes"], expiry=tau1[..., None], vol=vols)["price"]

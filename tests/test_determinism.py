@@ -37,5 +37,5 @@ def test_kernels_hash_identically_across_rounds_orders_and_processes():
     assert set(there) == set(family)
     for name, hashes in here.items():
         assert len(hashes) == 1, (name, hashes)
-        if name in there and name != "dispersion/Basket":  # see test_dispersion: device-count dependent
+        if name in there:
             assert set(there[name]) == hashes, (name, hashes, there[name])

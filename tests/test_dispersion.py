@@ -271,27 +271,3 @@ def test_book_kernel_terms_equal_the_double_sum_definition():
     assert tab["uncorrected_correlation"] == pytest.approx(-both["uncorrected_correlation"] / level, rel=1e-10)
     assert tab["rho_implied"] == pytest.approx(0.45, abs=1e-12)
 
-
-@pytest.mark.xfail(strict=True, reason="known defect (2026-12-03): the trade's index-level terms move in their last "
-                   "bits between one JAX CPU device and one per core; see docs/DESIGN.md, dispersion")
-def test_the_dispersion_book_does_not_depend_on_the_device_count():
-    """The dispersion kernel of ``tests/soak.py`` hashes the same on one JAX CPU device (a child
-    process) as on this worker's one per core. It does not today: every output that depends on
-    the index level ``sum_i w_i S_i`` differs in its last bits (the legs' own terms agree), also
-    with the sums written as fixed-order adds, also on one core; the basket alone agrees."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from tests import soak
-    from tests.conftest import ROOT
-
-    if jax.device_count() == 1:
-        pytest.skip("this worker has one JAX device: nothing to compare")
-    out = subprocess.run([sys.executable, soak.__file__, "--json", "--rounds", "1", "--only", "dispersion/Basket"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "FTL_CPU_DEVICES": "off"},
-                         cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    there = json.loads(out.stdout.strip().splitlines()[-1])["dispersion/Basket"]
-    assert there == [soak.kernels()["dispersion/Basket"]()]
