@@ -55,7 +55,7 @@ import jax.extend
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "blocks_per_step", "target_chunk_paths", "word_generator", "scan_unroll", "choices",
+__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "cpu_cores", "blocks_per_step", "target_chunk_paths", "word_generator", "scan_unroll", "choices",
            "materialize", "trace_once", "blocks_in_groups", "per_lane", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,13 @@ def vectorize_blocks(platform: str) -> bool:
     return platform != "cpu" or gpu_form()
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on: its affinity mask where the OS has one (Linux), else
+    ``os.cpu_count()`` (macOS and Windows have no ``os.sched_getaffinity``)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return len(getaffinity(0)) if getaffinity is not None else (os.cpu_count() or 1)
+
+
 def blocks_per_step(platform: str, n_devices: int) -> int:
     """Blocks a CPU device steps together, under ``vmap``, in each iteration of its loop over
     a chunk's blocks (the CPU form; ``vectorize_blocks`` steps a whole chunk at once elsewhere).
@@ -96,7 +103,7 @@ def blocks_per_step(platform: str, n_devices: int) -> int:
         return int(raw)
     if platform != "cpu":
         return 1
-    per_device = len(os.sched_getaffinity(0)) // max(1, n_devices)
+    per_device = cpu_cores() // max(1, n_devices)
     return 1 if per_device <= 1 else min(16, 2 * per_device)
 
 
@@ -295,7 +302,7 @@ def note_cpu_devices(devices) -> None:
     if _NOTED or not devices or devices[0].platform != "cpu" or len(devices) > 1:
         return
     _NOTED.append(True)
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_cores()
     if cores > 1:
         log.warning("JAX has 1 CPU device on this %d-core machine; sim.parallel.use_cpu_cores() before JAX's first "
                     "operation (the experiments do so) steps one block per core, faster with the "

@@ -38,7 +38,9 @@ def use_cpu_cores(n: int | None = None, *, quiet: bool = False) -> int:
     logs why, and returns the CPU device count JAX already has. Where the default backend is a
     GPU it only shapes the CPU backend, which the engine then does not use.
     """
-    n = len(os.sched_getaffinity(0)) if n is None else check_int("cpu_devices", n, 1, 4096)
+    from sim import backend
+
+    n = backend.cpu_cores() if n is None else check_int("cpu_devices", n, 1, 4096)
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:

@@ -222,3 +222,15 @@ def test_blocks_in_groups_only_where_exact_and_small():
                                           length=3)[0], 256)
     assert backend.blocks_in_groups(scan_cond, 4) == 1  # found inside the scan's body too
     assert backend.blocks_in_groups(traced(lambda x: x @ jnp.ones((4, 4)), 256, 4), 4) == 1
+
+
+def test_cpu_cores_without_an_affinity_mask(monkeypatch):
+    """macOS and Windows have no os.sched_getaffinity: import sim and the core count still work."""
+    import os
+
+    from sim import backend
+
+    assert backend.cpu_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert backend.cpu_cores() == (os.cpu_count() or 1)
+    assert backend.blocks_per_step("cpu", 1) == (1 if backend.cpu_cores() == 1 else min(16, 2 * backend.cpu_cores()))

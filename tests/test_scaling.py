@@ -197,7 +197,7 @@ def test_engine_and_surface_on_two_forced_cpu_devices_equal_one(tmp_path):
 
     other = np.load(out)
     mine = run(hedged=True)
-    if len(os.sched_getaffinity(0)) > 1:  # the grouped loop is what one of the two runs used
+    if backend.cpu_cores() > 1:  # the grouped loop is what one of the two runs used
         assert max(backend.blocks_per_step("cpu", 1), backend.blocks_per_step("cpu", here)) > 1
     assert mine["hedged_sales"].sum() > 0 and (mine["hedged_premium"] > 0).all()
     for k, v in mine.items():
