@@ -24,6 +24,10 @@ operands, instead of in a conditional of its own (``decide_at_trade``).
 The gains, measured in paired benchmarks on the 2-core CPU VM, are in docs/DESIGN.md
 ("Backend workarounds").
 
+``per_lane(shape, *scalars)`` is about exactness, on every backend: scalars broadcast to the
+lanes behind an optimization barrier, so that what is computed from them is computed per lane,
+with the same multiply-add contractions in every program (device count, grouping).
+
 ``note_cpu_devices`` tells a user, once per process, how to get one JAX device per core.
 
 For a paired benchmark, ``FTL_NO_TUNING`` (a comma list of ``fences``, ``sums``, ``prefetch``,
