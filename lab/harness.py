@@ -415,7 +415,6 @@ def hydra_main(run_fn, cfg) -> None:
             claim = claim_run_dir(out_dir)
             try:
                 run_resumable(run_fn, cfg, out_dir, experiment=hc.job.name)
-                check_stop()
             finally:
                 claim.unlink(missing_ok=True)
             return

@@ -288,30 +288,22 @@ def _run_chunk(key, blocks, n_valid, count, operands, *, block_fn, mesh, vectori
         one_traced, shapes = backend.trace_once(one, blocks[0], n_valid[0])  # the block's Python runs once
         shapes = split(shapes)
         g = backend.blocks_in_groups(one_traced, group)  # 1 where that is not exact or not faster
-        if g == 1:  # one block a step
-            acc = (jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes[0]),
-                   jax.tree.map(lambda s: jnp.zeros((1, *s.shape), s.dtype), shapes[1]))
-
-            def body(i, acc):
-                every, first = split(one_traced(blocks[i], n_valid[i]))
-                every = jax.tree.map(lambda a, o: lax.dynamic_update_index_in_dim(a, o, i, 0), acc[0], every)
-                first = jax.tree.map(lambda a, o: jnp.where(i == 0, o[None], a), acc[1], first)
-                return every, first
-
-            every, first = lax.fori_loop(0, count, body, acc)
-            return dict(every, **first)
+        if g == 1:  # one block a step, the step compiled for one block
+            def some(bs, nvs):
+                return jax.tree.map(lambda o: o[None], one_traced(bs[0], nvs[0]))
+        else:
+            some = jax.vmap(one_traced)
         grouped, n_grouped = blocks.reshape(-1, g), n_valid.reshape(-1, g)
-        some = jax.vmap(one_traced)
         acc = (jax.tree.map(lambda s: jnp.zeros((blocks.shape[0], *s.shape), s.dtype), shapes[0]),
                jax.tree.map(lambda s: jnp.zeros((1, *s.shape), s.dtype), shapes[1]))
 
-        def body_grouped(i, acc):
+        def body(i, acc):
             every, first = split(some(grouped[i], n_grouped[i]))
             every = jax.tree.map(lambda a, o: lax.dynamic_update_slice_in_dim(a, o, i * g, 0), acc[0], every)
             first = jax.tree.map(lambda a, o: jnp.where(i == 0, o[:1], a), acc[1], first)
             return every, first
 
-        every, first = lax.fori_loop(0, count // g, body_grouped, acc)
+        every, first = lax.fori_loop(0, count // g, body, acc)
         return dict(every, **first)
 
     spec, rep = PartitionSpec("blocks"), PartitionSpec()
@@ -328,14 +320,16 @@ class _Plan(NamedTuple):
 
 
 def _plan(n_paths: int, block_size: int, chunk_paths, n_dev: int, n_proc: int, pid: int, group: int = 1) -> _Plan:
-    """Chunks of whole blocks, a multiple of the device count and of each device's ``group``
-    (``backend.blocks_per_step``, reduced to the blocks a device has when it has fewer)."""
+    """Chunks of whole blocks, a multiple of the device count; each device steps ``group`` of
+    its blocks together: the largest divisor of its block count up to ``backend.blocks_per_step``,
+    so the grouping adds no padded blocks (a chunk of 5 blocks on one device steps them singly,
+    one of 6 in threes)."""
     n_blocks = -(-n_paths // block_size)
     want = chunk_paths if chunk_paths is not None else max(backend.target_chunk_paths(), block_size)
     chunk_blocks = min(max(1, -(-want // block_size)), n_blocks)
     per_device = -(-chunk_blocks // n_dev)
-    group = min(group, per_device)
-    chunk_blocks = -(-per_device // group) * group * n_dev
+    group = max(d for d in range(1, min(group, per_device) + 1) if per_device % d == 0)  # no padding for it
+    chunk_blocks = per_device * n_dev
     n_chunks = -(-n_blocks // chunk_blocks)
     return _Plan(n_blocks, chunk_blocks, n_chunks, list(range(pid, n_chunks, n_proc)), group)
 

@@ -240,4 +240,3 @@ def pytest_collection_modifyitems(config, items):
     """The slow tests first, so that the xdist workers do not end on one long test while the
     other waits (a stable sort: the order within each tier is kept)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-

@@ -270,4 +270,3 @@ def test_book_kernel_terms_equal_the_double_sum_definition():
     assert tab["correlation"] == pytest.approx(-both["correlation"] / level, rel=1e-10)
     assert tab["uncorrected_correlation"] == pytest.approx(-both["uncorrected_correlation"] / level, rel=1e-10)
     assert tab["rho_implied"] == pytest.approx(0.45, abs=1e-12)
-

@@ -234,3 +234,15 @@ def test_cpu_cores_without_an_affinity_mask(monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity")
     assert backend.cpu_cores() == (os.cpu_count() or 1)
     assert backend.blocks_per_step("cpu", 1) == (1 if backend.cpu_cores() == 1 else min(16, 2 * backend.cpu_cores()))
+
+
+def test_the_plan_groups_blocks_without_padding():
+    """Each device steps the largest divisor of its block count up to the group asked, so a chunk
+    never gains padded blocks from grouping (the chunk is what it was without it)."""
+    from sim.engine import _plan
+
+    for n_blocks, n_dev, asked, group, chunk in [(5, 1, 4, 1, 5), (6, 1, 4, 3, 6), (16, 1, 4, 4, 16),
+                                                  (2, 1, 4, 2, 2), (6, 2, 4, 3, 6), (3, 2, 1, 1, 4)]:
+        plan = _plan(n_blocks * 256, 256, None, n_dev, 1, 0, asked)
+        assert (plan.group, plan.chunk_blocks) == (group, chunk), (n_blocks, n_dev, asked, plan)
+        assert plan.chunk_blocks == _plan(n_blocks * 256, 256, None, n_dev, 1, 0, 1).chunk_blocks
