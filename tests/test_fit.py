@@ -1,5 +1,6 @@
 """Maximum-likelihood fits (sim.fit) against closed forms, scipy, and a known simulated truth."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -318,6 +319,46 @@ def test_recovery_reports_bias_and_coverage_per_parameter():
     assert 0.8 <= table.loc["sigma", "coverage"] <= 1.0 and 0.8 <= table.loc["mu", "coverage"] <= 1.0
     assert 0.8 <= table.loc["sigma", "coverage_lr"] <= 1.0 and 0.8 <= table.loc["mu", "coverage_lr"] <= 1.0
     assert table.loc["mu", "median_reported_se"] == pytest.approx(0.2 / math.sqrt(2), rel=0.05)
+    # the bootstrap-calibrated test of the truth, for mu only (a parameter before others)
+    boot = fit.recovery(Gaussian(0.08, 0.2), n_series=12, years=2, seed=3, likelihood_ratio=False, bootstrap=20,
+                        bootstrap_parameters=["mu"]).set_index("parameter")
+    assert boot.loc["mu", "n_used_boot"] == 12 and 0.0 <= boot.loc["mu", "coverage_lr_boot"] <= 1.0
+    # from 20 replicates the threshold is their largest: F(x)^20 = 1/2 puts its median at 4.5 for chi2_1
+    assert 2.5 < boot.loc["mu", "median_threshold_boot"] < 8.0
+    assert np.isnan(boot.loc["sigma", "coverage_lr_boot"]) and boot.loc["sigma", "n_used"] == 12
+    with pytest.raises(ParameterError, match="bootstrap_parameters \\['nu'\\] are not parameters of gaussian"):
+        fit.recovery(Gaussian(0.08, 0.2), n_series=2, years=1, bootstrap=20, bootstrap_parameters=["nu"])
+
+
+def test_bootstrap_threshold_draws_the_exact_law_of_the_gaussian_statistic():
+    """For Gaussian returns the likelihood-ratio statistic of mu is n log(1 + T^2 / (n - 1))
+    with T Student-t(n - 1) exactly, so ``(n - 1) expm1(LR / n)`` is F(1, n - 1): the
+    bootstrap's 200 statistics (each two fits of a series drawn from the fit) pass a KS test
+    against it, and the threshold, their 191st smallest, sits where that order statistic of
+    200 uniforms does (Beta(191, 10), 99.9% range). A fit the simulator cannot run, or one
+    that did not converge, is refused by name."""
+    r = _sample(Gaussian(0.08, 0.2), 300, 4)
+    f = fit.fit(r, "gaussian")
+    boot = fit.bootstrap_threshold(f, "mu", n_boot=200, seed=5)
+    n = r.size
+    assert boot.n_used == 200 and boot.chi2 == pytest.approx(3.841, abs=1e-3)
+    f_stats = (n - 1) * np.expm1(boot.statistics / n)
+    assert sps.kstest(f_stats, sps.f(1, n - 1).cdf).pvalue > 0.01
+    at = sps.f(1, n - 1).cdf((n - 1) * math.expm1(boot.threshold / n))
+    lo, hi = sps.beta(191, 10).ppf([0.0005, 0.9995])
+    assert lo <= at <= hi
+    # the test of mu = 0.3 draws from the fit held there: its statistics have the same exact law
+    held = fit.fit(r, "gaussian", fixed={"mu": 0.3})
+    at_null = fit.bootstrap_threshold(held, "mu", n_boot=100, seed=6)
+    assert at_null.n_used == 100
+    assert sps.kstest((n - 1) * np.expm1(at_null.statistics / n), sps.f(1, n - 1).cdf).pvalue > 0.01
+    with pytest.raises(ParameterError, match="'nu' is not a parameter of gaussian"):
+        fit.bootstrap_threshold(f, "nu")
+    with pytest.raises(ParameterError, match="n_boot = 5 is out of range"):
+        fit.bootstrap_threshold(f, "mu", n_boot=5)
+    bad = dataclasses.replace(f, converged=False)
+    with pytest.raises(ParameterError, match="did not converge"):
+        fit.bootstrap_threshold(bad, "mu")
 
 
 def test_profile_interval_is_the_gaussian_closed_form():
@@ -337,9 +378,14 @@ def test_profile_interval_is_the_gaussian_closed_form():
     stat = lambda v: n * (s2 / v - 1 - math.log(s2 / v)) - c  # noqa: E731
     ends = [math.sqrt(sopt.brentq(stat, a, b, xtol=1e-16) / dt) for a, b in ((s2 / 10, s2), (s2, 10 * s2))]
     np.testing.assert_allclose(fit.profile_interval(r, f, "sigma"), ends, rtol=1e-6)
+    wider = math.sqrt(s2) / dt * math.sqrt(math.expm1(6.0 / n))  # a calibrated threshold in place of chi2_1
+    np.testing.assert_allclose(fit.profile_interval(r, f, "mu", threshold=6.0),
+                               [r.mean() / dt - wider, r.mean() / dt + wider], rtol=1e-7)
     assert fit.likelihood_ratio_statistic(r, f, {"mu": f.params["mu"]}) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ParameterError, match="'nu' is not a free parameter of this gaussian fit"):
         fit.profile_interval(r, f, "nu")
+    with pytest.raises(ParameterError, match="threshold = -1.0; allowed: a finite number > 0"):
+        fit.profile_interval(r, f, "mu", threshold=-1.0)
     edges = {(m, k): fit.lower_edge(m, k) for m in fit.MODELS for k in fit.SPECS[m]["names"]}
     assert edges[("student_t", "nu")] == 2.0 and edges[("regime_switching", "nu_crash")] == 2.0
     assert edges[("merton", "jump_std")] == 0.0 and edges[("garch_t", "alpha")] == 0.0
