@@ -352,6 +352,14 @@ def test_bootstrap_threshold_draws_the_exact_law_of_the_gaussian_statistic():
     at_null = fit.bootstrap_threshold(held, "mu", n_boot=100, seed=6)
     assert at_null.n_used == 100
     assert sps.kstest((n - 1) * np.expm1(at_null.statistics / n), sps.f(1, n - 1).cdf).pvalue > 0.01
+    # the calibrated interval inverts that test: at each end the statistic equals its own threshold
+    ends = fit.profile_interval(r, f, "mu", bootstrap=50, seed=1)
+    for v in ends:
+        at_end = fit.fit(r, "gaussian", fixed={"mu": v}, starts=[f.unconstrained_estimate])
+        stat = 2 * (f.loglik - at_end.loglik)
+        assert stat == pytest.approx(fit.bootstrap_threshold(at_end, "mu", n_boot=50, seed=1).threshold, rel=1e-3)
+    with pytest.raises(ParameterError, match="threshold and bootstrap given"):
+        fit.profile_interval(r, f, "mu", threshold=4.0, bootstrap=50)
     with pytest.raises(ParameterError, match="'nu' is not a parameter of gaussian"):
         fit.bootstrap_threshold(f, "nu")
     with pytest.raises(ParameterError, match="n_boot = 5 is out of range"):
