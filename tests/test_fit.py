@@ -358,6 +358,8 @@ def test_bootstrap_threshold_draws_the_exact_law_of_the_gaussian_statistic():
         at_end = fit.fit(r, "gaussian", fixed={"mu": v}, starts=[f.unconstrained_estimate])
         stat = 2 * (f.loglik - at_end.loglik)
         assert stat == pytest.approx(fit.bootstrap_threshold(at_end, "mu", n_boot=50, seed=1).threshold, rel=1e-3)
+    with pytest.raises(ParameterError, match=r"starts = 'some'; allowed: \['all', 'world'\]"):
+        fit.bootstrap_threshold(f, "mu", starts="some")
     with pytest.raises(ParameterError, match="threshold and bootstrap given"):
         fit.profile_interval(r, f, "mu", threshold=4.0, bootstrap=50)
     with pytest.raises(ParameterError, match="'nu' is not a parameter of gaussian"):
