@@ -59,8 +59,9 @@ import jax.extend
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "cpu_cores", "blocks_per_step", "target_chunk_paths", "word_generator", "scan_unroll", "choices",
-           "materialize", "trace_once", "blocks_in_groups", "per_lane", "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
+__all__ = ["on_cpu", "gpu_form", "vectorize_blocks", "cpu_cores", "blocks_per_step", "target_chunk_paths",
+           "word_generator", "scan_unroll", "choices", "materialize", "trace_once", "blocks_in_groups", "per_lane",
+           "tranche_sum", "prefetch_draws", "decide_at_trade", "note_cpu_devices"]
 
 log = logging.getLogger(__name__)
 _NOTED = []

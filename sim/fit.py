@@ -630,7 +630,8 @@ def recovery(process, model: str | None = None, *, n_series: int = 50, years: fl
     profile-likelihood interval at ``level`` covers the truth, i.e. ``2 (loglik - loglik with
     the parameter held at the truth) <= chi2_1(level)`` (one more fit per series and
     parameter; no information matrix needed, so singular fits count too; ``n_used_lr``).
-    With ``bootstrap`` (a number of replicates) also ``coverage_lr_boot`` for the
+    With ``bootstrap`` (a number of replicates) also ``coverage_lr_boot`` (and ``coverage_lr``,
+    whose held fits it needs, even without ``likelihood_ratio``) for the
     ``bootstrap_parameters`` (default: every one): the same statistic against each series'
     own ``bootstrap_threshold`` (seeded from ``seed`` and the series), with the median
     threshold (``median_threshold_boot``; chi2_1(0.95) is 3.84) and ``n_used_boot``: drawn
@@ -813,13 +814,18 @@ def _free_start(result: FitResult):
     """A point of the unconstrained coordinates for a free fit near ``result``: its estimate,
     with each held coordinate set to the held value (``lower_edge``'s inverse map: the value
     itself, or the log of its distance to the edge); None where a held parameter moves with
-    others (GARCH's alpha, beta)."""
+    others (GARCH's alpha, beta) or the model's map does not give the value back from it."""
     spec, u = SPECS[result.model], np.array(result.unconstrained_estimate, np.float64)
     for name in result.fixed:
         if name in _MIXED.get(result.model, set()):
             return None
         edge, v = lower_edge(result.model, name), float(result.params[name])
         u[spec["names"].index(name)] = v if math.isinf(edge) else math.log(max(v - edge, 1e-300))
+    with jax.enable_x64(True):
+        back = spec["to_params"](jnp.asarray(u, jnp.float64))
+    if not all(math.isclose(float(back[k]), float(result.params[k]), rel_tol=1e-9, abs_tol=1e-12)
+               for k in result.fixed):
+        return None
     return u
 
 
@@ -878,7 +884,7 @@ def bootstrap_threshold(result: FitResult, name: str, *, n_boot: int = 200, leve
             continue
         held = fit(x, result.model, fixed=held_fixed, steps_per_year=result.steps_per_year,
                    starts=[free.unconstrained_estimate, *free_starts], own_starts=own)
-        stats.append(max(0.0, 2.0 * (free.loglik - held.loglik)) if np.isfinite(held.loglik) else math.inf)
+        stats.append(_statistic(free, held))
     if len(stats) < 20:
         raise ParameterError(f"bootstrap_threshold: only {len(stats)} of {n_boot} bootstrap fits converged; "
                              "allowed: at least 20")
