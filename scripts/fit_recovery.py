@@ -13,7 +13,7 @@ one more fit per series and parameter; ``--no-lr`` skips it). Writes the table a
 ``--bootstrap B`` adds ``coverage_lr_boot``: the profile-likelihood interval against each
 series' own parametric-bootstrap threshold (``sim.fit.bootstrap_threshold``, B replicates of
 two fits each: with ``--bootstrap-starts world``, 50 series x 100 replicates took 17 min for
-Merton on one core; with the default ``all`` about 20 times that).
+Merton on one core; with the default ``all`` about 18 times that).
 """
 
 from __future__ import annotations

@@ -846,8 +846,8 @@ def bootstrap_threshold(result: FitResult, name: str, *, n_boot: int = 200, leve
     interval under-covers.
 
     Each replicate is two fits computed as the statistic on the data is (``starts="all"``:
-    the model's own starts and the world's point; the held fit also the free estimate): about
-    3-4 s a replicate for Merton and the regime model on one core (the vectorized starts run
+    the model's own starts and the world's point; the held fit also the free estimate): 2.7-3.2 s
+    a Merton replicate and about 4 s a regime-model one on one core (the vectorized starts run
     until the slowest converges). ``starts="world"`` starts at the world's point only, 0.15-0.4 s
     a replicate, but a free fit can then stop at a lower maximum and the threshold comes out too
     low: for Merton in 9 of 120 replicates (its measured coverage, 0.90, is with this); for the
