@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 
 import jax
@@ -49,6 +50,7 @@ from sim.validation import ParameterError, check_int
 
 __all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "few_events_notes", "MIN_JUMPS", "MIN_CRASHES",
            "regime_step_law", "recovery", "likelihood_ratio_statistic", "profile_interval", "bootstrap_threshold",
+           "with_intervals", "check_interval_options", "INTERVALS",
            "BootstrapThreshold", "lower_edge",
            "log_likelihood", "garch_variances", "compare", "model_of", "SPECS", "padded"]
 
@@ -72,6 +74,8 @@ class FitResult:
     fixed: tuple = ()  # parameters held at given values (not estimated: no SE, not counted in k)
     steps_per_year: float = 252.0  # the returns' frequency
     few_events: list = dataclasses.field(default_factory=list)  # parameters resting on few events (few_events_notes)
+    # name -> (low, high, how): intervals computed by with_intervals (the others: Wald, in table)
+    intervals: dict = dataclasses.field(default_factory=dict)
     _u_hat: np.ndarray | None = dataclasses.field(default=None, repr=False)  # the estimate, unconstrained
     _u_cov: np.ndarray | None = dataclasses.field(default=None, repr=False)  # its covariance there (Laplace)
 
@@ -128,11 +132,27 @@ class FitResult:
         draws = np.stack([np.broadcast_to(np.asarray(params[k], np.float64), (len(u),)) for k in names], axis=1)
         return PosteriorDraws(self.process, names=tuple(names), draws=draws.astype(np.float32))
 
-    def table(self):
-        """One row per parameter (estimate, SE), then the fit's figures."""
+    def table(self, level: float = 0.95):
+        """One row per parameter (estimate, SE, an interval: ``low``, ``high`` and ``interval``
+        saying which; Wald at ``level`` unless ``with_intervals`` computed another), then the
+        fit's figures."""
         import pandas as pd
+        from scipy import stats as sps
 
-        rows = [{"model": self.model, "parameter": k, "estimate": v, "se": self.se[k]} for k, v in self.params.items()]
+        z = float(sps.norm.ppf(0.5 + level / 2))
+        rows = []
+        for k, v in self.params.items():
+            se = self.se[k]
+            if k in self.intervals:
+                low, high, how = self.intervals[k]
+            elif k in self.fixed:
+                low, high, how = float("nan"), float("nan"), "held (not estimated)"
+            elif math.isfinite(se):
+                low, high, how = v - z * se, v + z * se, f"Wald {level:.0%}"
+            else:
+                low, high, how = float("nan"), float("nan"), "none: no standard error (with_intervals: profile)"
+            rows.append({"model": self.model, "parameter": k, "estimate": v, "se": se, "low": low, "high": high,
+                         "interval": how})
         for k, v in (("loglik", self.loglik), ("aic", self.aic), ("bic", self.bic), ("n_obs", self.n_obs)):
             rows.append({"model": self.model, "parameter": k, "estimate": float(v), "se": float("nan")})
         out = pd.DataFrame(rows)
@@ -379,15 +399,15 @@ def few_events_notes(model: str, params: dict, years: float) -> list:
         jumps = params["lam"] * years
         if jumps < MIN_JUMPS:
             out.append(f"about {jumps:.1f} jumps in the sample, fewer than {MIN_JUMPS}: jump_mean and jump_std rest on "
-                       "them and their Wald intervals under-cover (fit.profile_interval with bootstrap=100: "
-                       "calibrated)")
+                       "them and their Wald intervals under-cover (calibrated ones: process.interval=bootstrap, "
+                       "fit.with_intervals)")
     if model == "regime_switching":
         up, down = params["rate_to_crash"], params["rate_to_calm"]
         crashes = years * up * down / (up + down)
         if crashes < MIN_CRASHES:
             out.append(f"about {crashes:.1f} crash episodes in the sample, fewer than {MIN_CRASHES}: the crash "
-                       "regime's parameters rest on them and their Wald intervals under-cover (fit.profile_interval: "
-                       "closer)")
+                       "regime's parameters rest on them and their Wald intervals under-cover (closer: "
+                       "process.interval=profile or bootstrap, fit.with_intervals)")
     return out
 
 
@@ -576,16 +596,19 @@ def _unconstrained_cov(u_info, model: str, fixed: dict):
 
 
 @functools.lru_cache(maxsize=32)
-def fit_data(model: str = "student_t", data: str = "sp500", column: str | None = None, kind: str = "prices",
+def _fit_data(model: str = "student_t", data: str = "sp500", column: str | None = None, kind: str = "prices",
              start: str | None = None, end: str | None = None, steps_per_year: float = 252.0, mu=None, sigma=None,
              nu=None, alpha=None, beta=None, lam=None, jump_mean=None, jump_std=None, mu_calm=None, sigma_calm=None,
              nu_calm=None, mu_crash=None, sigma_crash=None, nu_crash=None, rate_to_crash=None,
-             rate_to_calm=None) -> FitResult:
+             rate_to_calm=None, interval: str = "wald", interval_parameters=None, bootstrap: int = 100) -> FitResult:
     """``fit`` on data named in a config (``conf/process/fitted.yaml``): ``data`` is ``sp500``
     (the shipped index) or a CSV/parquet file of ``kind`` ``prices`` or ``returns`` with a
     ``Date`` column (``column``: the one to use, required when there are several); ``start`` /
     ``end`` cut a date range; a parameter of the model given a value (``mu=0.08``, ...) is held
-    there, one given ``None`` is fitted.
+    there, one given ``None`` is fitted. ``interval`` chooses the intervals of the fit's table
+    (``with_intervals``: ``wald``, ``profile`` or ``bootstrap`` with ``bootstrap`` replicates)
+    for ``interval_parameters`` (a list of names; default every free parameter); the options
+    are checked before the data are read.
     Cached: the same arguments fit once per process."""
     held = {k: v for k, v in locals().items() if k in _ALL_PARAMETERS}  # the arguments, before any local
     from sim import data as sim_data
@@ -594,6 +617,13 @@ def fit_data(model: str = "student_t", data: str = "sp500", column: str | None =
         raise ParameterError(f"process.model = {model!r}; allowed: {list(MODELS)}")
     if kind not in ("prices", "returns"):
         raise ParameterError(f"process.kind = {kind!r}; allowed: ['prices', 'returns']")
+    given = {k: v for k, v in held.items() if v is not None}
+    other = sorted(set(given) - set(SPECS[model]["names"]))
+    if other:
+        raise ParameterError(f"process.{other[0]} is given but is not a parameter of {model}; allowed: "
+                             f"{list(SPECS[model]['names'])}")
+    keys = ("process.interval", "process.interval_parameters", "process.bootstrap")
+    check_interval_options(model, interval, interval_parameters, bootstrap, tuple(given), keys)
     if data == "sp500":
         series = sim_data.simple_returns(sim_data.load_sp500_index())
     else:
@@ -607,12 +637,20 @@ def fit_data(model: str = "student_t", data: str = "sp500", column: str | None =
     if len(series) < MIN_RETURNS:
         raise ParameterError(f"process.start..process.end = {start}..{end} leaves {len(series)} returns of {data}; "
                              f"allowed: at least {MIN_RETURNS}")
-    given = {k: v for k, v in held.items() if v is not None}
-    other = sorted(set(given) - set(SPECS[model]["names"]))
-    if other:
-        raise ParameterError(f"process.{other[0]} is given but is not a parameter of {model}; allowed: "
-                             f"{list(SPECS[model]['names'])}")
-    return fit(series.to_numpy(np.float64), model, fixed=given, steps_per_year=steps_per_year)
+    r = series.to_numpy(np.float64)
+    return with_intervals(r, fit(r, model, fixed=given, steps_per_year=steps_per_year), interval, interval_parameters,
+                          bootstrap=bootstrap)
+
+
+def fit_data(*args, **kwargs) -> FitResult:
+    lst = kwargs.get("interval_parameters")
+    if lst is not None:  # a config's list (or one name): hashable for the cache
+        kwargs["interval_parameters"] = (lst,) if isinstance(lst, str) else tuple(lst)
+    return _fit_data(*args, **kwargs)
+
+
+fit_data.__doc__ = _fit_data.__doc__
+fit_data.__signature__ = inspect.signature(_fit_data)  # what sim.config.instantiate checks a config against
 
 
 def recovery(process, model: str | None = None, *, n_series: int = 50, years: float = 10.0,
@@ -790,6 +828,51 @@ def profile_interval(returns, result: FitResult, name: str, *, level: float = 0.
         edge = (floor if floor is not None else -math.inf) if sign < 0 else math.inf
         ends.append(to_v(found) if found is not None else edge)
     return ends[0], ends[1]
+
+
+INTERVALS = ("wald", "profile", "bootstrap")
+
+
+def with_intervals(returns, result: FitResult, method: str = "profile", names=None, *, level: float = 0.95,
+                   bootstrap: int = 100, seed: int = 0) -> FitResult:
+    """``result`` with intervals of ``names`` (default: every free parameter) at ``level`` for
+    its ``table``: ``profile_interval``'s (``method="profile"``: a few dozen held fits per
+    parameter) or its parametric-bootstrap calibration (``"bootstrap"``, ``bootstrap``
+    replicates per evaluation: minutes to hours; measured coverage in docs/DESIGN.md), or the
+    Wald ones (``"wald"``: ``result`` as it is). Each interval is logged as it is found."""
+    import logging
+    import time
+
+    names = check_interval_options(result.model, method, names, bootstrap, result.fixed)
+    if method == "wald":
+        return result
+    how = f"profile likelihood {level:.0%}" + (f", bootstrap-calibrated (B={bootstrap})" if method == "bootstrap" else "")
+    found = dict(result.intervals)
+    for k in names:
+        t0 = time.perf_counter()
+        low, high = profile_interval(returns, result, k, level=level, bootstrap=bootstrap if method == "bootstrap" else 0,
+                                     seed=seed)
+        found[k] = (low, high, how)
+        logging.getLogger(__name__).info("%s %s: %s interval [%.6g, %.6g] (%.1f s)", result.model, k, how, low, high,
+                                         time.perf_counter() - t0)
+    return dataclasses.replace(result, intervals=found)
+
+
+def check_interval_options(model: str, method: str, names, bootstrap: int, fixed=(),
+                           keys=("method", "names", "bootstrap")) -> list:
+    """The parameters ``with_intervals`` would compute (every free one where ``names`` is
+    None), after checking its options (called ``keys`` in the errors: a config's own names):
+    one error naming the option and what is allowed."""
+    if method not in INTERVALS:
+        raise ParameterError(f"{keys[0]} = {method!r}; allowed: {list(INTERVALS)}")
+    free = [k for k in SPECS[model]["names"] if k not in fixed]
+    names = free if names is None else list(names)
+    other = [k for k in names if k not in free]
+    if other:
+        raise ParameterError(f"{keys[1]}: {other} are not free parameters of this {model} fit; allowed: {free}")
+    if method == "bootstrap":
+        check_int(keys[2], bootstrap, 20)
+    return names
 
 
 @dataclasses.dataclass(frozen=True)

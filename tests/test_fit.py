@@ -93,6 +93,8 @@ def test_a_fitted_process_from_a_config_writes_its_fit_table(tmp_path):
     for k, v in direct.params.items():
         assert table.loc[k, "estimate"] == pytest.approx(v, rel=1e-8), k
     assert table.loc["aic", "estimate"] == pytest.approx(direct.aic) and set(table.status) == {"converged"}
+    assert table.loc["nu", "interval"] == "Wald 95%"  # the default: estimate +- 1.96 SE
+    assert table.loc["nu", "low"] == pytest.approx(direct.params["nu"] - sps.norm.ppf(0.975) * direct.se["nu"], rel=1e-8)
     held = fit.fit_data("student_t", mu=0.08, sigma=0.2, start="2000", end="2009")
     assert held.params["mu"] == 0.08 and held.fixed == ("mu", "sigma") and held.k == 1
     assert math.isnan(held.se["mu"]) and held.se["nu"] > 0
@@ -400,3 +402,49 @@ def test_profile_interval_is_the_gaussian_closed_form():
     assert edges[("student_t", "nu")] == 2.0 and edges[("regime_switching", "nu_crash")] == 2.0
     assert edges[("merton", "jump_std")] == 0.0 and edges[("garch_t", "alpha")] == 0.0
     assert edges[("merton", "jump_mean")] == -math.inf and edges[("gaussian", "mu")] == -math.inf
+
+
+def test_a_fits_table_carries_the_intervals_asked_for(monkeypatch):
+    """``with_intervals``: the profile interval of mu in the table is the closed form above; a
+    parameter not asked for keeps its Wald interval (estimate +- z SE); the bootstrap-calibrated
+    one says so; ``wald`` leaves the fit as it is; bad options name themselves and the range."""
+    rng = np.random.default_rng(1)
+    dt = 1 / 252
+    r = rng.normal(0.08 * dt, 0.2 * math.sqrt(dt), 500)  # the closed-form test's sample: its compiled fits
+    f = fit.fit(r, "gaussian")
+    n, s2, c = r.size, r.var(), sps.chi2.ppf(0.95, 1)
+    half = math.sqrt(s2) / dt * math.sqrt(math.expm1(c / n))
+    table = fit.with_intervals(r, f, "profile", ["mu"]).table().set_index("parameter")
+    np.testing.assert_allclose(table.loc["mu", ["low", "high"]].to_numpy(float),
+                               [r.mean() / dt - half, r.mean() / dt + half], rtol=1e-7)
+    assert table.loc["mu", "interval"] == "profile likelihood 95%"
+    z = sps.norm.ppf(0.975)
+    assert table.loc["sigma", "interval"] == "Wald 95%"
+    np.testing.assert_allclose(table.loc["sigma", ["low", "high"]].to_numpy(float),
+                               [f.params["sigma"] - z * f.se["sigma"], f.params["sigma"] + z * f.se["sigma"]],
+                               rtol=1e-12)
+    assert np.isnan(table.loc["loglik", "low"])
+    # the calibrated interval is profile_interval's (its ends: the bootstrap test above), labelled
+    calls = []
+    monkeypatch.setattr(fit, "profile_interval", lambda *a, **kw: calls.append((a[2], kw)) or (-1.0, 1.0))
+    boot = fit.with_intervals(r, f, "bootstrap", ["mu"], bootstrap=40, seed=3).table().set_index("parameter")
+    assert calls == [("mu", dict(level=0.95, bootstrap=40, seed=3))]
+    assert boot.loc["mu", "interval"] == "profile likelihood 95%, bootstrap-calibrated (B=40)"
+    assert list(boot.loc["mu", ["low", "high"]]) == [-1.0, 1.0]
+    monkeypatch.undo()
+    assert fit.with_intervals(r, f, "wald") is f
+    held = fit.fit(r, "gaussian", fixed={"sigma": 0.2}).table().set_index("parameter")
+    assert held.loc["sigma", "interval"] == "held (not estimated)"
+    with pytest.raises(ParameterError, match=r"method = 'bayes'; allowed: \['wald', 'profile', 'bootstrap'\]"):
+        fit.with_intervals(r, f, "bayes")
+    with pytest.raises(ParameterError, match=r"\['nu'\] are not free parameters of this gaussian fit"):
+        fit.with_intervals(r, f, "profile", ["nu"])
+    with pytest.raises(ParameterError, match="bootstrap = 5 is out of range; allowed: an integer >= 20"):
+        fit.with_intervals(r, f, "bootstrap", bootstrap=5)
+    # from a config: the same checks under the config's names, before any data are read
+    with pytest.raises(ParameterError, match="process.interval = 'bayes'"):
+        fit.fit_data("gaussian", data="no/such/file.csv", interval="bayes")
+    with pytest.raises(ParameterError, match=r"process.interval_parameters: \['mu'\] are not free"):
+        fit.fit_data("gaussian", data="no/such/file.csv", interval="profile", interval_parameters="mu", mu=0.1)
+    with pytest.raises(ParameterError, match="process.bootstrap = 3 is out of range"):
+        fit.fit_data("gaussian", data="no/such/file.csv", interval="bootstrap", bootstrap=3)
