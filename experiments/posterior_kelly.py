@@ -13,7 +13,7 @@ sizing_under_posteriors``): ``plug_in`` (numeric Kelly on the fitted process), `
 (``c`` times it), ``laplace`` and ``nuts`` (Kelly with each path running one posterior draw for
 the year), ``drawdown`` (constrained). Each is held on the evaluation model on the same draws.
 
-Writes ``fits.csv`` (every fit's estimates, SEs, log-likelihood, AIC/BIC, status),
+Writes ``fits.csv`` (every fit's estimates, SEs, Wald intervals, log-likelihood, AIC/BIC, status),
 ``model_comparison.csv`` (per part, AIC/BIC, Akaike weights), ``posterior.csv`` (NUTS
 summaries and diagnostics), ``policies.csv`` (part, model, policy, fraction, out-of-sample
 growth, ruin, drawdown, ...), ``growth_curve.csv``, ``summary.json`` (the preferred model,
