@@ -393,7 +393,8 @@ def few_events_notes(model: str, params: dict, years: float) -> list:
     defaults (about one crash) those of sigma_crash 60% and 82%, of mu_crash 74% and 92%;
     with about 200 jumps or 8 crash episodes, the Wald intervals 88-98%. Merton's jump_std
     interval calibrated by the parametric bootstrap (``profile_interval(..., bootstrap=B)``)
-    covered 90%; the regime model's sigma_crash one is not measured yet (docs/DESIGN.md)."""
+    covered 90%; the regime model's sigma_crash one covered all 14 of the series checked
+    (all 9 that chi-square's misses; partial, docs/DESIGN.md)."""
     out = []
     if model == "merton":
         jumps = params["lam"] * years
