@@ -40,6 +40,8 @@ __all__ = ["threefry2x32", "hash_words", "uniform", "uniform_pair", "normal", "s
 
 # Taylor coefficients of sin(x)/x in x^2, through x^12 (error < 7e-10 on [0, pi/2]).
 _SIN = tuple((-1.0) ** k / math.factorial(2 * k + 1) for k in range(7))
+# Taylor coefficients of expm1(x)/x, through x^8 (truncation < 1.1e-8 relative on [0, 1/2]).
+_EXPM1 = tuple(1.0 / math.factorial(k + 1) for k in range(9))
 
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -111,6 +113,18 @@ def _poly(x: jax.Array, coeffs: tuple[float, ...]) -> jax.Array:
     return acc
 
 
+def _expm1_nonneg(x: jax.Array) -> jax.Array:
+    """``expm1(x)`` for ``x >= 0``: a Taylor polynomial below 1/2, ``exp(x) - 1`` above.
+
+    Above 1/2 the subtraction is exact (Sterbenz) and cancels little, so the result keeps
+    ``exp``'s accuracy; below it the degree-9 polynomial is within 1.1e-8 relative. Measured
+    against float64 ``expm1`` on [1e-9, 23]: at most 1.2e-7 relative (one float32 ulp),
+    against 3.4e-7 for XLA's ``expm1`` (which evaluates a ``tanh`` below 1/2), and the
+    Student-t engine runs 7-8% faster (DESIGN.md, "Random numbers").
+    """
+    return jnp.where(x < jnp.float32(0.5), x * _poly(x, _EXPM1), jnp.exp(x) - jnp.float32(1.0))
+
+
 def _with_sign_of_bit0(x: jax.Array, w: jax.Array) -> jax.Array:
     """Flip the sign of float32 ``x`` where bit 0 of ``w`` is set (branch free)."""
     flipped = lax.bitcast_convert_type(x, jnp.uint32) ^ lax.shift_left(w, jnp.uint32(31))
@@ -159,14 +173,14 @@ def student_t(key: jax.Array, n: int, nu: jax.Array) -> jax.Array:
 
         T = sqrt(nu * (U1^(-2/nu) - 1)) * cos(2 pi U2)
 
-    ``U1^(-2/nu) - 1`` is computed as ``expm1(-(2/nu) log U1)`` so that small radii keep
-    full relative precision. ``nu`` may be a traced scalar (differentiable, vmappable).
+    ``U1^(-2/nu) - 1`` is computed as ``expm1(-(2/nu) log U1)`` (``_expm1_nonneg``) so that
+    small radii keep full relative precision. ``nu`` may be a traced scalar (differentiable, vmappable).
     The variance is ``nu / (nu - 2)`` for ``nu > 2``; see ``sim.processes`` for the
     unit-variance scaling.
     """
     w0, w1 = hash_words(key, n)
     nu = jnp.asarray(nu, jnp.float32)
-    r2 = nu * jnp.expm1(jnp.log(_unit_open_closed(w0)) * (jnp.float32(-2.0) / nu))
+    r2 = nu * _expm1_nonneg(jnp.log(_unit_open_closed(w0)) * (jnp.float32(-2.0) / nu))
     return jnp.sqrt(r2) * _signed_arcsine(w1)
 
 

@@ -38,6 +38,27 @@ def test_student_t_ks_and_tails(nu):
             assert ok, f"nu={nu} p={p} upper={upper}: {count} beyond, expected {expect:.1f} +- {sd:.1f}"
 
 
+def test_expm1_of_the_t_radius_is_within_two_ulp_of_float64():
+    # A float64 reference on the radius' whole range (x = -(2/nu) log U1 <= 22.2 / (nu / 2)),
+    # densest near 0, where exp(x) - 1 would cancel. XLA's own expm1 is 3.4e-7 off here.
+    x = np.concatenate([np.logspace(-9, 0, 20_000), np.linspace(0, 23, 20_000)[1:]]).astype(np.float32)
+    got = np.asarray(jax.jit(samplers._expm1_nonneg)(jnp.asarray(x)), np.float64)
+    ref = np.expm1(x.astype(np.float64))
+    assert np.max(np.abs(got - ref) / ref) < 2 * 2.0**-23
+
+
+@pytest.mark.parametrize("nu", [2.05, 3.5, 30.0])
+def test_student_t_is_bailey_formula_in_float64_on_the_same_uniforms(nu):
+    key = jax.random.key(3)
+    w0, w1 = samplers.hash_words(key, 1 << 14)
+    u1 = np.asarray(samplers._unit_open_closed(w0), np.float64)
+    sign_sin = np.asarray(samplers._signed_arcsine(w1), np.float64)
+    ref = np.sqrt(nu * np.expm1(-(2.0 / nu) * np.log(u1))) * sign_sin
+    got = np.asarray(samplers.student_t(key, 1 << 14, nu), np.float64)
+    # log, scale, expm1, sqrt and the product in float32: a few ulp of the variate.
+    np.testing.assert_allclose(got, ref, rtol=6 * 2.0**-23, atol=0)
+
+
 @pytest.mark.parametrize("nu", [5.0, 10.0])
 def test_student_t_unit_variance_when_fourth_moment_exists(nu):
     # Scaled to unit variance as sim.processes does; kurtosis of t: 3 (nu-2)/(nu-4).
