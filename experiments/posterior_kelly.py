@@ -13,7 +13,8 @@ sizing_under_posteriors``): ``plug_in`` (numeric Kelly on the fitted process), `
 (``c`` times it), ``laplace`` and ``nuts`` (Kelly with each path running one posterior draw for
 the year), ``drawdown`` (constrained). Each is held on the evaluation model on the same draws.
 
-Writes ``fits.csv`` (every fit's estimates, SEs, Wald intervals, log-likelihood, AIC/BIC, status),
+Writes ``fits.csv`` (every fit's estimates, SEs, intervals: Wald, or ``intervals.method``'s for
+``intervals.parameters``; log-likelihood, AIC/BIC, status),
 ``model_comparison.csv`` (per part, AIC/BIC, Akaike weights), ``posterior.csv`` (NUTS
 summaries and diagnostics), ``policies.csv`` (part, model, policy, fraction, out-of-sample
 growth, ruin, drawdown, ...), ``growth_curve.csv``, ``summary.json`` (the preferred model,
@@ -52,6 +53,8 @@ def check(cfg: DictConfig):
             raise ParameterError(f"models: {m!r} is not a fitted model; allowed: {list(fit.MODELS)}")
     if not models:
         raise ParameterError("models is empty; allowed: a list of " + str(list(fit.MODELS)))
+    fit.interval_plan(models, cfg.intervals.method, cfg.intervals.parameters, cfg.intervals.bootstrap,
+                      keys=("intervals.method", "intervals.parameters", "intervals.bootstrap"))
     check_int("posterior.laplace_draws", cfg.posterior.laplace_draws, 100)
     check_int("optimizer.n_paths", cfg.optimizer.n_paths, 256)
     check_int("evaluation.n_paths", cfg.evaluation.n_paths, 256)
@@ -85,11 +88,14 @@ def check(cfg: DictConfig):
 
 def _posteriors(name: str, returns, cfg: DictConfig) -> dict:
     """Per model: the fit, its posteriors as processes, and the NUTS result."""
-    out, spy = {}, float(cfg.steps_per_year)
+    out, spy, iv = {}, float(cfg.steps_per_year), cfg.intervals
+    plan = fit.interval_plan(cfg.models, iv.method, iv.parameters, iv.bootstrap)
     for m in cfg.models:
         f = fit.fit(returns, m, steps_per_year=spy)
         if not f.converged:
             log.warning("%s / %s: %s", name, m, f.status)
+        elif plan[m] and iv.method != "wald":
+            f = fit.with_intervals(returns, f, iv.method, plan[m], bootstrap=int(iv.bootstrap), seed=int(cfg.seed))
         entry = {"fit": f, "processes": {}, "nuts": None}
         if f.has_laplace:
             entry["processes"]["laplace"] = f.laplace(int(cfg.posterior.laplace_draws), seed=int(cfg.seed))
@@ -112,8 +118,6 @@ def _runnable(part: str, fitted: dict, steps_per_year: float) -> tuple[dict, dic
     the model comparison, flagged, and get no sizing rows. A posterior with draws outside the
     range (a Laplace normal reaching past lam = one jump a day) is dropped alike, as
     ``model/method``. At least one model must run."""
-    from sim.validation import ParameterError
-
     runnable, not_sized, dt = {}, {}, 1.0 / steps_per_year
     for m, e in fitted.items():
         for name, process in [("", e["fit"].process), *((f"/{k}", p) for k, p in e["processes"].items())]:
@@ -138,11 +142,8 @@ def _draw_rows(part: str, model: str, method: str, draws, risk_free: float) -> p
     rows = [pd.DataFrame({"parameter": "kelly_fraction", "value": kelly_f})]
     if "nu" in values:
         rows.append(pd.DataFrame({"parameter": "nu", "value": values["nu"]}))
-    out = pd.concat(rows, ignore_index=True)
-    out.insert(0, "method", method)
-    out.insert(0, "model", model)
-    out.insert(0, "part", part)
-    return out
+    return pd.concat(rows, ignore_index=True).assign(part=part, model=model, method=method)[
+        ["part", "model", "method", "parameter", "value"]]
 
 
 def _size_and_evaluate(part: str, entries: dict, evaluation, cfg: DictConfig) -> tuple[pd.DataFrame, dict]:

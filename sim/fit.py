@@ -876,6 +876,19 @@ def check_interval_options(model: str, method: str, names, bootstrap: int, fixed
     return names
 
 
+def interval_plan(models, method: str, names, bootstrap: int, keys=("method", "names", "bootstrap")) -> dict:
+    """``check_interval_options`` for several models that share one set of options: each
+    model's parameters to compute. A name in ``names`` applies to each model that has it
+    (None: every free parameter of each); a name that no model has is the error."""
+    if names is not None:
+        known = sorted({k for m in models for k in SPECS[m]["names"]})
+        other = sorted(set(names) - set(known))
+        if other:
+            raise ParameterError(f"{keys[1]}: {other} are not parameters of {list(models)}; allowed: {known}")
+    return {m: check_interval_options(m, method, None if names is None else [k for k in names if k in SPECS[m]["names"]],
+                                      bootstrap, keys=keys) for m in models}
+
+
 @dataclasses.dataclass(frozen=True)
 class BootstrapThreshold:
     """``bootstrap_threshold``'s answer: the critical value at ``level``, chi2_1(level) beside

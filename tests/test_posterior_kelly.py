@@ -60,7 +60,8 @@ def test_a_kelly_fraction_against_a_wipe_out_barrier_says_so():
 
 
 def test_posterior_kelly_runs_end_to_end(tmp_path):
-    out = run_module("experiments.posterior_kelly", [f"hydra.run.dir={tmp_path}", *TINY])
+    out = run_module("experiments.posterior_kelly", [f"hydra.run.dir={tmp_path}", *TINY, "intervals.method=profile",
+                                                      "intervals.parameters=[nu]"])
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("fits.csv", "model_comparison.csv", "policies.csv", "posterior.csv", "growth_curve.csv",
                  "growth_curve.png", "posterior.png", "summary.json"):
@@ -90,6 +91,11 @@ def test_posterior_kelly_runs_end_to_end(tmp_path):
     for part in ("sp500", "synthetic"):  # each fit's status, in the summary as in the table
         status = fits[fits.part == part].groupby("model").status.first().to_dict()
         assert summary[part]["fit_status"] == status and set(status) == set(per_model), (part, status)
+    nu = fits[fits.parameter == "nu"]  # the profile interval asked for, of the model that has nu
+    assert len(nu) == 2 and (nu.interval.str.startswith("profile")).all() and (nu.model == "student_t").all()
+    assert ((nu.low < nu.estimate) & (nu.estimate < nu.high)).all()
+    others = fits[~fits.parameter.isin(["nu", "loglik", "aic", "bic", "n_obs"])]
+    assert len(others) == 8 and others.interval.str.startswith("Wald").all()  # mu, sigma of both models, both parts
     assert set(summary["sp500"]["pinned_by_worst_draw"]) == pinned  # the table's notes, in the summary
     against = summary["synthetic"]["against_plug_in"]["gaussian"]
     assert set(against) >= {"plug_in_fraction", "laplace", "nuts", "fractional", "drawdown"}
@@ -102,6 +108,8 @@ def test_posterior_kelly_runs_end_to_end(tmp_path):
     ("sp500.fit_end=1990-03-01", "sp500.start..fit_end"),
     ("posterior.priors.nu=[cauchy,0,1]", "posterior.priors.nu"),
     ("posterior.num_samples=10", "posterior.num_samples"),
+    ("intervals.method=bayes", "intervals.method = 'bayes'; allowed"),
+    ("intervals.parameters=[rho]", "intervals.parameters: ['rho'] are not parameters"),
 ])
 def test_posterior_kelly_rejects_bad_input_before_work(override, message):
     from hydra import compose, initialize_config_dir
