@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--bootstrap-parameters", nargs="*", default=None, help="the parameters to calibrate (default: all)")
     ap.add_argument("--bootstrap-at", default="truth", choices=["truth", "estimate"],
                     help="draw the bootstrap from the fit held at the truth (a test of it) or from the free fit")
+    ap.add_argument("--bootstrap-sequential", action="store_true",
+                    help="only whether each series is covered (sim.fit.bootstrap_covers: stops early), no thresholds")
     ap.add_argument("--bootstrap-starts", default="all", choices=["all", "world"],
                     help="the bootstrap fits' starts (sim.fit.bootstrap_threshold): all, or the world's point only")
     ap.add_argument("--set", nargs="*", default=[], help="parameter=value of the simulated truth (one model)")
@@ -60,6 +62,7 @@ def main() -> None:
                              likelihood_ratio=not args.no_lr, bootstrap=args.bootstrap,
                              bootstrap_parameters=args.bootstrap_parameters,
                              bootstrap_at=args.bootstrap_at, bootstrap_starts=args.bootstrap_starts,
+                             bootstrap_sequential=args.bootstrap_sequential,
                              progress=lambda i, n: print(f"  bootstrap: series {i}/{n} "
                                                          f"({time.perf_counter() - t0:.0f} s)", flush=True))
         table["seconds"] = time.perf_counter() - t0

@@ -657,7 +657,7 @@ fit_data.__signature__ = inspect.signature(_fit_data)  # what sim.config.instant
 def recovery(process, model: str | None = None, *, n_series: int = 50, years: float = 10.0,
              steps_per_year: float = 252.0, seed: int = 0, level: float = 0.95, likelihood_ratio: bool = True,
              bootstrap: int = 0, bootstrap_parameters=None, bootstrap_at: str = "truth",
-             bootstrap_starts: str = "all", progress=None):
+             bootstrap_starts: str = "all", bootstrap_sequential: bool = False, progress=None):
     """Parameter recovery: fit ``model`` (default: the process's own) to ``n_series``
     simulated series of ``years`` of returns from ``process`` (the engine's draws,
     ``sim.engine.sample_returns``), and per parameter: the truth, the mean estimate, its
@@ -720,23 +720,33 @@ def recovery(process, model: str | None = None, *, n_series: int = 50, years: fl
         if bootstrap and k in boot_names:
             worlds = held if bootstrap_at == "truth" else [fits[i] for i in used]
             row.update(_bootstrap_coverage(worlds, used, lr, k, dict(n_boot=bootstrap, level=level,
-                                                                     starts=bootstrap_starts), seed, progress))
+                                                                     starts=bootstrap_starts), seed, progress,
+                                           bootstrap_sequential))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _bootstrap_coverage(worlds, used, lr, name, options, seed, progress) -> dict:
+def _bootstrap_coverage(worlds, used, lr, name, options, seed, progress, sequential=False) -> dict:
     """``recovery``'s bootstrap columns: per series (``used``: their numbers) the threshold drawn
-    from its world, and the share of the statistics ``lr`` at or below their own."""
-    thresholds = np.full(len(used), np.nan)
+    from its world, and the share of the statistics ``lr`` at or below their own; ``sequential``:
+    only whether each is (``bootstrap_covers``, the same decision; no thresholds)."""
+    thresholds, covered = np.full(len(used), np.nan), np.full(len(used), np.nan)
     for j, (i, world) in enumerate(zip(used, worlds)):
         try:
-            thresholds[j] = bootstrap_threshold(world, name, seed=seed * 1_000_003 + 7_919 * (i + 1),
-                                                **options).threshold
+            if sequential:
+                covered[j] = bootstrap_covers(world, name, lr[j], seed=seed * 1_000_003 + 7_919 * (i + 1), **options)[0]
+            else:
+                thresholds[j] = bootstrap_threshold(world, name, seed=seed * 1_000_003 + 7_919 * (i + 1),
+                                                    **options).threshold
+                covered[j] = lr[j] <= thresholds[j]
         except ParameterError:  # a fit the simulator cannot run (lam dt > 1), or too few replicates converged
             pass
         if progress is not None:
             progress(j + 1, len(used))
+    if sequential:
+        ok = np.isfinite(covered)
+        return dict(coverage_lr_boot=float(covered[ok].mean()) if ok.any() else np.nan, median_threshold_boot=np.nan,
+                    n_used_boot=int(ok.sum()))
     ok = np.isfinite(thresholds)
     if not ok.any():
         return dict(coverage_lr_boot=np.nan, median_threshold_boot=np.nan, n_used_boot=0)
@@ -952,6 +962,19 @@ def bootstrap_threshold(result: FitResult, name: str, *, n_boot: int = 200, leve
     world's point and every statistic was 0 in one series (docs/DESIGN.md)."""
     from scipy import stats as sps
 
+    stats = [v for v in _replicate_statistics(result, name, n_boot, level, seed, starts) if v is not None]
+    if len(stats) < 20:
+        raise ParameterError(f"bootstrap_threshold: only {len(stats)} of {n_boot} bootstrap fits converged; "
+                             "allowed: at least 20")
+    stats = np.sort(np.asarray(stats, np.float64))
+    rank = min(len(stats), math.ceil((len(stats) + 1) * level))
+    return BootstrapThreshold(name=name, level=level, threshold=float(stats[rank - 1]),
+                              chi2=float(sps.chi2.ppf(level, 1)), statistics=stats, n_boot=n_boot)
+
+
+def _replicate_statistics(result: FitResult, name: str, n_boot: int, level: float, seed: int, starts: str):
+    """``bootstrap_threshold``'s replicate statistics one at a time, in order (None where a
+    replicate's free fit did not converge), after checking the options."""
     from sim import engine
 
     if name not in result.params:
@@ -973,22 +996,44 @@ def bootstrap_threshold(result: FitResult, name: str, *, n_boot: int = 200, leve
     free_starts = [] if start is None else [start]
     own = starts == "all" or start is None
     held_fixed = {**{k: result.params[k] for k in result.fixed}, name: result.params[name]}
-    stats = []
     for x in np.asarray(draws, np.float64):
         free = fit(x, result.model, steps_per_year=result.steps_per_year, starts=free_starts or None, own_starts=own,
                    fixed={k: result.params[k] for k in result.fixed if k != name})
         if not free.converged:
+            yield None
             continue
         held = fit(x, result.model, fixed=held_fixed, steps_per_year=result.steps_per_year,
                    starts=[free.unconstrained_estimate, *free_starts], own_starts=own)
-        stats.append(_statistic(free, held))
-    if len(stats) < 20:
-        raise ParameterError(f"bootstrap_threshold: only {len(stats)} of {n_boot} bootstrap fits converged; "
+        yield _statistic(free, held)
+
+
+def bootstrap_covers(result: FitResult, name: str, statistic: float, *, n_boot: int = 39, level: float = 0.95,
+                     seed: int = 0, starts: str = "all") -> tuple[bool, int]:
+    """Whether ``statistic`` (the data's likelihood-ratio statistic for ``name`` at the value
+    ``result`` holds) is at or below ``bootstrap_threshold(result, name, ...)``'s threshold,
+    i.e. the value is inside the calibrated interval: the same decision from the same
+    replicates in the same order, stopped as soon as the remaining ones cannot change it
+    (Besag and Clifford's sequential Monte Carlo test). Returns (covered, replicates fitted).
+    A statistic well inside is decided after a few replicates: with ``n_boot=39`` at 95%, as
+    soon as two reach it. Decided early, it does not know whether 20 replicates would have
+    converged (where fewer do, ``bootstrap_threshold`` raises)."""
+    reach = below = fitted = 0
+    need_reach = max(1, n_boot + 1 - math.ceil((n_boot + 1) * level))  # the most any number used can need
+    need_below = math.ceil((n_boot + 1) * level)
+    used = []
+    for v in _replicate_statistics(result, name, n_boot, level, seed, starts):
+        fitted += 1
+        if v is None:
+            continue
+        used.append(v)
+        reach, below = reach + (v >= statistic), below + (v < statistic)
+        if reach >= need_reach or below >= need_below:
+            return bool(reach >= need_reach), fitted
+    if len(used) < 20:
+        raise ParameterError(f"bootstrap_covers: only {len(used)} of {n_boot} bootstrap fits converged; "
                              "allowed: at least 20")
-    stats = np.sort(np.asarray(stats, np.float64))
-    rank = min(len(stats), math.ceil((len(stats) + 1) * level))
-    return BootstrapThreshold(name=name, level=level, threshold=float(stats[rank - 1]),
-                              chi2=float(sps.chi2.ppf(level, 1)), statistics=stats, n_boot=n_boot)
+    rank = min(len(used), math.ceil((len(used) + 1) * level))
+    return bool(statistic <= np.sort(np.asarray(used, np.float64))[rank - 1]), fitted
 
 
 def log_likelihood(returns, model: str, params: dict, *, steps_per_year: float = 252.0) -> float:

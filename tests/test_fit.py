@@ -328,6 +328,10 @@ def test_recovery_reports_bias_and_coverage_per_parameter():
     # from 20 replicates the threshold is their largest: F(x)^20 = 1/2 puts its median at 4.5 for chi2_1
     assert 2.5 < boot.loc["mu", "median_threshold_boot"] < 8.0
     assert np.isnan(boot.loc["sigma", "coverage_lr_boot"]) and boot.loc["sigma", "n_used"] == 12
+    seq = fit.recovery(Gaussian(0.08, 0.2), n_series=12, years=2, seed=3, likelihood_ratio=False, bootstrap=20,
+                       bootstrap_parameters=["mu"], bootstrap_sequential=True).set_index("parameter")
+    assert seq.loc["mu", "coverage_lr_boot"] == boot.loc["mu", "coverage_lr_boot"]  # the same decisions
+    assert seq.loc["mu", "n_used_boot"] == 12 and np.isnan(seq.loc["mu", "median_threshold_boot"])
     with pytest.raises(ParameterError, match="bootstrap_parameters \\['nu'\\] are not parameters of gaussian"):
         fit.recovery(Gaussian(0.08, 0.2), n_series=2, years=1, bootstrap=20, bootstrap_parameters=["nu"])
 
@@ -354,6 +358,11 @@ def test_bootstrap_threshold_draws_the_exact_law_of_the_gaussian_statistic():
     at_null = fit.bootstrap_threshold(held, "mu", n_boot=100, seed=6)
     assert at_null.n_used == 100
     assert sps.kstest((n - 1) * np.expm1(at_null.statistics / n), sps.f(1, n - 1).cdf).pvalue > 0.01
+    # the sequential test: the threshold's decision from the same replicates, stopped early
+    boundary = [np.median(at_null.statistics), at_null.threshold, np.nextafter(at_null.threshold, np.inf)]
+    decided = [fit.bootstrap_covers(held, "mu", v, n_boot=100, seed=6) for v in boundary]
+    assert [c for c, _ in decided] == [True, True, False]
+    assert decided[0][1] < 30 and decided[2][1] >= 96  # inside: early; just outside: at least the rank (96th of 100)
     # the calibrated interval inverts that test: at each end the statistic equals its own threshold
     ends = fit.profile_interval(r, f, "mu", bootstrap=50, seed=1)
     for v in ends:
