@@ -392,9 +392,9 @@ def few_events_notes(model: str, params: dict, years: float) -> list:
     covered 72% and 56%, the profile-likelihood ones 88% and 82%; at the regime model's
     defaults (about one crash) those of sigma_crash 60% and 82%, of mu_crash 74% and 92%;
     with about 200 jumps or 8 crash episodes, the Wald intervals 88-98%. Merton's jump_std
-    interval calibrated by the parametric bootstrap (``profile_interval(..., bootstrap=B)``)
-    covered 90%; the regime model's sigma_crash one covered all 14 of the series checked
-    (all 9 that chi-square's misses; partial, docs/DESIGN.md)."""
+    interval calibrated by the parametric bootstrap (``profile_interval(..., bootstrap=B)``,
+    all starts) covered 96%; the regime model's sigma_crash one 100% (conservative: wide, as
+    about one crash warrants; docs/DESIGN.md)."""
     out = []
     if model == "merton":
         jumps = params["lam"] * years
@@ -790,7 +790,7 @@ def profile_interval(returns, result: FitResult, name: str, *, level: float = 0.
     statistic is at most ``bootstrap_threshold`` of the fit held at ``v`` (drawn with
     ``seed`` and ``starts``), the inversion of the parametric-bootstrap test. That is the
     interval to read where a fit is weakly identified (``few_events_notes``): at Merton's
-    defaults its measured coverage is 0.90 where the chi-square one's is 0.82 (docs/DESIGN.md).
+    defaults its measured coverage is 0.96 where the chi-square one's is 0.82 (docs/DESIGN.md).
     Each evaluation is then a bootstrap (``bootstrap`` x 2 fits): many minutes, not seconds."""
     from scipy import optimize as sopt
     from scipy import stats as sps
@@ -957,7 +957,7 @@ def bootstrap_threshold(result: FitResult, name: str, *, n_boot: int = 200, leve
     a Merton replicate and about 4 s a regime-model one on one core (the vectorized starts run
     until the slowest converges). ``starts="world"`` starts at the world's point only, 0.15-0.4 s
     a replicate, but a free fit can then stop at a lower maximum and the threshold comes out too
-    low: for Merton in 9 of 120 replicates (its measured coverage, 0.90, is with this); for the
+    low: for Merton in 9 of 120 replicates (coverage 0.90 with this, 0.96 with all starts); for the
     regime model, whose crash state a held world may hardly visit, the free fit stayed at the
     world's point and every statistic was 0 in one series (docs/DESIGN.md)."""
     from scipy import stats as sps
