@@ -424,31 +424,27 @@ def padded(r: np.ndarray):
     return jnp.asarray(np.pad(r, (0, n - r.size)), jnp.float64), jnp.asarray(w, jnp.float64)
 
 
-def _with_fixed(model: str):
-    """``params(u, held, values)``: the model's parameters from the unconstrained ``u``, those
-    marked in ``held`` (bool, one per parameter name) replaced by ``values``. The held set is
-    traced, not static: fits holding different parameters share one compiled program."""
-    to_params, names = SPECS[model]["to_params"], SPECS[model]["names"]
+def _with_fixed(model: str, fixed_names: tuple):
+    """``to_params(u, fixed_values)``: the model's parameters with the held ones replaced."""
+    to_params = SPECS[model]["to_params"]
 
-    def params(u, held, values):
-        p = to_params(u)
-        return {k: jnp.where(held[i], values[i], p[k]) for i, k in enumerate(names)}
+    def params(u, fixed_values):
+        return {**to_params(u), **dict(zip(fixed_names, fixed_values))}
 
     return params
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _minimize(u0, r, w, dt, held, values, gtol, max_iter, *, model):
+@functools.partial(jax.jit, static_argnames=("model", "fixed_names"))
+def _minimize(u0, r, w, dt, fixed_values, gtol, max_iter, *, model, fixed_names):
     """L-BFGS on the mean negative log-likelihood in unconstrained coordinates, as one
     compiled loop: ``(u, iterations, gradient norm)``, stopped when the gradient norm at
-    ``u`` is below ``gtol`` (``u`` is then kept), not finite, or after ``max_iter``. A held
-    parameter's coordinate gets a zero gradient and stays where it starts."""
+    ``u`` is below ``gtol`` (``u`` is then kept), not finite, or after ``max_iter``."""
     import optax
 
-    loglik, params = SPECS[model]["loglik"], _with_fixed(model)
+    loglik, params = SPECS[model]["loglik"], _with_fixed(model, fixed_names)
 
     def nll(u):  # mean: O(1) whatever the sample length
-        return -loglik(params(u, held, values), r, dt, w) / jnp.sum(w)
+        return -loglik(params(u, fixed_values), r, dt, w) / jnp.sum(w)
 
     opt = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(nll)
@@ -469,40 +465,41 @@ def _minimize(u0, r, w, dt, held, values, gtol, max_iter, *, model):
     return u, it, g
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _from_starts(u0, r, w, dt, held, values, gtol, max_iter, *, model):
+@functools.partial(jax.jit, static_argnames=("model", "fixed_names"))
+def _from_starts(u0, r, w, dt, fixed_values, gtol, max_iter, *, model, fixed_names):
     """``_minimize`` from every row of ``u0`` and the negative log-likelihood at each end, as
-    one compiled program (traced once per model, padded length and number of starts, whatever
-    is held; outside jit the batched loop and the likelihood were traced again at every fit)."""
-    u, its, gs = jax.vmap(lambda v: _minimize(v, r, w, dt, held, values, gtol, max_iter, model=model))(u0)
-    params = _with_fixed(model)
-    nlls = jax.vmap(lambda v: -SPECS[model]["loglik"](params(v, held, values), r, dt, w))(u)
+    one compiled program (traced once per model, held names, padded length and number of
+    starts; outside jit the batched loop and the likelihood were traced again at every fit)."""
+    u, its, gs = jax.vmap(lambda v: _minimize(v, r, w, dt, fixed_values, gtol, max_iter, model=model,
+                                              fixed_names=fixed_names))(u0)
+    params = _with_fixed(model, fixed_names)
+    nlls = jax.vmap(lambda v: -SPECS[model]["loglik"](params(v, fixed_values), r, dt, w))(u)
     return u, its, gs, nlls
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _information(u, r, w, dt, held, values, *, model):
-    """At the estimate ``u``: the parameters, the log-likelihood, and minus its Hessian in all
-    the model's parameters (the observed information; the caller keeps the free ones' rows)
-    and in the unconstrained coordinates (a held parameter's coordinates: 0)."""
-    spec, params = SPECS[model], _with_fixed(model)
-    theta_hat = params(u, held, values)
+@functools.partial(jax.jit, static_argnames=("model", "fixed_names"))
+def _information(u, r, w, dt, fixed_values, *, model, fixed_names):
+    """At the estimate ``u``: the parameters, the log-likelihood, and minus its Hessian in the
+    free parameters (the observed information) and in the unconstrained coordinates."""
+    spec, params = SPECS[model], _with_fixed(model, fixed_names)
+    free = [k for k in spec["names"] if k not in fixed_names]
+    theta_hat = params(u, fixed_values)
 
-    def total(theta):  # the log-likelihood in the model's own parameters
-        return spec["loglik"](dict(zip(spec["names"], theta)), r, dt, w)
+    def total_free(theta):  # the log-likelihood in the model's own (free) parameters
+        return spec["loglik"]({**theta_hat, **dict(zip(free, theta))}, r, dt, w)
 
-    def all_theta(v):  # the unconstrained coordinates to the parameters (no data: cheap)
-        p = params(v, held, values)
-        return jnp.stack([p[k] for k in spec["names"]])
+    def free_theta(v):  # the unconstrained coordinates to the free parameters (no data: cheap)
+        p = params(v, fixed_values)
+        return jnp.stack([p[k] for k in free])
 
-    theta = jnp.stack([theta_hat[k] for k in spec["names"]])
-    grad = jax.grad(total)
+    theta = jnp.stack([theta_hat[k] for k in free])
+    grad = jax.grad(total_free)
     hess = jax.jacfwd(grad)(theta)
     # the Hessian in u by the chain rule, exactly (one second derivative of the likelihood, not
-    # two): d2l/du2 = J' H J + sum_k dl/dtheta_k d2theta_k/du2, J = dtheta/du (a held row: 0)
-    jac = jax.jacfwd(all_theta)(u)
-    u_hess = jac.T @ hess @ jac + jnp.einsum("k,kij->ij", grad(theta), jax.hessian(all_theta)(u))
-    return theta_hat, total(theta), -hess, -u_hess
+    # two): d2l/du2 = J' H J + sum_k dl/dtheta_k d2theta_k/du2, J = dtheta/du
+    jac = jax.jacfwd(free_theta)(u)
+    u_hess = jac.T @ hess @ jac + jnp.einsum("k,kij->ij", grad(theta), jax.hessian(free_theta)(u))
+    return theta_hat, total_free(theta), -hess, -u_hess
 
 
 def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float = 252.0, max_iter: int = 500,
@@ -524,11 +521,10 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
     unknown = sorted(set(fixed) - set(spec["names"]))
     if unknown:
         raise ParameterError(f"fit: {unknown} are not parameters of {model}; allowed: {list(spec['names'])}")
-    names, dt = tuple(sorted(fixed)), 1.0 / float(steps_per_year)
-    held_np = np.array([k in fixed for k in spec["names"]])
+    names = tuple(sorted(fixed))
+    dt = 1.0 / float(steps_per_year)
     with jax.enable_x64(True):
-        (rj, wj) = padded(r)
-        held, values = jnp.asarray(held_np), jnp.asarray([fixed.get(k, 0.0) for k in spec["names"]], jnp.float64)
+        (rj, wj), values = padded(r), jnp.asarray([fixed[k] for k in names], jnp.float64)
         u0 = spec["starts"](float(r.mean() * steps_per_year), float(r.std() * math.sqrt(steps_per_year)))
         if not own_starts:
             if starts is None:
@@ -540,7 +536,7 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
                 raise ParameterError(f"fit: starts must be finite points of {len(spec['names'])} coordinates")
             u0 = [*u0, *extra.tolist()]
         u0 = jnp.asarray(u0, jnp.float64)
-        u, its, gs, nlls = _from_starts(u0, rj, wj, dt, held, values, gtol, max_iter, model=model)
+        u, its, gs, nlls = _from_starts(u0, rj, wj, dt, values, gtol, max_iter, model=model, fixed_names=names)
         its, gs = np.asarray(its), np.asarray(gs, np.float64)
         best = _best_start(np.asarray(nlls), gs, gtol)
         u_best = u[best]
@@ -548,9 +544,9 @@ def fit(returns, model: str, *, fixed: dict | None = None, steps_per_year: float
             p = spec["to_params"](u_best)
             if float(p["sigma_crash"]) < float(p["sigma_calm"]):
                 u_best = u_best[jnp.asarray(_RELABEL[model])]  # the crash regime is the volatile one
-        theta_hat, loglik, info, u_info = _information(u_best, rj, wj, dt, held, values, model=model)
+        theta_hat, loglik, info, u_info = _information(u_best, rj, wj, dt, values, model=model, fixed_names=names)
         params = {k: float(v) for k, v in theta_hat.items()}
-        info, u_info = np.asarray(info, np.float64)[np.ix_(~held_np, ~held_np)], np.asarray(u_info, np.float64)
+        info, u_info = np.asarray(info, np.float64), np.asarray(u_info, np.float64)
     free = [k for k in spec["names"] if k not in fixed]
     se = {k: float("nan") for k in spec["names"]}
     se.update(zip(free, map(float, _standard_errors(info))))
