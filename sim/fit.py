@@ -56,6 +56,7 @@ __all__ = ["FitResult", "fit", "fit_data", "MODELS", "MIN_RETURNS", "few_events_
 
 MIN_RETURNS = 30  # the fewest returns a fit takes
 _NU_MAX = 200.0  # beyond this a Student-t is a Gaussian for any sample here: flagged as a bound
+_NU_SINGULAR = 2.001  # below this a Student-t's scale has collapsed: flagged as a bound
 
 
 @dataclasses.dataclass
@@ -355,6 +356,11 @@ def _bounds(model: str, params: dict, dt: float) -> list:
     for k in ("nu", "nu_calm", "nu_crash"):
         if k in params and params[k] > _NU_MAX:
             out.append(f"{k} > {_NU_MAX:g} (tails as thin as a Gaussian's)")
+        if k in params and params[k] < _NU_SINGULAR:
+            # the unit-variance Student-t's scale sigma sqrt((nu - 2) / nu) goes to 0: in a mixture
+            # the density at one observation is unbounded (measured on a regime fit, docs/DESIGN.md)
+            out.append(f"{k} < {_NU_SINGULAR:g} (the density's scale collapses: a singular maximum of the "
+                       "likelihood, not an estimate)")
     if model == "garch_t":
         if params["alpha"] < 1e-4:
             out.append("alpha near 0 (no ARCH effect)")
