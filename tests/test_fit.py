@@ -61,8 +61,9 @@ def test_fit_says_what_it_cannot_do():
     r = _sample(Gaussian(0.08, 0.2), 9072, 2)  # the S&P 500 fits' padded length: their compiled GARCH-t and t fits
     t = fit.fit(r, "student_t")  # Gaussian data: nu runs off to its bound
     assert t.at_bound and "nu" in t.at_bound[0] and "on a bound" in t.status
-    # a regime state whose Student-t scale collapsed (nu at 2: measured as a start's end on a
-    # simulated series, log-likelihood 16,089 against the regular maximum's 8,777) says so
+    # a regime state whose Student-t scale collapsed says so: the calm state of a singular end
+    # seen on a simulated series (docs/DESIGN.md), the other parameters regular so that only
+    # this flag can fire
     spike = dict(mu_calm=0.557, sigma_calm=0.0022, nu_calm=2.0000003, mu_crash=0.072, sigma_crash=0.121,
                  nu_crash=30.0, rate_to_crash=0.5, rate_to_calm=2.0)
     assert [m for m in fit._bounds("regime_switching", spike, 1 / 252) if m.startswith("nu_calm < 2.001")]
